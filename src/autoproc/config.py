@@ -1,0 +1,165 @@
+"""The daemon's configuration: one YAML file (`autoproc.yaml`) read into pydantic models.
+
+Every section has defaults, so the embedded mode runs with no file at all: the state
+database and the work directory live under one root directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The machines live at the top of the source tree (`statemachines/`); an installed copy
+# falls back to the one shipped inside the package.
+_SOURCE_MACHINES = PACKAGE_DIR.parents[1] / "statemachines"
+DEFAULT_MACHINES_DIR = _SOURCE_MACHINES if _SOURCE_MACHINES.is_dir() else PACKAGE_DIR / "statemachines"
+
+Seconds = Annotated[float, Field(ge=0)]
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names the file and key path."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WatchRoot(Section):
+    """One watched directory tree and the kind of file it delivers."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Short name used in logs and the store.")
+    path: Path = Field(description="Directory to watch. It may be missing at start; it is picked up when it appears.")
+    kind: str = Field(description="File kind: picks the validator and the subject the file feeds.")
+    patterns: list[str] = Field(default=["*"], description="Glob patterns (on the file name) to accept.")
+    ignore_patterns: list[str] = Field(
+        default=[".*", "*.tmp", "*.part", "*~"], description="Glob patterns (on the file name) to ignore."
+    )
+    recursive: bool = Field(default=True, description="Watch subdirectories too.")
+    mode: Literal["auto", "inotify", "poll"] = Field(
+        default="auto", description="`auto` polls on network and FUSE mounts (read from /proc/self/mounts)."
+    )
+    poll_interval: Seconds = Field(default=5.0, description="Seconds between polls in poll mode.")
+    quiet_seconds: Seconds = Field(
+        default=2.0, description="A file not seen closed is ready once its size and mtime were quiet this long."
+    )
+
+
+class RetryPolicy(Section):
+    """How often a failing action is tried again, and how long to wait between tries."""
+
+    max_tries: int = Field(default=3, ge=1, description="Tries per state entry, the first included.")
+    backoff_seconds: Seconds = Field(default=10.0, description="Wait before the second try.")
+    backoff_factor: float = Field(default=2.0, ge=1.0, description="Each later wait is this many times longer.")
+    max_backoff_seconds: Seconds = Field(default=600.0, description="Upper bound on one wait.")
+
+
+class ProviderConfig(Section):
+    kind: Literal["local", "slurm"] = "local"
+    partition: str | None = None
+    account: str | None = None
+    nodes_per_block: int = Field(default=1, ge=1)
+    cores_per_node: int | None = Field(default=None, ge=1)
+    mem_per_node: int | None = Field(default=None, ge=1, description="GB per node (Slurm).")
+    walltime: str = "24:00:00"
+    init_blocks: int = Field(default=0, ge=0)
+    min_blocks: int = Field(default=0, ge=0)
+    max_blocks: int = Field(default=1, ge=1)
+    worker_init: str = ""
+
+
+class ExecutorConfig(Section):
+    """Where actions run: Parsl threads in the daemon, or a Parsl HighThroughputExecutor."""
+
+    kind: Literal["threads", "htex"] = "threads"
+    max_workers: int = Field(default=4, ge=1, description="Actions running at once.")
+    provider: ProviderConfig = Field(default_factory=ProviderConfig, description="HTEX only.")
+
+
+class HooksConfig(Section):
+    directory: Path | None = Field(default=None, description="Hook executables; default: <root>/hooks.")
+    timeout_seconds: Seconds = 30.0
+
+
+class Config(Section):
+    """Top-level configuration (`autoproc.yaml`)."""
+
+    root: Path = Field(
+        default_factory=lambda: Path(os.environ.get("AUTOPROC_ROOT") or "autoproc-data"),
+        description="Directory holding the state database and the work directory.",
+    )
+    db: Path | None = Field(default=None, description="SQLite state database; default: <root>/autoproc.db.")
+    work_dir: Path | None = Field(default=None, description="Per-attempt working directories; default: <root>/work.")
+    machines_dir: Path = Field(default=DEFAULT_MACHINES_DIR, description="Directory of <kind>.yaml machines.")
+    kinds: list[str] = Field(default_factory=list, description="Machines to load; default: every YAML file there.")
+    plugins: list[str] = Field(
+        default_factory=list, description="Extra modules that register actions, conditions and file kinds."
+    )
+    watch: list[WatchRoot] = Field(default_factory=list)
+    reconcile_minutes: float = Field(default=10.0, gt=0, description="Full rescan of watched roots.")
+    tick_seconds: float = Field(default=1.0, gt=0, description="How often waiting subjects are looked at.")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    hooks: HooksConfig = Field(default_factory=HooksConfig)
+    stop_timeout_seconds: float = Field(default=8.0, gt=0, description="SIGTERM to exit, children included.")
+
+    @model_validator(mode="after")
+    def _fill_paths(self) -> Config:
+        self.root = self.root.expanduser()
+        if self.db is None:
+            self.db = self.root / "autoproc.db"
+        if self.work_dir is None:
+            self.work_dir = self.root / "work"
+        if self.hooks.directory is None:
+            self.hooks.directory = self.root / "hooks"
+        names = [w.name for w in self.watch]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"watch root names must be unique, repeated: {', '.join(duplicates)}")
+        return self
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        lines.append(f"  {where}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    """Validate already-parsed YAML data; raises ConfigError naming the key path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys, not {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err)) from None
+
+
+def load_config(path: Path | str | None) -> Config:
+    """Read `autoproc.yaml`; None means the embedded defaults."""
+    if path is None:
+        return parse_config({}, "<defaults>")
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    return parse_config(data, str(path))
