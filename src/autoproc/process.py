@@ -1,0 +1,188 @@
+"""Child processes: each in its own session (so its process group can be killed as one),
+its own working directory and log file, never through a shell that sees data.
+
+Exit status is also written to a file by a tiny constant wrapper, so a daemon that was
+killed and restarted can still learn how a child it did not reap ended.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# The wrapper's script is constant; argv reaches it only as positional parameters.
+KILL_GRACE_SECONDS = 3.0
+_WRAPPER = 'status="$1"; shift; "$@"; rc=$?; printf "%s\\n" "$rc" > "$status.tmp" && mv "$status.tmp" "$status"; exit "$rc"'
+
+
+@dataclass(frozen=True)
+class Child:
+    """A started child: enough to find, wait for or kill it later, from any process."""
+
+    pid: int
+    pgid: int
+    host: str
+    argv: tuple[str, ...]
+    cwd: str
+    log: str
+    status_file: str
+    started: float
+
+    def to_json(self) -> dict:
+        return {
+            "pid": self.pid, "pgid": self.pgid, "host": self.host, "argv": list(self.argv),
+            "cwd": self.cwd, "log": self.log, "status_file": self.status_file, "started": self.started,
+        }
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    returncode: int
+    log: Path
+    seconds: float
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def tail(self, lines: int = 20) -> str:
+        return log_tail(self.log, lines)
+
+
+def log_tail(path: Path | str, lines: int = 20, max_bytes: int = 16384) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def start(
+    argv: Sequence[str],
+    *,
+    cwd: Path | str,
+    log: Path | str,
+    env: Mapping[str, str] | None = None,
+) -> tuple[subprocess.Popen, Child]:
+    """Start `argv` in a new session with stdout and stderr appended to `log`."""
+    argv = [str(a) for a in argv]
+    if not argv:
+        raise ValueError("empty command")
+    cwd = Path(cwd)
+    cwd.mkdir(parents=True, exist_ok=True)
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    status_file = log.with_suffix(log.suffix + ".exit")
+    status_file.unlink(missing_ok=True)
+    full_env = dict(os.environ if env is None else env)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    try:
+        proc = subprocess.Popen(  # noqa: S603 - constant script, data only as argv
+            ["/bin/sh", "-c", _WRAPPER, "autoproc-child", str(status_file), *argv],
+            cwd=cwd,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        os.close(fd)
+    child = Child(
+        pid=proc.pid, pgid=proc.pid, host=socket.gethostname(), argv=tuple(argv), cwd=str(cwd),
+        log=str(log), status_file=str(status_file), started=time.time(),
+    )
+    return proc, child
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    cwd: Path | str,
+    log: Path | str,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    on_start: Callable[[Child], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> ChildResult:
+    """Run a child to completion. On timeout, or when `should_stop()` turns true, its
+    whole process group is killed; the result then says so."""
+    proc, child = start(argv, cwd=cwd, log=log, env=env)
+    if on_start is not None:
+        on_start(child)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    timed_out = False
+    killed_at: float | None = None
+    while True:
+        try:
+            proc.wait(timeout=0.1)
+            break
+        except subprocess.TimeoutExpired:
+            now = time.monotonic()
+            if killed_at is None:
+                timed_out = deadline is not None and now > deadline
+                if timed_out or (should_stop is not None and should_stop()):
+                    signal_group(child.pgid, signal.SIGTERM)
+                    killed_at = now
+            elif now - killed_at > KILL_GRACE_SECONDS:
+                signal_group(child.pgid, signal.SIGKILL)
+    # The group may still hold grandchildren (e.g. a bps worker pool); they go too.
+    kill_group(child.pgid, grace=0.5)
+    return ChildResult(proc.returncode, Path(child.log), time.time() - child.started, timed_out)
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kill_group(pgid: int, grace: float = 3.0) -> bool:
+    """SIGTERM the group, then SIGKILL whatever is left after `grace` seconds.
+    Returns True when something was still running."""
+    if pgid <= 1 or not group_alive(pgid):
+        return False
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        if not group_alive(pgid):
+            return True
+        time.sleep(0.05)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True
+
+
+def recorded_exit(status_file: Path | str) -> int | None:
+    """The exit status the wrapper wrote, or None if the child never finished."""
+    try:
+        return int(Path(status_file).read_text().strip())
+    except (OSError, ValueError):
+        return None
