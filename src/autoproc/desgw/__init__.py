@@ -1,0 +1,1 @@
+"""DESGW domain layer: pure functions over gw_workflow, dCache-tree and Post-Processing files."""
