@@ -1,0 +1,1 @@
+"""DEEP survey processing stages: repo set-up, ingest, collections, steps, calibrations."""

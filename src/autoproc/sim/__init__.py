@@ -1,0 +1,1 @@
+"""Simulated instrument, grid and pipelines for the demo and the tests."""
