@@ -1,0 +1,162 @@
+"""What stage code plugs in: actions, conditions, callbacks and file kinds, by name.
+
+An *action* is a plain function `fn(ctx: ActionContext) -> Outcome` that does one
+idempotent step for a subject. It never writes the store: it returns an Outcome (the
+trigger to fire, evidence, data) or raises one of the exceptions below, and the engine,
+the single writer, records it. A *condition* is `fn(subject, env) -> bool`, checked by
+the state machine before a transition. A *callback* is `fn(change, env) -> None`, run
+after a transition has been committed. A *file kind* validates an intake file and says
+which subject it feeds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from autoproc import process
+from autoproc.config import Config
+from autoproc.store import Subject
+
+
+@dataclass
+class Outcome:
+    """What an action found. `trigger=None` means "not yet": look again after `retry_after`."""
+
+    trigger: str | None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    retry_after: float | None = None
+    consume: list[str] = field(default_factory=list)  # intake file paths this action used up
+
+
+class ActionError(Exception):
+    """Base of the exceptions an action raises to steer the retry policy."""
+
+    def __init__(self, reason: str, *, evidence: dict | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.evidence = evidence or {}
+
+
+class Retry(ActionError):
+    """A failure worth another try (within the budget), e.g. out of memory.
+    `adjust` is handed to the next try (for example a larger memory request)."""
+
+    def __init__(self, reason: str, *, adjust: dict | None = None, evidence: dict | None = None):
+        super().__init__(reason, evidence=evidence)
+        self.adjust = adjust or {}
+
+
+class Wait(ActionError):
+    """Inputs are missing: look again later, without spending the retry budget."""
+
+    def __init__(self, reason: str, *, retry_after: float = 30.0, evidence: dict | None = None):
+        super().__init__(reason, evidence=evidence)
+        self.retry_after = retry_after
+
+
+class Hold(ActionError):
+    """Stop and ask a person (e.g. the outcome of an external submission is unknown)."""
+
+
+class Fail(ActionError):
+    """A failure that retrying will not fix."""
+
+
+@dataclass
+class ActionContext:
+    """Everything an action may use. Picklable, so it can travel to a Parsl worker."""
+
+    subject: Subject
+    stage: str
+    attempt_id: int
+    try_number: int
+    workdir: Path
+    config: Config
+    adjust: dict[str, Any] = field(default_factory=dict)
+    timeout: float | None = None
+    files: list[dict] = field(default_factory=list)  # ready intake files of this subject
+    previous: dict[str, Any] = field(default_factory=dict)  # result of the last try in this state
+    # Not pickled: set only when the action runs in the daemon's own process.
+    notify: Callable[[int, process.Child], None] | None = None
+    stopping: threading.Event | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "notify": None, "stopping": None}
+
+    def run(self, argv: Sequence[str], *, name: str = "child", cwd: Path | str | None = None,
+            env: Mapping[str, str] | None = None, timeout: float | None = None) -> process.ChildResult:
+        """Run a child process for this attempt: own process group, log under the attempt
+        directory, recorded so the daemon can find or kill it after a restart."""
+        log = self.workdir / f"{name}.log"
+
+        def started(child: process.Child) -> None:
+            (self.workdir / f"{name}.child.json").write_text(json.dumps(child.to_json()))
+            if self.notify is not None:
+                self.notify(self.attempt_id, child)
+
+        stopping = self.stopping
+        return process.run(
+            argv, cwd=cwd or self.workdir, log=log, env=env, timeout=timeout or self.timeout,
+            on_start=started, should_stop=(stopping.is_set if stopping is not None else None))
+
+
+class Env(Protocol):
+    """What conditions and callbacks may read (the engine provides it)."""
+
+    config: Config
+    store: Any  # autoproc.store.Store, read only
+
+    def subject(self, kind: str, key: str) -> Subject: ...
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A validated intake file: the subject it feeds and what was read from it."""
+
+    subject: tuple[str, str]  # (kind, key)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class FileKind(Protocol):
+    def __call__(self, path: Path, config: Config) -> FileInfo:
+        """Validate the file; raise ValueError with a clear reason when it is bad."""
+
+
+ACTIONS: dict[str, Callable[[ActionContext], Outcome]] = {}
+CONDITIONS: dict[str, Callable[[Subject, Env], bool]] = {}
+CALLBACKS: dict[str, Callable[[dict, Env], None]] = {}
+FILE_KINDS: dict[str, FileKind] = {}
+
+
+def _register(table: dict, name: str | None):
+    def decorate(fn):
+        key = name or fn.__name__
+        if key in table and table[key] is not fn:
+            raise ValueError(f"{key!r} is registered twice ({table[key].__module__} and {fn.__module__})")
+        table[key] = fn
+        return fn
+    return decorate
+
+
+def action(name: str | None = None):
+    return _register(ACTIONS, name)
+
+
+def condition(name: str | None = None):
+    return _register(CONDITIONS, name)
+
+
+def callback(name: str | None = None):
+    return _register(CALLBACKS, name)
+
+
+def file_kind(name: str):
+    return _register(FILE_KINDS, name)
+

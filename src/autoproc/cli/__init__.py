@@ -1,0 +1,5 @@
+"""The `autoproc` command line: thin click commands over `autoproc.script`."""
+
+from autoproc.cli.commands import main
+
+__all__ = ["main"]

@@ -1,0 +1,293 @@
+"""Click commands. Each parses its options and calls one function in `autoproc.script`."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from autoproc.config import Config, ConfigError, load_config
+
+
+class Context:
+    def __init__(self, config_path: Path | None):
+        self.config_path = config_path
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+    def store(self, readonly: bool = False):
+        from autoproc.store import Store
+
+        return Store(self.config.db, create=not readonly, readonly=readonly)
+
+    def machines(self):
+        import importlib
+
+        from autoproc.machines import load_machines
+
+        for module in self.config.plugins:
+            importlib.import_module(module)
+        return load_machines(self.config.machines_dir, self.config.kinds)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+class Group(click.Group):
+    """Turns the errors operators can cause into one clear line and exit status 2."""
+
+    def invoke(self, ctx):
+        from autoproc.machines import MachineSpecError
+        from autoproc.script.override import OverrideError
+        from autoproc.store import StoreError
+
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, MachineSpecError, OverrideError, StoreError) as err:
+            fail(str(err))
+
+
+@click.group(cls=Group)
+@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), envvar="AUTOPROC_CONFIG",
+              help="autoproc.yaml (default: embedded defaults; env AUTOPROC_CONFIG).")
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None) -> None:
+    """autoproc: drive DEEP and DESGW processing forward as data arrives."""
+    ctx.obj = Context(config_path)
+
+
+@main.command()
+@click.option("--no-watch", is_flag=True, help="Do not start the file watchers.")
+@pass_ctx
+def daemon(obj: Context, no_watch: bool) -> None:
+    """Run the daemon in the foreground (systemd runs it like this)."""
+    from autoproc.script.daemon import AlreadyRunning, run_daemon
+
+    try:
+        sys.exit(run_daemon(obj.config, obj.config_path, watch=not no_watch))
+    except AlreadyRunning as err:
+        fail(str(err))
+
+
+def _ago(t: float) -> str:
+    return str(datetime.timedelta(seconds=int(time.time() - t)))
+
+
+@main.command()
+@click.option("--kind", help="Only this kind.")
+@click.option("--state", help="List the subjects in this state.")
+@click.option("--limit", default=50, show_default=True, help="Subjects listed at most.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--watch", "watch_seconds", type=float, default=None, metavar="SECONDS",
+              help="Redraw every SECONDS until interrupted.")
+@pass_ctx
+def status(obj: Context, kind: str | None, state: str | None, limit: int, as_json: bool,
+           watch_seconds: float | None) -> None:
+    """Subjects by kind and state, what needs a person, and whether the daemon runs."""
+    from autoproc.script.inspect import status as get_status
+
+    store = obj.store(readonly=True)
+    if as_json:
+        click.echo(json.dumps(get_status(store, kind=kind, state=state, limit=limit), default=str, indent=1))
+        return
+    from rich.console import Console
+    from rich.live import Live
+
+    from autoproc.cli.render import status_view
+
+    if watch_seconds is None:
+        Console().print(status_view(get_status(store, kind=kind, state=state, limit=limit)))
+        return
+    with Live(status_view(get_status(store, kind=kind, state=state, limit=limit)), auto_refresh=False) as live:
+        try:
+            while True:
+                time.sleep(watch_seconds)
+                live.update(status_view(get_status(store, kind=kind, state=state, limit=limit)), refresh=True)
+        except KeyboardInterrupt:
+            pass
+
+
+@main.command()
+@click.argument("kind")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def show(obj: Context, kind: str, key: str, as_json: bool) -> None:
+    """One subject: state, data, attempts with their logs, recent journal."""
+    from autoproc.script.inspect import show as get_show
+
+    info = get_show(obj.store(readonly=True), kind, key)
+    if as_json:
+        click.echo(json.dumps(info, default=str, indent=1))
+        return
+    from rich.console import Console
+
+    from autoproc.cli.render import subject_view
+
+    Console().print(subject_view(info))
+
+
+@main.command()
+@click.argument("kind")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def history(obj: Context, kind: str, key: str, as_json: bool) -> None:
+    """Every journaled change of one subject, oldest first."""
+    from autoproc.script.inspect import history as get_history
+
+    rows = get_history(obj.store(readonly=True), kind, key)
+    if as_json:
+        click.echo(json.dumps(rows, default=str, indent=1))
+        return
+    from rich.console import Console
+
+    from autoproc.cli.render import journal_table
+
+    Console().print(journal_table(rows, f"history of {kind}/{key}"))
+
+
+def _override_options(fn):
+    fn = click.option("--reason", required=True, help="Why; goes into the journal.")(fn)
+    fn = click.option("--operator", help="Who (default: $USER).")(fn)
+    return fn
+
+
+def _report(plan) -> None:
+    click.echo(plan.describe())
+
+
+@main.command("set")
+@click.argument("kind")
+@click.argument("key")
+@click.argument("state")
+@_override_options
+@click.option("--force", is_flag=True, help="Allow a state no transition reaches from the current one.")
+@click.option("--dry-run", is_flag=True, help="Say what would change, change nothing.")
+@pass_ctx
+def set_(obj: Context, kind, key, state, reason, operator, force, dry_run) -> None:
+    """Move a subject to STATE (validated against its machine)."""
+    from autoproc.script import override
+
+    _report(override.set_state(obj.store(), obj.machines(), kind, key, state, reason=reason, operator=operator,
+                               force=force, dry_run=dry_run))
+
+
+@main.command()
+@click.argument("kind")
+@click.argument("key")
+@_override_options
+@click.option("--dry-run", is_flag=True)
+@pass_ctx
+def retry(obj: Context, kind, key, reason, operator, dry_run) -> None:
+    """Send a failed subject back to the step that failed, with a fresh retry budget."""
+    from autoproc.script import override
+
+    _report(override.retry(obj.store(), obj.machines(), kind, key, reason=reason, operator=operator,
+                           dry_run=dry_run))
+
+
+@main.command()
+@click.argument("kind")
+@click.argument("key")
+@_override_options
+@click.option("--dry-run", is_flag=True)
+@pass_ctx
+def hold(obj: Context, kind, key, reason, operator, dry_run) -> None:
+    """Stop the daemon from starting anything for a subject."""
+    from autoproc.script import override
+
+    _report(override.hold(obj.store(), obj.machines(), kind, key, reason=reason, operator=operator,
+                          dry_run=dry_run))
+
+
+@main.command()
+@click.argument("kind")
+@click.argument("key")
+@_override_options
+@click.option("--dry-run", is_flag=True)
+@pass_ctx
+def release(obj: Context, kind, key, reason, operator, dry_run) -> None:
+    """Let the daemon carry on with a held subject."""
+    from autoproc.script import override
+
+    _report(override.release(obj.store(), obj.machines(), kind, key, reason=reason, operator=operator,
+                             dry_run=dry_run))
+
+
+@main.command("rerun-from")
+@click.argument("kind")
+@click.argument("key")
+@click.argument("state")
+@_override_options
+@click.option("--dry-run", is_flag=True, help="Print what would be reset, change nothing.")
+@pass_ctx
+def rerun_from(obj: Context, kind, key, state, reason, operator, dry_run) -> None:
+    """Reset a subject to an earlier STATE; the states after it run again."""
+    from autoproc.script import override
+
+    _report(override.rerun_from(obj.store(), obj.machines(), kind, key, state, reason=reason, operator=operator,
+                                dry_run=dry_run))
+
+
+@main.command()
+@click.argument("kind")
+@click.argument("key")
+@_override_options
+@click.option("--data", "data_json", default=None, help="Initial data, as a JSON object.")
+@pass_ctx
+def add(obj: Context, kind, key, reason, operator, data_json) -> None:
+    """Create a subject by hand."""
+    from autoproc.script import override
+
+    try:
+        data = json.loads(data_json) if data_json else None
+    except json.JSONDecodeError as err:
+        fail(f"--data is not JSON: {err}")
+    if data is not None and not isinstance(data, dict):
+        fail("--data must be a JSON object")
+    subject = override.add(obj.store(), obj.machines(), kind, key, reason=reason, data=data, operator=operator)
+    click.echo(f"added {subject.ref} in {subject.state}")
+
+
+@main.command()
+@click.argument("kind")
+@pass_ctx
+def graph(obj: Context, kind: str) -> None:
+    """Print KIND's state machine as a mermaid state diagram."""
+    machines = obj.machines()
+    if kind not in machines:
+        fail(f"unknown kind {kind!r}; known: {', '.join(sorted(machines))}")
+    click.echo(machines[kind].mermaid())
+
+
+@main.group()
+def config() -> None:
+    """Configuration tools."""
+
+
+@config.command("check")
+@click.argument("path", type=click.Path(path_type=Path), required=False)
+@pass_ctx
+def config_check(obj: Context, path: Path | None) -> None:
+    """Validate a configuration file (and the machines it names)."""
+    path = path or obj.config_path
+    cfg = load_config(path)
+    obj._config = cfg
+    machines = obj.machines()
+    click.echo(f"{path or '<defaults>'}: OK ({len(machines)} machines: {', '.join(sorted(machines)) or 'none'};"
+               f" {len(cfg.watch)} watched roots; state in {cfg.db})")

@@ -1,0 +1,101 @@
+"""rich renderings of the `autoproc.script.inspect` views."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+
+def _when(t: float | None) -> str:
+    return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else ""
+
+
+def _age(t: float | None) -> str:
+    return str(datetime.timedelta(seconds=int(time.time() - t))) if t else ""
+
+
+def status_view(info: dict[str, Any]) -> Group:
+    parts: list[Any] = []
+    daemon = info.get("daemon")
+    if daemon:
+        state = "running" if daemon["alive"] else "not running"
+        parts.append(Text(f"daemon {state} (pid {daemon['pid']} on {daemon['host']}, last heartbeat "
+                          f"{_age(daemon['heartbeat'])} ago): {daemon['status']}"))
+    else:
+        parts.append(Text("no daemon has run on this store yet"))
+    counts = Table(title="subjects")
+    counts.add_column("kind")
+    counts.add_column("state")
+    counts.add_column("count", justify="right")
+    for kind, states in info["counts"].items():
+        for state, n in states.items():
+            counts.add_row(kind, state, str(n))
+    parts.append(counts)
+    for title, rows in (("subjects", info["subjects"]), ("held (needs a person)", info["held"])):
+        if rows:
+            t = Table(title=title)
+            for col in ("kind", "key", "state", "for", "held"):
+                t.add_column(col)
+            for r in rows:
+                t.add_row(r["kind"], r["key"], r["state"], _age(r["since"]), Text(r["held"] or ""))
+            parts.append(t)
+    if info["bad_files"]:
+        t = Table(title="bad files")
+        t.add_column("path")
+        t.add_column("reason")
+        for f in info["bad_files"]:
+            t.add_row(Text(f["path"]), Text(f["reason"]))
+        parts.append(t)
+    if info["problems"]:
+        t = Table(title="recent problems")
+        t.add_column("when")
+        t.add_column("source")
+        t.add_column("message")
+        for p in info["problems"]:
+            t.add_row(_when(p["time"]), p["source"], Text(p["message"]))
+        parts.append(t)
+    return Group(*parts)
+
+
+def journal_table(rows: list[dict], title: str) -> Table:
+    t = Table(title=title)
+    for col in ("#", "when", "from", "to", "trigger", "actor", "reason"):
+        t.add_column(col)
+    for r in rows:
+        actor = Text(r["actor"], style="bold yellow" if r["actor"] != "daemon" else "")
+        t.add_row(str(r["id"]), _when(r["time"]), r["from_state"] or "", r["to_state"], r["trigger"], actor,
+                  Text(r["reason"]))
+    return t
+
+
+def subject_view(info: dict[str, Any]) -> Group:
+    head = Text(f"{info['kind']}/{info['key']}: {info['state']} (since {_when(info['since'])})")
+    if info["held"]:
+        head.append(f"\nHELD: {info['held']}", style="bold red")
+    data = Table(title="data", show_header=False)
+    for k, v in info["data"].items():
+        data.add_row(k, Text(str(v)[:300]))
+    attempts = Table(title="attempts")
+    for col in ("#", "stage", "step", "try", "status", "started", "exit", "log", "result"):
+        attempts.add_column(col)
+    for a in info["attempts"]:
+        reason = a["result"].get("reason") or a["result"].get("trigger") or ""
+        attempts.add_row(str(a["id"]), a["stage"], a["step"], str(a["try"]), a["status"], _when(a["started"]),
+                         "" if a["exit_status"] is None else str(a["exit_status"]), Text(a["log"] or a["cwd"] or ""),
+                         Text(str(reason)[:200]))
+    parts: list[Any] = [head, data, attempts]
+    if info["files"]:
+        files = Table(title=f"files ({len(info['files'])})")
+        files.add_column("path")
+        files.add_column("status")
+        files.add_column("reason")
+        for f in info["files"][:50]:
+            files.add_row(Text(f["path"]), f["status"], Text(f["reason"]))
+        parts.append(files)
+    parts.append(journal_table(info["journal"], "recent journal"))
+    return Group(*parts)

@@ -1,0 +1,545 @@
+"""The engine: the single writer of subject state.
+
+One loop takes events (a file is ready, an attempt finished, an operator changed
+something, time passed), routes them to subjects, fires transitions and dispatches
+actions. Everything it decides is written to the store before it acts on it, so a
+restart, even after kill -9, picks up from the store and the evidence on disk.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transitions import MachineError
+
+from autoproc import actions, intake, process
+from autoproc.config import Config
+from autoproc.executor import Executor
+from autoproc.machines import Change, StateMachine, StateSpec, load_machines
+from autoproc.store import Conflict, Store, Subject
+
+log = logging.getLogger("autoproc.engine")
+
+OPERATOR_POLL_SECONDS = 0.25
+REAPER_SECONDS = 5.0
+HEARTBEAT_SECONDS = 5.0
+HUNG_GRACE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class AttemptDone:
+    attempt_id: int
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ChildStarted:
+    attempt_id: int
+    child: process.Child
+
+
+@dataclass(frozen=True)
+class Reload:
+    pass
+
+
+def safe_component(text: str) -> str:
+    """A subject key made safe as one path component."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)[:100] or "_"
+
+
+class Engine:
+    """Owns the store connection, the machines, the executor and the watchers."""
+
+    def __init__(self, config: Config, *, config_path: Path | None = None, watch: bool = True,
+                 clock: Callable[[], float] = time.time):
+        self.config = config
+        self.config_path = config_path
+        self.clock = clock
+        self.store = Store(config.db)
+        self.machines: dict[str, StateMachine] = self._load_machines(config)
+        self.events: queue.Queue = queue.Queue()
+        self.stopping = threading.Event()
+        self.listeners: list[Callable[[Change], None]] = []
+        self.running: dict[int, Future] = {}      # attempt id -> future
+        self.running_groups: dict[str, int] = {}  # concurrency group -> attempts running
+        self.timers: list[tuple[float, int]] = []  # (when, subject id)
+        self.last_journal = self.store.last_journal_id()
+        self.executor: Executor | None = None
+        self.watcher = None
+        self._watch = watch
+        self.started = self.clock()
+
+    @staticmethod
+    def _load_machines(config: Config) -> dict[str, StateMachine]:
+        import importlib
+
+        for module in config.plugins:
+            importlib.import_module(module)
+        return load_machines(config.machines_dir, config.kinds)
+
+    # -- the Env that conditions and callbacks see --------------------------------------
+
+    def subject(self, kind: str, key: str) -> Subject:
+        return self.store.subject(kind, key)
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open for business: recover from the last run, start executor and watchers."""
+        self.store.heartbeat("starting", started=self.started)
+        self.recover_attempts()
+        self.executor = Executor(self.config.executor, self.config.work_dir / "parsl")
+        for s in self.store.subjects():
+            if not self.machines.get(s.kind) or not self.machines[s.kind].state(s.state).terminal:
+                self.evaluate(s.id)
+        if self._watch and self.config.watch:
+            self.start_watcher()
+
+    def start_watcher(self) -> None:
+        from autoproc.watch import Watcher
+
+        def emit(ready) -> None:
+            self.events.put(intake.Arrival(ready.root, ready.kind, ready.path, ready.size, ready.mtime))
+
+        def problem(where: str, message: str) -> None:
+            log.warning("watch %s: %s", where, message)
+            self.events.put(("problem", f"watch:{where}", message))
+
+        self.watcher = Watcher(self.config.watch, emit, on_problem=problem)
+        self.watcher.start()
+
+    def run(self) -> None:
+        """The loop. Returns when `stop()` was called (e.g. on SIGTERM)."""
+        next_operator = next_reaper = next_beat = 0.0
+        next_reconcile = self.clock() + self.config.reconcile_minutes * 60
+        while not self.stopping.is_set():
+            now = self.clock()
+            wait = min(OPERATOR_POLL_SECONDS, max(0.0, (self.timers[0][0] - now) if self.timers else 1.0))
+            try:
+                event = self.events.get(timeout=wait)
+            except queue.Empty:
+                event = None
+            if event is not None:
+                self.handle(event)
+            now = self.clock()
+            if now >= next_operator:
+                self.check_operator_changes()
+                next_operator = now + OPERATOR_POLL_SECONDS
+            self.fire_timers(now)
+            if now >= next_reaper:
+                self.reap(now)
+                next_reaper = now + REAPER_SECONDS
+            if now >= next_beat:
+                self.store.heartbeat(self.status_line())
+                next_beat = now + HEARTBEAT_SECONDS
+            if self.watcher is not None and now >= next_reconcile:
+                threading.Thread(target=self.watcher.reconcile, name="reconcile", daemon=True).start()
+                next_reconcile = now + self.config.reconcile_minutes * 60
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop watchers, kill running children (their attempts become `interrupted`),
+        record what finished, and close."""
+        self.stopping.set()
+        deadline = time.monotonic() + (timeout or self.config.stop_timeout_seconds)
+        if self.watcher is not None:
+            self.watcher.stop()
+        while self.running and time.monotonic() < deadline:
+            try:
+                event = self.events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if isinstance(event, AttemptDone | ChildStarted):
+                self.handle(event)
+        for attempt_id in list(self.running):
+            self.kill_attempt(attempt_id)
+            self.store.update_attempt(attempt_id, status="interrupted", ended=self.clock(),
+                                      result={"reason": "daemon stopped before the action returned"})
+        self.running.clear()
+        if self.executor is not None and not self.running:
+            threading.Thread(target=self.executor.shutdown, daemon=True).start()
+        self.store.heartbeat("stopped")
+        self.store.close()
+
+    # -- events -------------------------------------------------------------------------
+
+    def handle(self, event: Any) -> None:
+        if isinstance(event, intake.Arrival):
+            self.on_arrival(event)
+        elif isinstance(event, AttemptDone):
+            self.on_attempt_done(event)
+        elif isinstance(event, ChildStarted):
+            c = event.child
+            self.store.update_attempt(event.attempt_id, pid=c.pid, pgid=c.pgid, host=c.host, argv=list(c.argv),
+                                      log=c.log)
+        elif isinstance(event, tuple) and event and event[0] == "problem":
+            self.store.add_problem(event[1], event[2])
+        elif isinstance(event, Reload):
+            self.reload()
+        elif callable(event):
+            event(self)
+
+    def on_arrival(self, arrival: intake.Arrival) -> None:
+        accepted = intake.accept(self.store, self.config, self.machines, arrival)
+        if accepted is None:
+            return
+        subject = accepted.subject
+        trigger = self.machines[subject.kind].spec.on_intake
+        if trigger and not subject.held and trigger in self.machines[subject.kind].triggers_from[subject.state]:
+            self.fire(subject, trigger, reason=f"new file {arrival.path}")
+        self.evaluate(subject.id)
+
+    def on_attempt_done(self, done: AttemptDone) -> None:
+        if self.running.pop(done.attempt_id, None) is None:
+            return  # already given up on (reaped or shut down)
+        attempt = self.store.attempt(done.attempt_id)
+        group = self._state_of_attempt(attempt).limit
+        if group:
+            self.running_groups[group] = max(0, self.running_groups.get(group, 1) - 1)
+        result = done.result
+        now = self.clock()
+        kind = result.get("kind")
+        fields: dict[str, Any] = {"ended": now, "result": result}
+        exit_status = self._child_exit(attempt)
+        if exit_status is not None:
+            fields["exit_status"] = exit_status
+        if self.stopping.is_set() and kind != "outcome":
+            fields["status"] = "interrupted"
+        elif kind == "outcome":
+            fields["status"] = "succeeded" if result.get("trigger") else "waiting"
+            if not result.get("trigger"):
+                fields["not_before"] = now + (result.get("retry_after") or self.config.tick_seconds * 30)
+        elif kind == "wait":
+            fields["status"] = "waiting"
+            fields["not_before"] = now + float(result.get("retry_after") or 30)
+        elif kind == "hold":
+            fields["status"] = "held"
+        else:
+            fields["status"] = "failed"
+            fields["not_before"] = now + self._backoff(attempt)
+        self.store.update_attempt(done.attempt_id, **fields)
+        self.evaluate(attempt["subject_id"])
+        self._dispatch_waiting(group)
+
+    def _child_exit(self, attempt: dict) -> int | None:
+        if not attempt.get("log"):
+            return None
+        return process.recorded_exit(attempt["log"] + ".exit")
+
+    # -- deciding -----------------------------------------------------------------------
+
+    def evaluate(self, subject_id: int) -> None:
+        """Look at one subject and do the next thing it needs, if any."""
+        subject = self.store.subject_by_id(subject_id)
+        machine = self.machines.get(subject.kind)
+        if machine is None or subject.held:
+            return
+        st = machine.state(subject.state)
+        if st.terminal:
+            return
+        now = self.clock()
+        if st.deadline:
+            after = self.config.deadlines.get(f"{subject.kind}.{subject.state}", st.deadline.after)
+            if now - subject.entered >= after:
+                self.fire(subject, st.deadline.trigger, reason=f"in {subject.state} for more than {after:.0f} s")
+                return
+            self.schedule(subject.entered + after, subject.id)
+        if st.action:
+            self._advance_action(subject, st, now)
+            return
+        for trigger in st.auto:
+            if self.fire(subject, trigger, reason="conditions met", quiet=True):
+                return
+
+    def _advance_action(self, subject: Subject, st: StateSpec, now: float) -> None:
+        attempts = self.store.attempts(subject.id, entry=subject.entry)
+        last = attempts[-1] if attempts else None
+        status = last["status"] if last else None
+        if status in ("queued", "running"):
+            return
+        if status == "held":
+            self.hold(subject, last["result"].get("reason", "the action asked for a person"), last["result"])
+            return
+        if status == "succeeded":
+            self.apply(subject, last)
+            return
+        if status == "waiting":
+            if now < (last["not_before"] or 0):
+                self.schedule(last["not_before"], subject.id)
+            else:
+                self.dispatch(subject, st, reuse=last)
+            return
+        counted = [a for a in attempts if a["status"] == "failed"]
+        interrupted = [a for a in attempts if a["status"] == "interrupted"]
+        policy = self.config.retry
+        max_tries = st.retry.max_tries or policy.max_tries
+        if status == "failed":
+            result = last["result"]
+            fatal = result.get("kind") != "retry"
+            if last["step"] == "recover" and not fatal:
+                pass  # the recover action found no trace of the step: safe to run it
+            elif fatal or len(counted) >= max_tries:
+                why = result.get("reason", "failed")
+                if not fatal:
+                    why = f"gave up after {len(counted)} tries: {why}"
+                self.fire(subject, self.machines[subject.kind].spec.on_failure, reason=why,
+                          evidence={"attempt": last["id"], **result.get("evidence", {})})
+                return
+            if now < (last["not_before"] or 0):
+                self.schedule(last["not_before"], subject.id)
+                return
+        if len(interrupted) >= self.config.max_interruptions:
+            self.fire(subject, self.machines[subject.kind].spec.on_failure,
+                      reason=f"interrupted {len(interrupted)} times", evidence={"attempt": last["id"]})
+            return
+        recover = st.recover if status == "interrupted" and last["step"] != "recover" else None
+        adjust = last["result"].get("adjust", {}) if status == "failed" else {}
+        self.dispatch(subject, st, try_number=len(counted) + 1, adjust=adjust, recover=recover,
+                      previous=last["result"] if last else {})
+
+    def _backoff(self, attempt: dict) -> float:
+        policy = self.config.retry
+        st = self._state_of_attempt(attempt)
+        base = st.retry.backoff_seconds if st.retry.backoff_seconds is not None else policy.backoff_seconds
+        return min(policy.max_backoff_seconds, base * policy.backoff_factor ** max(0, attempt["try"] - 1))
+
+    def _state_of_attempt(self, attempt: dict) -> StateSpec:
+        subject = self.store.subject_by_id(attempt["subject_id"])
+        return self.machines[subject.kind].state(attempt["stage"])
+
+    def schedule(self, when: float, subject_id: int) -> None:
+        heapq.heappush(self.timers, (when, subject_id))
+
+    def fire_timers(self, now: float) -> None:
+        due = set()
+        while self.timers and self.timers[0][0] <= now:
+            due.add(heapq.heappop(self.timers)[1])
+        for subject_id in due:
+            self.evaluate(subject_id)
+
+    # -- acting -------------------------------------------------------------------------
+
+    def dispatch(self, subject: Subject, st: StateSpec, *, try_number: int = 1, adjust: dict | None = None,
+                 recover: str | None = None, reuse: dict | None = None, previous: dict | None = None) -> None:
+        if self.stopping.is_set() or self.executor is None:
+            return
+        if st.limit and self.running_groups.get(st.limit, 0) >= self.config.limits.get(st.limit, 10**9):
+            return  # picked up by _dispatch_waiting when a slot frees
+        if reuse is not None:
+            attempt_id = reuse["id"]
+            try_number = reuse["try"]
+            previous = reuse["result"]
+        else:
+            attempt_id = self.store.add_attempt(subject, subject.state, step="recover" if recover else st.step,
+                                                try_number=try_number)
+        workdir = (self.config.work_dir / safe_component(subject.kind) / safe_component(subject.key)
+                   / f"{attempt_id:06d}-{subject.state}")
+        workdir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        files = self.store.files(subject_id=subject.id, status="ready")
+        ctx = actions.ActionContext(
+            subject=subject, stage=subject.state, attempt_id=attempt_id, try_number=try_number, workdir=workdir,
+            config=self.config, adjust=adjust or {}, timeout=st.timeout, files=files, previous=previous or {},
+            notify=lambda aid, child: self.events.put(ChildStarted(aid, child)), stopping=self.stopping)
+        fn = actions.ACTIONS[recover or st.action]
+        self.store.update_attempt(attempt_id, status="running", started=self.clock(), cwd=str(workdir),
+                                  not_before=None)
+        future = self.executor.submit(fn, ctx)
+        self.running[attempt_id] = future
+        if st.limit:
+            self.running_groups[st.limit] = self.running_groups.get(st.limit, 0) + 1
+        future.add_done_callback(lambda f, aid=attempt_id: self.events.put(AttemptDone(aid, _result_of(f))))
+
+    def _dispatch_waiting(self, group: str | None) -> None:
+        """A slot in `group` came free: look at subjects that wait for one."""
+        if not group:
+            return
+        for kind, machine in self.machines.items():
+            for state, st in machine.spec.states.items():
+                if st.limit != group:
+                    continue
+                for s in self.store.subjects(kind, state, held=False):
+                    if self.running_groups.get(group, 0) >= self.config.limits.get(group, 10**9):
+                        return
+                    if not self.store.attempts(s.id, entry=s.entry, status=("queued", "running")):
+                        self.evaluate(s.id)
+
+    def apply(self, subject: Subject, attempt: dict) -> None:
+        """Fire the trigger a finished action asked for, and mark its attempt applied."""
+        result = attempt["result"]
+        trigger = result["trigger"]
+        try:
+            moved = self.fire(subject, trigger, reason=result.get("reason") or f"{attempt['stage']} finished",
+                              evidence={"attempt": attempt["id"], **result.get("evidence", {})},
+                              data=result.get("data"), consume=result.get("consume", ()), strict=True)
+        except MachineError as err:
+            self.store.update_attempt(attempt["id"], status="failed",
+                                      result={**result, "kind": "fail", "reason": f"bad outcome: {err}"})
+            self.evaluate(subject.id)
+            return
+        self.store.update_attempt(attempt["id"], applied=1)
+        if not moved:
+            self.store.update_attempt(attempt["id"], status="failed",
+                                      result={**result, "kind": "fail",
+                                              "reason": f"{trigger!r} was refused by its conditions"})
+            self.evaluate(subject.id)
+
+    def fire(self, subject: Subject, trigger: str, *, reason: str = "", evidence: dict | None = None,
+             data: dict | None = None, consume=(), quiet: bool = False, strict: bool = False,
+             actor: str = "daemon") -> bool:
+        """Fire `trigger` through the machine and commit the change (compare-and-set).
+        Returns whether the subject moved."""
+        machine = self.machines[subject.kind]
+        try:
+            dest = machine.fire(subject, trigger, self)
+        except MachineError:
+            if strict:
+                raise
+            if not quiet:
+                log.warning("%s: trigger %s is not valid in state %s", subject.ref, trigger, subject.state)
+            return False
+        if dest is None:
+            return False
+        try:
+            after = self.store.transition(subject, dest, trigger=trigger, actor=actor, reason=reason,
+                                          evidence=evidence, data=data, consume_files=list(consume))
+        except Conflict:
+            # An operator got there first; look again with what is stored now.
+            self.evaluate(subject.id)
+            return False
+        self.last_journal = max(self.last_journal, after.entry or 0)
+        change = Change(after, subject.state, dest, trigger, actor, reason, evidence or {})
+        self.announce(change, machine.after_callbacks(subject.state, trigger))
+        self.evaluate(after.id)
+        return True
+
+    def announce(self, change: Change, callbacks: list[str] = ()) -> None:
+        for name in callbacks:
+            try:
+                actions.CALLBACKS[name](change.to_json(), self)
+            except Exception as err:  # a callback must never stop the engine
+                self.store.add_problem(f"callback:{name}", f"{type(err).__name__}: {err}")
+        for listener in self.listeners:
+            try:
+                listener(change)
+            except Exception as err:
+                self.store.add_problem("listener", f"{type(err).__name__}: {err}")
+
+    def hold(self, subject: Subject, reason: str, evidence: dict | None = None) -> None:
+        try:
+            self.store.update(subject, held=reason, trigger="hold", actor="daemon", reason=reason,
+                              evidence=evidence)
+        except Conflict:
+            return
+        self.announce(Change(self.store.subject_by_id(subject.id), subject.state, subject.state, "hold",
+                             "daemon", reason, evidence or {}))
+
+    # -- operators, crashes and hangs ---------------------------------------------------
+
+    def check_operator_changes(self) -> None:
+        """Pick up what the CLI wrote (overrides, holds, new subjects) within a second."""
+        newest = self.store.last_journal_id()
+        if newest <= self.last_journal:
+            return
+        touched = []
+        for row in self.store.journal(since=self.last_journal):
+            if row["actor"] != "daemon":
+                touched.append(row["subject_id"])
+        self.last_journal = newest
+        for subject_id in dict.fromkeys(touched):
+            subject = self.store.subject_by_id(subject_id)
+            for attempt in self.store.attempts(subject_id, status=("queued", "running")):
+                if attempt["entry"] != subject.entry and attempt["id"] in self.running:
+                    # The operator moved the subject on: its running step is no longer wanted.
+                    self.kill_attempt(attempt["id"])
+                    self.running.pop(attempt["id"], None)
+                    self.store.update_attempt(attempt["id"], status="superseded", ended=self.clock(),
+                                              result={"reason": "the subject was moved by an operator"})
+            self.evaluate(subject_id)
+
+    def kill_attempt(self, attempt_id: int) -> None:
+        attempt = self.store.attempt(attempt_id)
+        if attempt.get("pgid"):
+            process.kill_group(attempt["pgid"], grace=2.0)
+
+    def recover_attempts(self) -> None:
+        """At start: attempts the last daemon left running are interrupted. Their child
+        process groups (if any survived) are killed; the step runs again, or its
+        `recover` action looks for evidence first."""
+        for attempt in self.store.attempts(status=("queued", "running")):
+            killed = False
+            if attempt.get("pgid"):
+                killed = process.kill_group(attempt["pgid"], grace=2.0)
+            self.store.update_attempt(attempt["id"], status="interrupted", ended=self.clock(), result={
+                **attempt["result"], "reason": "the daemon stopped while this ran",
+                "child_killed": killed, "child_exit": self._child_exit(attempt)})
+
+    def reap(self, now: float) -> None:
+        """Attempts hung past their timeout (the action itself, not a child) are given up."""
+        for attempt_id in list(self.running):
+            attempt = self.store.attempt(attempt_id)
+            st = self._state_of_attempt(attempt)
+            limit = st.timeout
+            if limit is None or now - (attempt["started"] or now) < limit + HUNG_GRACE_SECONDS:
+                continue
+            self.kill_attempt(attempt_id)
+            self.running.pop(attempt_id, None)
+            if st.limit:
+                self.running_groups[st.limit] = max(0, self.running_groups.get(st.limit, 1) - 1)
+            self.store.update_attempt(attempt_id, status="failed", ended=now, not_before=now + self._backoff(attempt),
+                                      result={"kind": "retry", "reason": f"hung: still running {limit:.0f} s "
+                                              "past its timeout"})
+            self.evaluate(attempt["subject_id"])
+
+    def reload(self) -> None:
+        """SIGHUP: read the configuration again; a bad file is reported and the old kept."""
+        from autoproc.config import load_config
+
+        if self.config_path is None:
+            return
+        try:
+            new = load_config(self.config_path)
+            self._load_machines(new)
+        except Exception as err:  # noqa: BLE001 - any failure keeps the running config
+            message = f"reload refused, keeping the running configuration: {err}"
+            log.error("%s", message)
+            self.store.add_problem("config", message)
+            return
+        old_watch = self.config.watch
+        self.config = new
+        self.machines = self._load_machines(new)
+        if new.watch != old_watch and self._watch:
+            if self.watcher is not None:
+                self.watcher.stop()
+            self.watcher = None
+            if new.watch:
+                self.start_watcher()
+        self.store.add_problem("config", f"reloaded {self.config_path}")
+        log.info("configuration reloaded from %s", self.config_path)
+
+    def status_line(self) -> str:
+        counts: dict[str, int] = {}
+        for _kind, state, n in self.store.counts():
+            counts[state] = counts.get(state, 0) + n
+        summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no subjects"
+        return f"{summary}; {len(self.running)} running"
+
+
+def _result_of(future: Future) -> dict[str, Any]:
+    try:
+        return future.result()
+    except Exception as err:  # the executor itself failed (e.g. a lost HTEX worker)
+        return {"kind": "retry", "reason": f"executor: {type(err).__name__}: {err}", "evidence": {}}
+

@@ -1,0 +1,84 @@
+"""Where actions run: a Parsl DataFlowKernel built from the `executor` config section.
+
+Threads in the daemon by default (actions mostly wait on child processes); a
+HighThroughputExecutor on a LocalProvider or SlurmProvider when a site outgrows one
+machine. Every action is wrapped so that its future never raises: the result is a plain,
+picklable description of what happened, which the engine records.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from autoproc import actions
+from autoproc.config import ExecutorConfig
+
+
+def perform(fn: Callable[[actions.ActionContext], actions.Outcome], ctx: actions.ActionContext) -> dict[str, Any]:
+    """Run one action and describe its result as data (the engine's only input from it)."""
+    try:
+        outcome = fn(ctx)
+    except actions.Retry as err:
+        return {"kind": "retry", "reason": err.reason, "evidence": err.evidence, "adjust": err.adjust}
+    except actions.Wait as err:
+        return {"kind": "wait", "reason": err.reason, "evidence": err.evidence, "retry_after": err.retry_after}
+    except actions.Hold as err:
+        return {"kind": "hold", "reason": err.reason, "evidence": err.evidence}
+    except actions.Fail as err:
+        return {"kind": "fail", "reason": err.reason, "evidence": err.evidence}
+    except Exception as err:  # an action's bug or an unforeseen failure: needs a person
+        tb = traceback.format_exc(limit=8)
+        return {"kind": "fail", "reason": f"{type(err).__name__}: {err}", "evidence": {"traceback": tb}}
+    if not isinstance(outcome, actions.Outcome):
+        return {"kind": "fail", "reason": f"action returned {type(outcome).__name__}, not an Outcome", "evidence": {}}
+    return {"kind": "outcome", **asdict(outcome)}
+
+
+def build_parsl_config(cfg: ExecutorConfig, run_dir: Path):
+    """The Parsl Config for `cfg` (building it starts nothing)."""
+    from parsl.config import Config
+    from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
+
+    if cfg.kind == "threads":
+        executor = ThreadPoolExecutor(label="actions", max_threads=cfg.max_workers)
+    else:
+        p = cfg.provider
+        if p.kind == "slurm":
+            from parsl.providers import SlurmProvider
+
+            provider = SlurmProvider(
+                partition=p.partition, account=p.account, nodes_per_block=p.nodes_per_block,
+                cores_per_node=p.cores_per_node, mem_per_node=p.mem_per_node, walltime=p.walltime,
+                init_blocks=p.init_blocks, min_blocks=p.min_blocks, max_blocks=p.max_blocks,
+                worker_init=p.worker_init)
+        else:
+            from parsl.providers import LocalProvider
+
+            provider = LocalProvider(init_blocks=p.init_blocks or 1, min_blocks=p.min_blocks,
+                                     max_blocks=p.max_blocks, worker_init=p.worker_init)
+        executor = HighThroughputExecutor(label="actions", provider=provider, max_workers_per_node=cfg.max_workers)
+    return Config(executors=[executor], run_dir=str(run_dir), retries=0, app_cache=False,
+                  strategy="none" if cfg.kind == "threads" else "simple", initialize_logging=False)
+
+
+class Executor:
+    """A started Parsl DataFlowKernel running `perform` for the engine."""
+
+    def __init__(self, cfg: ExecutorConfig, run_dir: Path):
+        from parsl.app.app import python_app
+        from parsl.dataflow.dflow import DataFlowKernel
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.dfk = DataFlowKernel(build_parsl_config(cfg, run_dir))
+        self._app = python_app(perform, data_flow_kernel=self.dfk, executors=["actions"])
+
+    def submit(self, fn: Callable[[actions.ActionContext], actions.Outcome], ctx: actions.ActionContext) -> Future:
+        return self._app(fn, ctx)
+
+    def shutdown(self) -> None:
+        self.dfk.cleanup()

@@ -1,0 +1,61 @@
+"""`autoproc daemon`: one engine per state database, driven by signals.
+
+SIGTERM/SIGINT stop it (children are killed, their attempts marked interrupted, exit 0);
+SIGHUP reloads the configuration (a bad file is reported and the old one kept).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+from pathlib import Path
+
+from autoproc.config import Config
+from autoproc.engine import Engine, Reload
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def _lock(config: Config) -> int:
+    """An exclusive lock next to the database: one daemon per store."""
+    config.root.mkdir(parents=True, exist_ok=True, mode=0o750)
+    path = Path(str(config.db) + ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise AlreadyRunning(f"another autoproc daemon (pid {holder}) is running on {config.db}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool = True) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    lock = _lock(config)
+    engine = Engine(config, config_path=config_path, watch=watch)
+
+    def stop(signum, frame) -> None:
+        engine.stop()
+
+    def reload(signum, frame) -> None:
+        engine.events.put(Reload())
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
+    try:
+        engine.start()
+        logging.getLogger("autoproc").info("daemon started on %s", config.db)
+        engine.run()
+    finally:
+        engine.shutdown()
+        os.close(lock)
+    logging.getLogger("autoproc").info("daemon stopped")
+    return 0

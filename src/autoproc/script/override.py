@@ -1,0 +1,169 @@
+"""Operator overrides: every one is a journaled, validated change of one subject.
+
+They write the same store the daemon uses, with a compare-and-set, so they work while
+the daemon runs; the daemon notices them within a second.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from dataclasses import dataclass, field
+
+from autoproc.machines import StateMachine
+from autoproc.store import Store, Subject
+
+
+class OverrideError(Exception):
+    """An override the machine or the subject does not allow; the message says why."""
+
+
+@dataclass
+class Plan:
+    """What an override does (or, with --dry-run, would do)."""
+
+    subject: Subject
+    action: str
+    to_state: str | None = None
+    trigger: str = ""
+    redo: list[str] = field(default_factory=list)
+    note: str = ""
+    done: bool = False
+
+    def describe(self) -> str:
+        verb = "did" if self.done else "would"
+        ref = self.subject.ref
+        if self.action in ("hold", "release"):
+            text = f"{verb} {self.action} {ref} (in {self.subject.state})"
+        else:
+            text = f"{verb} move {ref} from {self.subject.state} to {self.to_state} ({self.trigger})"
+        if self.redo:
+            text += "\n  states to run again: " + " -> ".join(self.redo)
+        if self.note:
+            text += f"\n  {self.note}"
+        return text
+
+
+def operator_name(given: str | None = None) -> str:
+    name = given or os.environ.get("USER") or getpass.getuser()
+    if not name or name == "daemon":
+        raise OverrideError("an operator name is required (and it cannot be 'daemon'); use --operator")
+    return name
+
+
+def _need_reason(reason: str | None) -> str:
+    if not reason or not reason.strip():
+        raise OverrideError("--reason is required: say why, it goes into the journal")
+    return reason.strip()
+
+
+def _machine(machines: dict[str, StateMachine], kind: str) -> StateMachine:
+    if kind not in machines:
+        raise OverrideError(f"unknown kind {kind!r}; known: {', '.join(sorted(machines)) or 'none'}")
+    return machines[kind]
+
+
+def _move(store: Store, plan: Plan, *, operator: str, reason: str, dry_run: bool) -> Plan:
+    if dry_run:
+        return plan
+    store.transition(plan.subject, plan.to_state, trigger=plan.trigger, actor=operator, reason=reason,
+                     evidence={"override": plan.action})
+    plan.done = True
+    return plan
+
+
+def set_state(store: Store, machines: dict[str, StateMachine], kind: str, key: str, state: str, *,
+              reason: str | None, operator: str | None = None, force: bool = False, dry_run: bool = False) -> Plan:
+    machine = _machine(machines, kind)
+    reason = _need_reason(reason)
+    if state not in machine.spec.states:
+        raise OverrideError(f"{kind} has no state {state!r}; states: {', '.join(machine.spec.states)}")
+    subject = store.subject(kind, key)
+    if subject.state == state:
+        raise OverrideError(f"{subject.ref} is already in {state}")
+    triggers = machine.reachable(subject.state, state)
+    if not triggers and not force:
+        raise OverrideError(f"no transition leads from {subject.state} to {state}; "
+                            "--force sets it anyway (journaled as forced)")
+    plan = Plan(subject, "set", state, triggers[0] if triggers else "force")
+    return _move(store, plan, operator=operator_name(operator), reason=reason, dry_run=dry_run)
+
+
+def retry(store: Store, machines: dict[str, StateMachine], kind: str, key: str, *, reason: str | None,
+          operator: str | None = None, dry_run: bool = False) -> Plan:
+    """Send a subject back to the state it failed in, with a fresh retry budget."""
+    machine = _machine(machines, kind)
+    reason = _need_reason(reason)
+    subject = store.subject(kind, key)
+    entered = [r for r in store.journal(subject.id) if r["to_state"] == subject.state and r["from_state"]
+               and r["from_state"] != subject.state]
+    if not entered:
+        raise OverrideError(f"{subject.ref} has no earlier state to retry")
+    back = entered[-1]["from_state"]
+    if not machine.state(back).action:
+        raise OverrideError(f"{subject.ref} came to {subject.state} from {back}, which runs no action to retry")
+    if not (machine.state(subject.state).terminal or machine.state(subject.state).attention):
+        raise OverrideError(f"{subject.ref} is in {subject.state}, which is neither failed nor waiting for a person")
+    plan = Plan(subject, "retry", back, "retry", note="the retry budget starts again")
+    return _move(store, plan, operator=operator_name(operator), reason=reason, dry_run=dry_run)
+
+
+def rerun_from(store: Store, machines: dict[str, StateMachine], kind: str, key: str, state: str, *,
+               reason: str | None, operator: str | None = None, dry_run: bool = False) -> Plan:
+    """Reset a subject to an earlier state; everything after it runs again."""
+    machine = _machine(machines, kind)
+    reason = _need_reason(reason)
+    if state not in machine.spec.states:
+        raise OverrideError(f"{kind} has no state {state!r}; states: {', '.join(machine.spec.states)}")
+    subject = store.subject(kind, key)
+    downstream = machine.downstream(state)
+    if subject.state not in downstream:
+        raise OverrideError(f"{state} does not come before {subject.state} in the {kind} machine")
+    redo = downstream[: downstream.index(subject.state)] if subject.state != state else [state]
+    plan = Plan(subject, "rerun", state, "rerun", redo=redo,
+                note="earlier attempts are kept in the history; their outputs are re-checked, not deleted")
+    return _move(store, plan, operator=operator_name(operator), reason=reason, dry_run=dry_run)
+
+
+def hold(store: Store, machines: dict[str, StateMachine], kind: str, key: str, *, reason: str | None,
+         operator: str | None = None, dry_run: bool = False) -> Plan:
+    _machine(machines, kind)
+    reason = _need_reason(reason)
+    subject = store.subject(kind, key)
+    if subject.held:
+        raise OverrideError(f"{subject.ref} is already held: {subject.held}")
+    plan = Plan(subject, "hold", note="no new action starts until it is released")
+    if not dry_run:
+        store.update(subject, held=reason, trigger="hold", actor=operator_name(operator), reason=reason)
+        plan.done = True
+    return plan
+
+
+def release(store: Store, machines: dict[str, StateMachine], kind: str, key: str, *, reason: str | None,
+            operator: str | None = None, dry_run: bool = False) -> Plan:
+    _machine(machines, kind)
+    reason = _need_reason(reason)
+    subject = store.subject(kind, key)
+    if not subject.held:
+        raise OverrideError(f"{subject.ref} is not held")
+    plan = Plan(subject, "release", note=f"it was held because: {subject.held}")
+    if not dry_run:
+        store.update(subject, held=None, trigger="release", actor=operator_name(operator), reason=reason)
+        plan.done = True
+    return plan
+
+
+def add(store: Store, machines: dict[str, StateMachine], kind: str, key: str, *, reason: str | None,
+        data: dict | None = None, operator: str | None = None) -> Subject:
+    """Create a subject by hand (e.g. an exposure nobody's file announced)."""
+    import re
+
+    machine = _machine(machines, kind)
+    reason = _need_reason(reason)
+    if not re.match(machine.spec.key_pattern, key):
+        raise OverrideError(f"{key!r} is not a valid {kind} key (must match {machine.spec.key_pattern})")
+    subject, created = store.ensure_subject(kind, key, machine.spec.initial, actor=operator_name(operator),
+                                            reason=reason, data=data)
+    if not created:
+        raise OverrideError(f"{subject.ref} already exists (in {subject.state})")
+    return subject

@@ -1,0 +1,468 @@
+"""The state store: SQLite in WAL mode, shared by the daemon and the CLI.
+
+Every state change is a compare-and-set on the subject's version plus one journal row,
+in one `BEGIN IMMEDIATE` transaction, so two processes writing at once lose nothing.
+The journal is append-only (enforced by triggers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+BUSY_TIMEOUT_MS = 30_000
+
+# Each entry upgrades the schema by one version; `PRAGMA user_version` says where a file is.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE subjects (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        state TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1,
+        data TEXT NOT NULL DEFAULT '{}',
+        held TEXT,
+        entry INTEGER,
+        entered REAL NOT NULL,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        UNIQUE (kind, key)
+    );
+    CREATE INDEX subjects_kind_state ON subjects (kind, state);
+    CREATE TABLE journal (
+        id INTEGER PRIMARY KEY,
+        subject_id INTEGER NOT NULL REFERENCES subjects (id),
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        evidence TEXT NOT NULL DEFAULT '{}',
+        version INTEGER NOT NULL,
+        time REAL NOT NULL
+    );
+    CREATE INDEX journal_subject ON journal (subject_id, id);
+    CREATE TRIGGER journal_no_update BEFORE UPDATE ON journal
+        BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
+    CREATE TRIGGER journal_no_delete BEFORE DELETE ON journal
+        BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        subject_id INTEGER NOT NULL REFERENCES subjects (id),
+        stage TEXT NOT NULL,
+        step TEXT NOT NULL DEFAULT '',
+        try INTEGER NOT NULL,
+        entry INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        argv TEXT,
+        cwd TEXT,
+        log TEXT,
+        pid INTEGER,
+        pgid INTEGER,
+        host TEXT,
+        started REAL,
+        ended REAL,
+        exit_status INTEGER,
+        result TEXT NOT NULL DEFAULT '{}',
+        applied INTEGER NOT NULL DEFAULT 0,
+        not_before REAL
+    );
+    CREATE INDEX attempts_subject ON attempts (subject_id, id);
+    CREATE INDEX attempts_status ON attempts (status);
+    CREATE TABLE files (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL UNIQUE,
+        root TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime REAL NOT NULL,
+        subject_id INTEGER REFERENCES subjects (id),
+        status TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        info TEXT NOT NULL DEFAULT '{}',
+        seen REAL NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE INDEX files_subject ON files (subject_id, status);
+    CREATE INDEX files_status ON files (status);
+    CREATE TABLE problems (
+        id INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        source TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE TABLE daemon (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        pid INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        started REAL NOT NULL,
+        heartbeat REAL NOT NULL,
+        status TEXT NOT NULL DEFAULT ''
+    );
+    """,
+]
+
+ATTEMPT_ACTIVE = ("queued", "running")
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (it says why)."""
+
+
+class Conflict(StoreError):
+    """Another writer changed the subject first (compare-and-set lost)."""
+
+
+class UnknownSubject(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class Subject:
+    id: int
+    kind: str
+    key: str
+    state: str
+    version: int
+    data: dict[str, Any]
+    held: str | None
+    entry: int | None
+    entered: float
+    created: float
+    updated: float
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind}/{self.key}"
+
+    @classmethod
+    def from_row(cls, row: dict) -> Subject:
+        return cls(**{**row, "data": json.loads(row["data"])})
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _row(cursor: sqlite3.Cursor, values: tuple) -> dict:
+    return {d[0]: v for d, v in zip(cursor.description, values, strict=True)}
+
+
+class Store:
+    """One connection to the state database. Not shared between threads."""
+
+    def __init__(self, path: Path | str, *, create: bool = True, readonly: bool = False):
+        self.path = Path(path)
+        if not self.path.exists():
+            if not create or readonly:
+                raise StoreError(f"{self.path}: no state database here (has the daemon run?)")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Created 0600 before SQLite opens it; SQLite gives -wal/-shm the same mode.
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if not readonly:
+                conn.execute("PRAGMA journal_mode = WAL")
+                # NORMAL in WAL mode: a commit survives a crash of the process (kill -9);
+                # only an OS crash or power loss can drop the last commits.
+                conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path}: cannot open the state database: {err}") from None
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        if not readonly:
+            self.migrate()
+        elif self.schema_version() != len(MIGRATIONS):
+            raise StoreError(f"{self.path}: schema version {self.schema_version()}, expected {len(MIGRATIONS)}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- transactions -------------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A read-modify-write transaction; takes the write lock up front."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as err:
+            raise StoreError(f"{self.path}: the state database is busy ({err}); another process holds it") from None
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def migrate(self) -> None:
+        with self.write() as c:
+            current = c.execute("PRAGMA user_version").fetchone()[0]
+            if current > len(MIGRATIONS):
+                raise StoreError(f"{self.path}: schema version {current} is newer than this autoproc knows")
+            for number in range(current, len(MIGRATIONS)):
+                for statement in MIGRATIONS[number].split(";\n"):
+                    if statement.strip():
+                        c.execute(statement)
+                c.execute(f"PRAGMA user_version = {number + 1}")
+
+    def _one(self, sql: str, params: Sequence = ()) -> dict | None:
+        cur = self.conn.execute(sql, params)
+        values = cur.fetchone()
+        return None if values is None else _row(cur, values)
+
+    def _all(self, sql: str, params: Sequence = ()) -> list[dict]:
+        cur = self.conn.execute(sql, params)
+        return [_row(cur, v) for v in cur.fetchall()]
+
+    # -- subjects -----------------------------------------------------------------------
+
+    def subject(self, kind: str, key: str) -> Subject:
+        row = self._one("SELECT * FROM subjects WHERE kind = ? AND key = ?", (kind, key))
+        if row is None:
+            raise UnknownSubject(f"no subject {kind}/{key}")
+        return Subject.from_row(row)
+
+    def subject_by_id(self, subject_id: int) -> Subject:
+        row = self._one("SELECT * FROM subjects WHERE id = ?", (subject_id,))
+        if row is None:
+            raise UnknownSubject(f"no subject with id {subject_id}")
+        return Subject.from_row(row)
+
+    def find_subject(self, kind: str, key: str) -> Subject | None:
+        try:
+            return self.subject(kind, key)
+        except UnknownSubject:
+            return None
+
+    def subjects(self, kind: str | None = None, state: str | None = None, *, limit: int | None = None,
+                 held: bool | None = None) -> list[Subject]:
+        where, params = [], []
+        if kind:
+            where.append("kind = ?")
+            params.append(kind)
+        if state:
+            where.append("state = ?")
+            params.append(state)
+        if held is not None:
+            where.append("held IS NOT NULL" if held else "held IS NULL")
+        rows = self.db["subjects"].rows_where(" AND ".join(where) or None, params, order_by="kind, key", limit=limit)
+        return [Subject.from_row(r) for r in rows]
+
+    def counts(self) -> list[tuple[str, str, int]]:
+        return [tuple(r) for r in self.conn.execute(
+            "SELECT kind, state, count(*) FROM subjects GROUP BY kind, state ORDER BY kind, state")]
+
+    def ensure_subject(self, kind: str, key: str, initial: str, *, actor: str, reason: str = "",
+                       data: dict | None = None) -> tuple[Subject, bool]:
+        """The subject, created in `initial` (with a journal row) when new."""
+        now = time.time()
+        with self.write() as c:
+            row = self._one("SELECT * FROM subjects WHERE kind = ? AND key = ?", (kind, key))
+            if row is not None:
+                return Subject.from_row(row), False
+            cur = c.execute(
+                "INSERT INTO subjects (kind, key, state, version, data, entered, created, updated)"
+                " VALUES (?, ?, ?, 1, ?, ?, ?, ?)", (kind, key, initial, _json(data or {}), now, now, now))
+            subject_id = cur.lastrowid
+            entry = self._journal(c, subject_id, None, initial, "create", actor, reason, {}, 1, now)
+            c.execute("UPDATE subjects SET entry = ? WHERE id = ?", (entry, subject_id))
+        return self.subject_by_id(subject_id), True
+
+    @staticmethod
+    def _journal(c: sqlite3.Connection, subject_id: int, from_state: str | None, to_state: str, trigger: str,
+                 actor: str, reason: str, evidence: dict, version: int, now: float) -> int:
+        cur = c.execute(
+            "INSERT INTO journal (subject_id, from_state, to_state, trigger, actor, reason, evidence, version, time)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (subject_id, from_state, to_state, trigger, actor, reason, _json(evidence), version, now))
+        return cur.lastrowid
+
+    def transition(self, subject: Subject, to_state: str, *, trigger: str, actor: str, reason: str = "",
+                   evidence: dict | None = None, data: dict | None = None,
+                   consume_files: Sequence[str] = ()) -> Subject:
+        """Compare-and-set the state (and optionally merge `data`), journaled, atomically.
+        Raises Conflict when someone else changed the subject since it was read."""
+        now = time.time()
+        merged = {**subject.data, **(data or {})}
+        with self.write() as c:
+            cur = c.execute(
+                "UPDATE subjects SET state = ?, version = version + 1, data = ?, entered = ?, updated = ?"
+                " WHERE id = ? AND version = ?",
+                (to_state, _json(merged), now, now, subject.id, subject.version))
+            if cur.rowcount != 1:
+                raise Conflict(f"{subject.ref} changed since version {subject.version}")
+            entry = self._journal(c, subject.id, subject.state, to_state, trigger, actor, reason,
+                                  evidence or {}, subject.version + 1, now)
+            c.execute("UPDATE subjects SET entry = ? WHERE id = ?", (entry, subject.id))
+            self._consume(c, subject.id, consume_files, now)
+        return self.subject_by_id(subject.id)
+
+    def update(self, subject: Subject, *, data: dict | None = None, held: str | None | bool = False,
+               trigger: str | None = None, actor: str = "daemon", reason: str = "",
+               evidence: dict | None = None, consume_files: Sequence[str] = ()) -> Subject:
+        """Compare-and-set data and/or the hold flag without a state change. A `trigger`
+        journals the change (hold, release, notes); plain data updates are not journaled."""
+        now = time.time()
+        merged = {**subject.data, **(data or {})}
+        new_held = subject.held if held is False else held
+        with self.write() as c:
+            cur = c.execute(
+                "UPDATE subjects SET version = version + 1, data = ?, held = ?, updated = ?"
+                " WHERE id = ? AND version = ?", (_json(merged), new_held, now, subject.id, subject.version))
+            if cur.rowcount != 1:
+                raise Conflict(f"{subject.ref} changed since version {subject.version}")
+            if trigger:
+                self._journal(c, subject.id, subject.state, subject.state, trigger, actor, reason,
+                              evidence or {}, subject.version + 1, now)
+            self._consume(c, subject.id, consume_files, now)
+        return self.subject_by_id(subject.id)
+
+    @staticmethod
+    def _consume(c: sqlite3.Connection, subject_id: int, paths: Sequence[str], now: float) -> None:
+        for path in paths:
+            c.execute("UPDATE files SET status = 'consumed', updated = ? WHERE path = ? AND subject_id = ?",
+                      (now, path, subject_id))
+
+    # -- journal ------------------------------------------------------------------------
+
+    def journal(self, subject_id: int | None = None, *, since: int = 0, limit: int | None = None,
+                newest_first: bool = False) -> list[dict]:
+        sql = ("SELECT j.*, s.kind, s.key FROM journal j JOIN subjects s ON s.id = j.subject_id WHERE j.id > ?")
+        params: list[Any] = [since]
+        if subject_id is not None:
+            sql += " AND j.subject_id = ?"
+            params.append(subject_id)
+        sql += " ORDER BY j.id" + (" DESC" if newest_first else "")
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        rows = self._all(sql, params)
+        for r in rows:
+            r["evidence"] = json.loads(r["evidence"])
+        return rows
+
+    def last_journal_id(self) -> int:
+        return self.conn.execute("SELECT coalesce(max(id), 0) FROM journal").fetchone()[0]
+
+    # -- attempts -----------------------------------------------------------------------
+
+    def add_attempt(self, subject: Subject, stage: str, *, step: str = "", try_number: int,
+                    status: str = "queued", cwd: str = "", log: str = "") -> int:
+        with self.write() as c:
+            cur = c.execute(
+                "INSERT INTO attempts (subject_id, stage, step, try, entry, status, cwd, log, host, started)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (subject.id, stage, step, try_number, subject.entry, status, cwd, log, socket.gethostname(),
+                 time.time()))
+            return cur.lastrowid
+
+    def update_attempt(self, attempt_id: int, **fields: Any) -> None:
+        for name in ("argv", "result"):
+            if name in fields and not isinstance(fields[name], str):
+                fields[name] = _json(fields[name])
+        if not fields:
+            return
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        with self.write() as c:
+            c.execute(f"UPDATE attempts SET {assignments} WHERE id = ?", (*fields.values(), attempt_id))
+
+    def attempt(self, attempt_id: int) -> dict:
+        row = self._one("SELECT * FROM attempts WHERE id = ?", (attempt_id,))
+        if row is None:
+            raise StoreError(f"no attempt {attempt_id}")
+        return self._decode_attempt(row)
+
+    @staticmethod
+    def _decode_attempt(row: dict) -> dict:
+        row["result"] = json.loads(row["result"] or "{}")
+        row["argv"] = json.loads(row["argv"]) if row["argv"] else None
+        return row
+
+    def attempts(self, subject_id: int | None = None, *, status: Sequence[str] = (), entry: int | None = None,
+                 limit: int | None = None, newest_first: bool = False) -> list[dict]:
+        where, params = [], []
+        if subject_id is not None:
+            where.append("subject_id = ?")
+            params.append(subject_id)
+        if status:
+            where.append(f"status IN ({', '.join('?' * len(status))})")
+            params.extend(status)
+        if entry is not None:
+            where.append("entry = ?")
+            params.append(entry)
+        rows = self.db["attempts"].rows_where(" AND ".join(where) or None, params,
+                                              order_by="id DESC" if newest_first else "id", limit=limit)
+        return [self._decode_attempt(r) for r in rows]
+
+    # -- intake files -------------------------------------------------------------------
+
+    def file(self, path: str) -> dict | None:
+        return self._one("SELECT * FROM files WHERE path = ?", (path,))
+
+    def record_file(self, *, path: str, root: str, kind: str, size: int, mtime: float, status: str,
+                    reason: str = "", subject_id: int | None = None, info: dict | None = None) -> None:
+        now = time.time()
+        with self.write() as c:
+            c.execute(
+                "INSERT INTO files (path, root, kind, size, mtime, subject_id, status, reason, info, seen, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET"
+                " root = excluded.root, kind = excluded.kind, size = excluded.size, mtime = excluded.mtime,"
+                " subject_id = excluded.subject_id, status = excluded.status, reason = excluded.reason,"
+                " info = excluded.info, updated = excluded.updated",
+                (path, root, kind, size, mtime, subject_id, status, reason, _json(info or {}), now, now))
+
+    def files(self, *, subject_id: int | None = None, status: str | None = None,
+              limit: int | None = None) -> list[dict]:
+        where, params = [], []
+        if subject_id is not None:
+            where.append("subject_id = ?")
+            params.append(subject_id)
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        rows = list(self.db["files"].rows_where(" AND ".join(where) or None, params, order_by="path", limit=limit))
+        for r in rows:
+            r["info"] = json.loads(r["info"])
+        return rows
+
+    def file_counts(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT status, count(*) FROM files GROUP BY status").fetchall())
+
+    # -- problems and the daemon's heartbeat --------------------------------------------
+
+    def add_problem(self, source: str, message: str) -> None:
+        with self.write() as c:
+            c.execute("INSERT INTO problems (time, source, message) VALUES (?, ?, ?)", (time.time(), source, message))
+
+    def problems(self, limit: int = 20) -> list[dict]:
+        return list(self.db["problems"].rows_where(order_by="id DESC", limit=limit))
+
+    def heartbeat(self, status: str = "", *, started: float | None = None) -> None:
+        now = time.time()
+        with self.write() as c:
+            if started is not None:
+                c.execute("INSERT OR REPLACE INTO daemon (id, pid, host, started, heartbeat, status)"
+                          " VALUES (1, ?, ?, ?, ?, ?)", (os.getpid(), socket.gethostname(), started, now, status))
+            else:
+                c.execute("UPDATE daemon SET heartbeat = ?, status = ? WHERE id = 1", (now, status))
+
+    def daemon_info(self) -> dict | None:
+        return self._one("SELECT * FROM daemon WHERE id = 1")

@@ -1,0 +1,95 @@
+"""Actions, conditions and a file kind for the engine's test machines.
+
+A widget file (`<key>-<n>.w`) holds one instruction the build step obeys: `ok`,
+`fail`, `flaky` (fails on the first try), `sleep <seconds>`, `hold`. Every finished
+action appends a line to `<root>/ledger.txt`, so tests can tell how often each ran.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from autoproc.actions import Fail, FileInfo, Hold, Outcome, Retry, action, callback, condition, file_kind
+
+
+def ledger(ctx_or_config, line: str) -> None:
+    config = getattr(ctx_or_config, "config", ctx_or_config)
+    with open(Path(config.root) / "ledger.txt", "a") as f:
+        f.write(line + "\n")
+
+
+@file_kind("widget")
+def widget_file(path: Path, config) -> FileInfo:
+    text = path.read_text().strip()
+    if not text:
+        raise ValueError(f"{path.name}: empty widget file")
+    word = text.split()[0]
+    if word not in {"ok", "fail", "flaky", "sleep", "hold"}:
+        raise ValueError(f"{path.name}: unknown instruction {word!r}")
+    key = path.name.split("-", 1)[0]
+    return FileInfo(subject=("widget", key), info={"instruction": text})
+
+
+@condition()
+def has_files(subject, env) -> bool:
+    return bool(env.store.files(subject_id=subject.id, status="ready"))
+
+
+@action()
+def build(ctx) -> Outcome:
+    instructions = [f["info"]["instruction"] for f in ctx.files]
+    seconds = max([float(i.split()[1]) for i in instructions if i.startswith("sleep")] or [0.0])
+    out = Path(ctx.config.root) / "built" / f"{ctx.subject.key}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = ctx.run([sys.executable, "-c",
+                      "import sys, time; time.sleep(float(sys.argv[1])); open(sys.argv[2], 'w').write(sys.argv[3])",
+                      str(seconds), str(out), " ".join(instructions)], name="build")
+    if not result.ok:
+        raise Retry(f"build child exited {result.returncode}", evidence={"log": str(result.log)})
+    if "fail" in instructions:
+        raise Fail("the widget file says fail")
+    if "flaky" in instructions and ctx.try_number == 1:
+        raise Retry("flaky widget: first try fails", adjust={"memory": 2})
+    if "hold" in instructions:
+        raise Hold("the widget file asks for a person")
+    ledger(ctx, f"build {ctx.subject.key} try={ctx.try_number} adjust={ctx.adjust}")
+    return Outcome("built", evidence={"output": str(out)}, data={"files": len(ctx.files)},
+                   consume=[f["path"] for f in ctx.files])
+
+
+@action()
+def check(ctx) -> Outcome:
+    out = Path(ctx.config.root) / "built" / f"{ctx.subject.key}.txt"
+    if not out.exists():
+        raise Fail(f"{out} is missing")
+    ledger(ctx, f"check {ctx.subject.key}")
+    return Outcome("checked", evidence={"size": out.stat().st_size})
+
+
+@callback()
+def note_done(change: dict, env) -> None:
+    ledger(env, f"done {change['key']}")
+
+
+@action()
+def submit_once(ctx) -> Outcome:
+    marker = Path(ctx.config.root) / "submitted" / ctx.subject.key
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    # A pretend external submission: it takes a while, and must never happen twice.
+    ctx.run([sys.executable, "-c", "import time, sys; time.sleep(float(sys.argv[1]))",
+             str(ctx.subject.data.get("seconds", 0))], name="submit")
+    with open(marker, "a") as f:
+        f.write("submitted\n")
+    ledger(ctx, f"submit {ctx.subject.key}")
+    return Outcome("submitted", evidence={"marker": str(marker)})
+
+
+@action()
+def find_submission(ctx) -> Outcome:
+    marker = Path(ctx.config.root) / "submitted" / ctx.subject.key
+    if marker.exists():
+        return Outcome("submitted", evidence={"marker": str(marker), "recovered": True})
+    if ctx.subject.data.get("unsafe_to_resubmit"):
+        raise Hold("no evidence of the submission; not submitting again")
+    raise Retry("no evidence of a submission: safe to submit")
