@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,14 +143,20 @@ def _builder_class():
     return SkipFailuresQuantumGraphBuilder
 
 
-def load_pipeline_graph(pipeline: str | Path, step: str | None = None):
-    """The pipeline graph of `pipeline[#step]` (a `#fragment` in `pipeline` wins)."""
+def load_pipeline_graph(pipeline: str | Path, step: str | None = None,
+                        config_files: Mapping[str, Sequence[str] | str] | None = None):
+    """The pipeline graph of `pipeline[#step]` (a `#fragment` in `pipeline` wins), with
+    per-task config override files (`pipetask -C label:file`) applied."""
     from lsst.pipe.base import Pipeline
 
     uri = str(pipeline)
     if "#" not in uri and step:
         uri = f"{uri}#{_check_step_name(step)}"
-    return Pipeline.from_uri(uri).to_graph()
+    pipe = Pipeline.from_uri(uri)
+    for label, files in (config_files or {}).items():
+        for f in [files] if isinstance(files, str | Path) else files:
+            pipe.addConfigFile(label, str(f))
+    return pipe.to_graph()
 
 
 def _split(pipeline: str | Path, step: str | None) -> tuple[str, str | None]:
@@ -161,14 +168,15 @@ def _split(pipeline: str | Path, step: str | None) -> tuple[str, str | None]:
 
 
 def make_builder(butler, pipeline: str | Path, step: str | None, chain: str, *, output_run: str,
-                 where: str = "", inputs: list[str] | None = None, skip_failures: bool = True):
+                 where: str = "", inputs: list[str] | None = None, skip_failures: bool = True,
+                 config_files: Mapping[str, Sequence[str] | str] | None = None):
     """A SkipFailuresQuantumGraphBuilder for `pipeline#step` over `chain`."""
     from lsst.daf.butler import MissingCollectionError
 
     _ensure_mocks()
     check_collection(chain)
     path, step = _split(pipeline, step)
-    graph = load_pipeline_graph(path, step)
+    graph = load_pipeline_graph(path, step, config_files)
     cls = _builder_class()
     try:
         return cls(graph, butler, where=where or "", input_collections=list(inputs or [chain]),
@@ -211,21 +219,23 @@ def _wrap_build_errors(fn):
 
 
 def check_step(butler, pipeline: str | Path, step: str | None, chain: str, where: str = "",
-               skip_failures: bool = True, inputs: list[str] | None = None) -> StepStatus:
+               skip_failures: bool = True, inputs: list[str] | None = None,
+               config_files: Mapping[str, Sequence[str] | str] | None = None) -> StepStatus:
     """Anything left to do for `pipeline#step` in `chain`? (qgraph.py --skip-existing-in
     chain [--skip-failures], in-process.) `StepStatus.empty` means the step is done."""
     t0 = time.perf_counter()
     path, step = _split(pipeline, step)
     dummy = f"{chain}/_autoproc_check"
     builder = make_builder(butler, path, step, chain, output_run=dummy, where=where, inputs=inputs,
-                           skip_failures=skip_failures)
+                           skip_failures=skip_failures, config_files=config_files)
     skeleton = _wrap_build_errors(lambda: builder._build_skeleton(attach_datastore_records=False))
     return _status_from(builder, skeleton, path, step, chain, where, skip_failures, t0)
 
 
 def build_graph_file(butler, pipeline: str | Path, step: str | None, chain: str, output_run: str,
                      path: Path | str, where: str = "", skip_failures: bool = True,
-                     inputs: list[str] | None = None, metadata: dict | None = None) -> StepStatus:
+                     inputs: list[str] | None = None, metadata: dict | None = None,
+                     config_files: Mapping[str, Sequence[str] | str] | None = None) -> StepStatus:
     """Build the execution graph for a new RUN (with datastore records, as bps and
     `pipetask run -g` need) and write it to `path` (`.qg`). Returns the status the
     build saw; when it is empty no file is written."""
@@ -233,7 +243,7 @@ def build_graph_file(butler, pipeline: str | Path, step: str | None, chain: str,
     ppath, step = _split(pipeline, step)
     check_collection(output_run)
     builder = make_builder(butler, ppath, step, chain, output_run=output_run, where=where, inputs=inputs,
-                           skip_failures=skip_failures)
+                           skip_failures=skip_failures, config_files=config_files)
     skeleton = _wrap_build_errors(lambda: builder._build_skeleton(attach_datastore_records=True))
     st = _status_from(builder, skeleton, ppath, step, chain, where, skip_failures, t0)
     if st.empty:

@@ -419,6 +419,7 @@ def run_step(
     skip_failures: bool = True,
     rename_retryable: bool = True,
     mock_storage_classes: bool | None = None,
+    config_files: Mapping[str, Sequence[str] | str] | None = None,
     run_child: RunChild = process.run,
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
@@ -431,6 +432,8 @@ def run_step(
     `fixed_inputs`: when given, the chain is first rebuilt (collection.py) with them.
     `inputs`: input collections for the graph (default: the chain itself).
     `mode`: "bps" (bps submit + Parsl, in `<attempt>/`) or "pipetask" (`pipetask run -j 1`).
+    `config_files`: {task label: config override file(s)}, applied in the graph (the
+    children run the graph file, so they see the same configs).
     `request_memory` (MB) goes to bps `requestMemory`; raise it for a retry after a
     memory failure. `attempt_root/<run with / as _>` is the attempt directory.
     """
@@ -456,7 +459,8 @@ def run_step(
     qg = attempt_dir / f"{run.replace('/', '_')}.qg"
     try:
         st = quanta.build_graph_file(butler, ppath, step, parent, run, qg, where=where,
-                                     skip_failures=skip_failures, inputs=list(inputs) if inputs else None)
+                                     skip_failures=skip_failures, inputs=list(inputs) if inputs else None,
+                                     config_files=config_files)
     except quanta.StepCheckError as err:
         outcome.error, outcome.error_kind = str(err), err.kind
         outcome.seconds = time.perf_counter() - t0

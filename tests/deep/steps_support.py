@@ -1,0 +1,91 @@
+"""Fixtures for the step tests (runner, quanta, collections, calibs): a small DEEP repo
+built in-process with the simulated DECam (deep-sim's instrument, raws and ingest).
+
+Pipelines: deep-sim's `src/autoproc/sim/deep/pipelines/DEEP-bias.yaml` when it exists;
+until then a two-task mock bias pipeline with the same labels and steps is written here.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import autoproc.sim.deep as simdeep
+
+SIM_DIR = Path(simdeep.__file__).resolve().parent
+PIPELINES = SIM_DIR / "pipelines"
+NIGHT = 20240601
+
+_FALLBACK_BIAS = """\
+description: minimal mock cpBias (test fallback until the sim pipelines exist)
+instrument: autoproc.sim.deep.instrument.SimDECam
+tasks:
+  cpBiasIsr:
+    class: lsst.pipe.base.tests.mocks.DynamicTestPipelineTask
+    config:
+      python: |
+        from lsst.pipe.base.tests.mocks import DynamicConnectionConfig as C
+        E = ["instrument", "exposure", "detector"]
+        config.dimensions = E
+        c = C(); c.dataset_type_name = "raw"; c.dimensions = E; c.storage_class = "Exposure"
+        c.mock_storage_class = False
+        config.inputs["ccdExposure"] = c
+        o = C(); o.dataset_type_name = "cpBiasIsrExp"; o.dimensions = E; o.storage_class = "Exposure"
+        config.outputs["outputExposure"] = o
+  cpBiasCombine:
+    class: lsst.pipe.base.tests.mocks.DynamicTestPipelineTask
+    config:
+      python: |
+        from lsst.pipe.base.tests.mocks import DynamicConnectionConfig as C
+        E = ["instrument", "exposure", "detector"]; D = ["instrument", "detector"]
+        config.dimensions = D
+        c = C(); c.dataset_type_name = "cpBiasIsrExp"; c.dimensions = E; c.storage_class = "Exposure"
+        c.multiple = True
+        config.inputs["inputExpHandles"] = c
+        o = C(); o.dataset_type_name = "bias"; o.dimensions = D; o.storage_class = "Exposure"
+        o.is_calibration = True
+        config.outputs["outputData"] = o
+subsets:
+  step1: [cpBiasIsr]
+  step2: [cpBiasCombine]
+"""
+
+
+def bias_pipeline(tmp: Path) -> Path:
+    p = PIPELINES / "DEEP-bias.yaml"
+    if p.exists():
+        return p
+    out = tmp / "DEEP-bias.yaml"
+    out.write_text(_FALLBACK_BIAS)
+    return out
+
+
+def make_repo(root: Path, nights=(NIGHT,), n_bias: int = 3, detectors=(1, 3), science=(("VR", 2),),
+              flats_per_band: int = 2):
+    """A repo with the sim DECam registered and `nights` of raws ingested (headers backend)."""
+    from lsst.daf.butler import Butler
+
+    from autoproc.deep.ingest import ingest_raws
+    from autoproc.sim.deep.instrument import SimDECam
+    from autoproc.sim.deep.raws import plan_night, write_night
+
+    t0 = time.perf_counter()
+    repo = root / "repo"
+    Butler.makeRepo(str(repo))
+    butler = Butler.from_config(str(repo), writeable=True)
+    SimDECam().register(butler.registry)
+    paths = []
+    for n in nights:
+        exps = plan_night(n, n_bias=n_bias, flats_per_band=flats_per_band, science=science, detectors=detectors)
+        paths += write_night(exps, root / "raw" / str(n))
+    res = ingest_raws(butler, paths)
+    assert not res.bad, res.bad
+    butler.registry.refresh()
+    return butler, repo, time.perf_counter() - t0
+
+
+def fail_config(tmp: Path, condition: str, exception: str = "builtins.RuntimeError", name: str = "fail.py"
+                ) -> Path:
+    p = tmp / name
+    p.write_text(f"config.fail_condition = {condition!r}\nconfig.fail_exception = {exception!r}\n")
+    return p

@@ -1,0 +1,221 @@
+"""DEEP steps: collection names, chain rebuild, raw tagging, the in-process skip-failures
+check, one attempt through `pipetask run -j 1` judged from the Butler, the retries.py
+log rename, and failure classification."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+pytest.importorskip("lsst.daf.butler")
+
+from steps_support import NIGHT, bias_pipeline, fail_config, make_repo  # noqa: E402
+
+from autoproc.deep import collections as C  # noqa: E402
+from autoproc.deep import quanta as Q  # noqa: E402
+from autoproc.deep import runner as R  # noqa: E402
+
+PARENT = f"DEEP/{NIGHT}/bias"
+
+
+# --- names (no butler) --------------------------------------------------------------------
+
+
+def test_names_and_fixed_inputs():
+    n = C.Names()
+    assert n.parent("bias", NIGHT) == f"DEEP/{NIGHT}/bias"
+    assert n.parent("coadd", "allSky", "3", "") == "DEEP/allSky/3/coadd"
+    assert n.diff(NIGHT, "allSky") == f"DEEP/{NIGHT}/allSky/diff_drp"
+    assert n.raw_tagged(NIGHT, "flat") == f"DEEP/{NIGHT}/flat/raw"
+    assert n.calib(NIGHT, "flat") == f"DEEP/{NIGHT}/calib/flat"
+    assert n.warps("allSky") == "DEEP/allSky/coadd/warps"
+    assert n.fixed_inputs("bias", NIGHT) == ["DECam/calib", f"DEEP/{NIGHT}/bias/raw"]
+    assert n.fixed_inputs("flat", NIGHT) == [f"DEEP/{NIGHT}/calib/bias", "DECam/calib", f"DEEP/{NIGHT}/flat/raw"]
+    assert n.fixed_inputs("drp", NIGHT) == [
+        "DEEP/fakes", "refcats", "skymaps", f"DEEP/{NIGHT}/calib/flat", f"DEEP/{NIGHT}/calib/bias", "DEEP/calib",
+        "DECam/calib", f"DEEP/{NIGHT}/drp/raw"]
+    assert n.fixed_inputs("coadd", "allSky") == ["DEEP/allSky/coadd/warps", "skymaps"]
+    assert n.fixed_inputs("diff_drp", NIGHT, "allSky") == ["DEEP/allSky/coadd", f"DEEP/{NIGHT}/drp"]
+    assert C.Names(prefix="X").parent("drp", NIGHT) == f"X/{NIGHT}/drp"
+    t = dt.datetime(2024, 11, 11, 11, 50, 7, tzinfo=dt.UTC)
+    assert C.new_run_name(PARENT, "DEEP-bias", "step1", t) == f"{PARENT}/DEEP-bias/step1/20241111T115007Z"
+    assert C.new_run_name(PARENT, "DEEP-bias", None, t).endswith("/_/20241111T115007Z")
+    assert C.pipeline_name_of("/a/b/DEEP-DRP.yaml#step1") == "DEEP-DRP"
+    for bad in ("2024060", "2024-06-01", "20240601; rm -rf /"):
+        with pytest.raises(C.CollectionNameError):
+            n.parent("drp", bad) if ";" in bad else n.raw_tagged(bad, "drp")
+    with pytest.raises(C.CollectionNameError):
+        C.new_run_name(PARENT, "DEEP-bias", "step 1")
+    with pytest.raises(C.CollectionNameError):
+        n.parent("coadd", "../x")
+    with pytest.raises(R.RunnerError):
+        R.check_where("visit = 1; `touch x`")
+
+
+# --- in-process registry work -------------------------------------------------------------
+
+
+@pytest.fixture
+def empty_butler(tmp_path):
+    from lsst.daf.butler import Butler
+
+    Butler.makeRepo(str(tmp_path / "repo"))
+    b = Butler.from_config(str(tmp_path / "repo"), writeable=True)
+    yield b
+    b.close()
+
+
+def test_rebuild_chain_rules(empty_butler, caplog):
+    from lsst.daf.butler import CollectionType
+
+    b = empty_butler
+    for c in ("DECam/calib", f"{PARENT}/raw"):
+        b.collections.register(c, CollectionType.TAGGED)
+    runs = [f"{PARENT}/DEEP-bias/step1/20241111T115007Z", f"{PARENT}/DEEP-bias/step2/20241112T000000Z",
+            f"{PARENT}/DEEP-bias/step1/20241110T000000Z", f"{PARENT}/zzz", f"{PARENT}/aaa"]
+    for r in runs:
+        b.collections.register(r, CollectionType.RUN)
+    b.collections.register(f"DEEP/{NIGHT}/biasx/run", CollectionType.RUN)  # not under parent/
+    fixed = ["DECam/calib", f"{PARENT}/raw", "DEEP/missing"]
+    res = C.rebuild_chain(b, PARENT, fixed)
+    expect = [runs[1], runs[0], runs[2], f"{PARENT}/aaa", f"{PARENT}/zzz", "DECam/calib", f"{PARENT}/raw"]
+    assert res.created and res.chain == expect and res.missing == ["DEEP/missing"]
+    assert list(b.collections.get_info(PARENT).children) == expect
+    assert "missing child DEEP/missing" in caplog.text
+    # idempotent
+    again = C.rebuild_chain(b, PARENT, fixed)
+    assert not again.changed and not again.created and again.chain == expect
+    # a new run is added (newest first)
+    new = f"{PARENT}/DEEP-bias/step1/20250101T000000Z"
+    b.collections.register(new, CollectionType.RUN)
+    assert C.rebuild_chain(b, PARENT, fixed).chain[0] == new
+    # a child the candidate lacks is never dropped without overwrite
+    b.collections.register("extra", CollectionType.TAGGED)
+    b.collections.prepend_chain(PARENT, "extra")
+    before = list(b.collections.get_info(PARENT).children)
+    kept = C.rebuild_chain(b, PARENT, fixed)
+    assert not kept.changed and kept.would_drop == ["extra"]
+    assert list(b.collections.get_info(PARENT).children) == before
+    # fixup_chain (execute.py) keeps it, after the dated runs
+    b.collections.register(f"{PARENT}/DEEP-bias/step2/20250202T000000Z", CollectionType.RUN)
+    fx = C.fixup_chain(b, PARENT)
+    assert fx.changed and fx.chain[0] == f"{PARENT}/DEEP-bias/step2/20250202T000000Z" and "extra" in fx.chain
+    dated = [c for c in fx.chain if C.DATED_LEAF_RE.match(c.rsplit("/", 1)[-1])]
+    assert dated == sorted(dated, key=lambda c: c.rsplit("/", 1)[-1], reverse=True)
+    # overwrite drops it
+    over = C.rebuild_chain(b, PARENT, fixed, overwrite=True)
+    assert over.changed and "extra" not in over.chain
+
+
+def test_tag_raws_idempotent(tmp_path):
+    b, _, _ = make_repo(tmp_path, n_bias=3, science=(("VR", 2), ("g", 1)), flats_per_band=1)
+    r1 = C.tag_raws(b, NIGHT, "bias")
+    assert r1.collection == f"DEEP/{NIGHT}/bias/raw" and r1.associated == 6 and r1.total == 6
+    r2 = C.tag_raws(b, NIGHT, "bias")
+    assert r2.associated == 0 and r2.total == 6
+    flat = C.tag_raws(b, NIGHT, "flat")
+    drp = C.tag_raws(b, NIGHT, "drp")
+    assert (flat.total, drp.total) == (4, 6)
+    refs = b.query_datasets("raw", collections=f"DEEP/{NIGHT}/flat/raw", explain=False)
+    assert {r.dataId.records["exposure"].observation_type for r in
+            b.query_datasets("raw", collections=f"DEEP/{NIGHT}/flat/raw", with_dimension_records=True)} == {
+        "dome flat"}
+    assert len(refs) == 4
+    empty = C.tag_raws(b, 20240602, "bias")
+    assert empty.total == 0 and empty.associated == 0
+
+
+# --- one attempt through pipetask, judged from the butler -----------------------------------
+
+
+@pytest.fixture
+def bias_repo(tmp_path):
+    b, repo, _ = make_repo(tmp_path, n_bias=3)
+    C.tag_raws(b, NIGHT, "bias")
+    C.ensure_chain(b, "bias", NIGHT)
+    yield b, str(repo), bias_pipeline(tmp_path)
+    b.close()
+
+
+def _run(b, repo, pipe, tmp_path, step="step1", **kw):
+    return R.run_step(b, repo, pipe, step, PARENT, tmp_path / "attempts",
+                      fixed_inputs=C.DEFAULT_NAMES.fixed_inputs("bias", NIGHT), **kw)
+
+
+def test_fatal_failure_then_skip_failures_then_release(bias_repo, tmp_path):
+    b, repo, pipe = bias_repo
+    st0 = Q.check_step(b, pipe, "step1", PARENT)
+    assert st0.to_run == {"cpBiasIsr": 6} and not st0.empty
+    bad = b.query_dimension_records("exposure", where="exposure.observation_type='zero'", explain=False)
+    exp = sorted(r.id for r in bad)[1]
+    cfg = fail_config(tmp_path, f"detector = 3 AND exposure = {exp}")
+    out = _run(b, repo, pipe, tmp_path, config_files={"cpBiasIsr": [str(cfg)]})
+    assert out.status == "failed" and out.returncodes == [1]
+    assert out.succeeded == {"cpBiasIsr": 5} and out.failed == {"cpBiasIsr": 1}
+    (f,) = out.failures
+    assert f.data_id == {"instrument": "DECam", "detector": 3, "exposure": exp}
+    assert f.exception_type == "RuntimeError" and "Simulated failure" in f.message
+    assert not f.retryable and not out.retryable and out.renamed_logs == 0
+    assert out.evidence["chain_after"]["chain"][0] == out.run
+    assert json.loads((tmp_path / "attempts" / out.run.replace("/", "_") / "attempt.json").read_text())[
+        "state"] == "done"
+    # skip-failures: the failed quantum is not work left; the step is "done with 1 failure"
+    st = Q.check_step(b, pipe, "step1", PARENT)
+    assert st.empty and st.succeeded == {"cpBiasIsr": 5}
+    assert [d["data_id"]["exposure"] for d in st.failed["cpBiasIsr"]] == [exp]
+    # without skip-failures the failed one is work again (plain skip-existing)
+    assert Q.check_step(b, pipe, "step1", PARENT, skip_failures=False).to_run == {"cpBiasIsr": 1}
+    # nothing to do: no run, no child
+    again = _run(b, repo, pipe, tmp_path)
+    assert again.status == "nothing_to_do" and again.run is None and not again.commands
+    # the operator releases it (retries.py rename); a new attempt without the failure fixes it
+    assert R.release_failures(b, PARENT, pipeline=pipe, step="step1") == 1
+    assert Q.check_step(b, pipe, "step1", PARENT).to_run == {"cpBiasIsr": 1}
+    fixed = _run(b, repo, pipe, tmp_path)
+    assert fixed.status == "succeeded" and fixed.expected == {"cpBiasIsr": 1} and fixed.succeeded == {
+        "cpBiasIsr": 1}
+    done = Q.check_step(b, pipe, "step1", PARENT)
+    assert done.empty and done.n_failed == 0 and done.succeeded == {"cpBiasIsr": 6}
+    # no duplicates: exactly one metadata per quantum through the chain
+    md = b.query_datasets("cpBiasIsr_metadata", collections=PARENT, find_first=False, explain=False)
+    assert len(md) == 6 and len({r.dataId for r in md}) == 6
+    # step2 runs on top, through the same chain
+    s2 = _run(b, repo, pipe, tmp_path, step="step2")
+    assert s2.status == "succeeded" and s2.succeeded == {"cpBiasCombine": 2}
+    chain = list(b.collections.get_info(PARENT).children)
+    assert chain[0] == s2.run and chain.index(fixed.run) < chain.index(out.run)
+
+
+def test_memory_failure_is_retryable_and_log_renamed(bias_repo, tmp_path):
+    b, repo, pipe = bias_repo
+    cfg = fail_config(tmp_path, "detector = 1", "builtins.MemoryError", "oom.py")
+    out = _run(b, repo, pipe, tmp_path, config_files={"cpBiasIsr": [str(cfg)]})
+    assert out.status == "failed" and out.failed == {"cpBiasIsr": 3} and out.retryable
+    assert all(f.retryable and f.exception_type == "MemoryError" for f in out.failures)
+    assert out.renamed_logs == 3
+    logs = b.query_datasets("cpBiasIsr_log", collections=out.run, explain=False)
+    retry = b.query_datasets("cpBiasIsr_log_retry", collections=out.run, explain=False)
+    assert len(logs) == 3 and len(retry) == 3  # 3 succeeded keep _log; 3 failed moved to _log_retry
+    assert {r.dataId["detector"] for r in retry} == {1}
+    st = Q.check_step(b, pipe, "step1", PARENT)
+    assert st.to_run == {"cpBiasIsr": 3} and st.n_failed == 0
+    ok = _run(b, repo, pipe, tmp_path)
+    assert ok.status == "succeeded" and ok.succeeded == {"cpBiasIsr": 3}
+    assert Q.check_step(b, pipe, "step1", PARENT).empty
+
+
+def test_missing_input_is_reported_not_raised(bias_repo, tmp_path):
+    b, repo, pipe = bias_repo
+    out = _run(b, repo, pipe, tmp_path, step="step2")  # step1 never ran: no cpBiasIsrExp
+    assert out.status == "error" and out.error_kind == "missing_input" and not out.commands
+    with pytest.raises(Q.StepCheckError):
+        Q.check_step(b, pipe, "step2", PARENT)
+
+
+def test_memory_patterns():
+    assert R.is_memory_failure(["Execution of task 'x' failed. Exception MemoryError: std::bad_alloc"])
+    assert R.is_memory_failure(["ValueError: Failure from formatter 'F' ... std::bad_alloc"])
+    assert R.is_memory_failure(["RuntimeError: Failed to serialize dataset x"])
+    assert not R.is_memory_failure(["Execution failed. Exception RuntimeError: Polygon is not convex"])
