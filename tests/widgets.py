@@ -1,7 +1,8 @@
 """Actions, conditions and a file kind for the engine's test machines.
 
 A widget file (`<key>-<n>.w`) holds one instruction the build step obeys: `ok`,
-`fail`, `flaky` (fails on the first try), `sleep <seconds>`, `hold`. Every finished
+`fail`, `flaky` (fails on the first try), `sleep <seconds>`, `hold`, `crash` (the
+build's child exits 3). Every finished
 action appends a line to `<root>/ledger.txt`, so tests can tell how often each ran.
 """
 
@@ -25,7 +26,7 @@ def widget_file(path: Path, config) -> FileInfo:
     if not text:
         raise ValueError(f"{path.name}: empty widget file")
     word = text.split()[0]
-    if word not in {"ok", "fail", "flaky", "sleep", "hold"}:
+    if word not in {"ok", "fail", "flaky", "sleep", "hold", "crash"}:
         raise ValueError(f"{path.name}: unknown instruction {word!r}")
     key = path.name.split("-", 1)[0]
     return FileInfo(subject=("widget", key), info={"instruction": text})
@@ -42,9 +43,10 @@ def build(ctx) -> Outcome:
     seconds = max([float(i.split()[1]) for i in instructions if i.startswith("sleep")] or [0.0])
     out = Path(ctx.config.root) / "built" / f"{ctx.subject.key}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = ctx.run([sys.executable, "-c",
-                      "import sys, time; time.sleep(float(sys.argv[1])); open(sys.argv[2], 'w').write(sys.argv[3])",
-                      str(seconds), str(out), " ".join(instructions)], name="build")
+    script = "import sys, time; time.sleep(float(sys.argv[1])); open(sys.argv[2], 'w').write(sys.argv[3])"
+    if "crash" in instructions:
+        script = "raise SystemExit(3)"
+    result = ctx.run([sys.executable, "-c", script, str(seconds), str(out), " ".join(instructions)], name="build")
     if not result.ok:
         raise Retry(f"build child exited {result.returncode}", evidence={"log": str(result.log)})
     if "fail" in instructions:

@@ -117,7 +117,7 @@ class Engine:
             self.events.put(("problem", f"watch:{where}", message))
 
         self.watcher = Watcher(self.config.watch, emit, on_problem=problem)
-        self.watcher.start()
+        self.watcher.start(wait_for_scan=False)
 
     def run(self) -> None:
         """The loop. Returns when `stop()` was called (e.g. on SIGTERM)."""

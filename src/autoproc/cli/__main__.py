@@ -1,0 +1,3 @@
+from autoproc.cli import main
+
+main()

@@ -1,0 +1,119 @@
+"""Shared fixtures: real config files, real state databases, real daemon processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autoproc.config import Config, load_config
+from autoproc.store import Store
+
+TESTS = Path(__file__).resolve().parent
+MACHINES = TESTS / "machines"
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 20.0, interval: float = 0.05, what: str = ""):
+    """Poll `condition` until it returns something true; fail the test after `timeout`."""
+    end = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., tuple[Config, Path]]:
+    """Write an autoproc.yaml for the test machines under tmp_path; returns (config, path)."""
+
+    def write(**overrides) -> tuple[Config, Path]:
+        data = {"root": str(tmp_path / "root"), "machines_dir": str(MACHINES), "tick_seconds": 0.2,
+                "retry": {"backoff_seconds": 0.05}, **overrides}
+        path = tmp_path / "autoproc.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return load_config(path), path
+
+    return write
+
+
+class Daemon:
+    """`autoproc daemon` as a real child process."""
+
+    def __init__(self, config_path: Path, log: Path):
+        self.config_path = config_path
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Daemon:
+        out = open(self.log, "a")
+        self.proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "autoproc.cli", "-c", str(self.config_path), "daemon"],
+            stdout=out, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True)
+        out.close()
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def kill9(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path):
+    started: list[Daemon] = []
+
+    def make(config_path: Path) -> Daemon:
+        d = Daemon(config_path, tmp_path / f"daemon-{len(started)}.log")
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        d.stop()
+
+
+def open_store(config: Config) -> Store:
+    return Store(config.db)
+
+
+def states(config: Config, kind: str = "widget") -> dict[str, str]:
+    store = Store(config.db)
+    try:
+        return {s.key: s.state for s in store.subjects(kind)}
+    finally:
+        store.close()

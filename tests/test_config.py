@@ -1,0 +1,76 @@
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from autoproc.cli import main
+from autoproc.config import ConfigError, load_config
+
+
+def test_defaults_need_no_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("AUTOPROC_ROOT", str(tmp_path / "r"))
+    cfg = load_config(None)
+    assert cfg.db == tmp_path / "r" / "autoproc.db"
+    assert cfg.work_dir == tmp_path / "r" / "work"
+    assert cfg.executor.kind == "threads"
+
+
+def test_error_names_key_path_and_expectation(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text("watch:\n  - {name: raws, path: /data, kind: raw, mode: sometimes}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert str(path) in text
+    assert "watch.0.mode" in text and "'auto', 'inotify' or 'poll'" in text and "sometimes" in text
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text("retyr: {max_tries: 2}\n")
+    with pytest.raises(ConfigError, match="retyr: Extra inputs are not permitted"):
+        load_config(path)
+
+
+def test_yaml_syntax_error_has_line(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text("root: /x\nwatch: [\n  - a: b\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+"):
+        load_config(path)
+
+
+def test_top_level_must_be_mapping(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(path)
+
+
+def test_duplicate_watch_names(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text("watch:\n  - {name: a, path: /x, kind: k}\n  - {name: a, path: /y, kind: k}\n")
+    with pytest.raises(ConfigError, match="repeated: a"):
+        load_config(path)
+
+
+def test_config_check_cli(write_config, tmp_path):
+    _, path = write_config()
+    ok = CliRunner().invoke(main, ["config", "check", str(path)])
+    assert ok.exit_code == 0, ok.output
+    assert "OK (2 machines: gadget, widget" in ok.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("executor: {kind: rockets}\n")
+    res = CliRunner().invoke(main, ["config", "check", str(bad)])
+    assert res.exit_code == 2
+    assert "executor.kind" in res.output
+
+
+def test_config_check_reports_bad_machines(write_config, tmp_path):
+    machines = tmp_path / "m"
+    machines.mkdir()
+    (machines / "thing.yaml").write_text(
+        "kind: thing\ninitial: a\nstates: {a: {}}\ntransitions: [{trigger: go, source: a, dest: b}]\n")
+    _, path = write_config(machines_dir=str(machines))
+    res = CliRunner().invoke(main, ["config", "check", str(path)])
+    assert res.exit_code == 2
+    assert "unknown dest state 'b'" in res.output and str(Path(machines / "thing.yaml")) in res.output

@@ -1,0 +1,172 @@
+"""The engine in-process, with real watchers on real directories and real children."""
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from autoproc.engine import Engine
+from autoproc.script import override
+from conftest import wait_for
+
+
+@pytest.fixture
+def engine_for(write_config, tmp_path):
+    engines = []
+
+    def make(**overrides):
+        inbox = tmp_path / "inbox"
+        inbox.mkdir(exist_ok=True)
+        overrides.setdefault("watch", [{"name": "inbox", "path": str(inbox), "kind": "widget",
+                                        "patterns": ["*.w"], "mode": "inotify", "quiet_seconds": 0.2}])
+        config, _ = write_config(**overrides)
+        engine = Engine(config)
+        engine.start()
+        thread = threading.Thread(target=engine.run, daemon=True)
+        thread.start()
+        engines.append((engine, thread))
+        return engine, inbox
+
+    yield make
+    for engine, thread in engines:
+        engine.stop()
+        thread.join(10)
+        engine.shutdown()
+
+
+def state(engine, key, kind="widget"):
+    s = engine.store.find_subject(kind, key)
+    return s.state if s else None
+
+
+def drop(inbox: Path, name: str, text: str) -> Path:
+    path = inbox / name
+    path.write_text(text)
+    return path
+
+
+def ledger(engine) -> list[str]:
+    p = Path(engine.config.root) / "ledger.txt"
+    return p.read_text().splitlines() if p.exists() else []
+
+
+def test_file_to_done_through_the_watcher(engine_for):
+    engine, inbox = engine_for()
+    drop(inbox, "a-1.w", "ok")
+    wait_for(lambda: state(engine, "a") == "done", what="a done")
+    assert ledger(engine) == ["build a try=1 adjust={}", "check a", "done a"]
+    s = engine.store.subject("widget", "a")
+    attempts = engine.store.attempts(s.id)
+    assert [a["status"] for a in attempts] == ["succeeded", "succeeded"]
+    build = attempts[0]
+    assert build["exit_status"] == 0 and build["pgid"] and Path(build["log"]).exists()
+    assert Path(build["cwd"]).is_dir()
+    assert engine.store.files(subject_id=s.id)[0]["status"] == "consumed"
+
+
+def test_retry_with_adjustment_then_success(engine_for):
+    engine, inbox = engine_for()
+    drop(inbox, "b-1.w", "flaky")
+    wait_for(lambda: state(engine, "b") == "done", what="b done")
+    assert "build b try=2 adjust={'memory': 2}" in ledger(engine)
+
+
+def test_fatal_failure_is_journaled_with_reason(engine_for):
+    engine, inbox = engine_for()
+    drop(inbox, "c-1.w", "fail")
+    wait_for(lambda: state(engine, "c") == "failed", what="c failed")
+    last = engine.store.journal(engine.store.subject("widget", "c").id)[-1]
+    assert last["trigger"] == "fail" and "the widget file says fail" in last["reason"]
+
+
+def test_retry_budget_is_finite(engine_for):
+    engine, inbox = engine_for(retry={"max_tries": 2, "backoff_seconds": 0.01})
+    drop(inbox, "d-1.w", "crash")
+    wait_for(lambda: state(engine, "d") == "failed", what="d failed")
+    s = engine.store.subject("widget", "d")
+    failed = [a for a in engine.store.attempts(s.id) if a["status"] == "failed"]
+    assert len(failed) == 3  # widget.yaml allows 3 tries in `building`
+    assert all(a["exit_status"] == 3 for a in failed)
+    assert "gave up after 3 tries: build child exited 3" in engine.store.journal(s.id)[-1]["reason"]
+
+
+def test_bad_and_duplicate_files(engine_for):
+    engine, inbox = engine_for()
+    drop(inbox, "e-1.w", "bogus words")
+    drop(inbox, "e-2.w", "")
+    wait_for(lambda: len(engine.store.files(status="bad")) == 2, what="two bad files")
+    reasons = sorted(f["reason"] for f in engine.store.files(status="bad"))
+    assert reasons == ["e-1.w: unknown instruction 'bogus'", "e-2.w: empty widget file"]
+    drop(inbox, "f-1.w", "ok")
+    wait_for(lambda: state(engine, "f") == "done")
+    n = engine.watcher.reconcile(force=True)  # the same facts again change nothing
+    assert n >= 3
+    time.sleep(0.5)
+    assert ledger(engine).count("build f try=1 adjust={}") == 1
+
+
+def test_new_file_reopens_a_done_subject(engine_for):
+    engine, inbox = engine_for()
+    drop(inbox, "g-1.w", "ok")
+    wait_for(lambda: state(engine, "g") == "done")
+    drop(inbox, "g-2.w", "ok")
+    wait_for(lambda: ledger(engine).count("done g") == 2, what="g done twice")
+    assert [r["trigger"] for r in engine.store.journal(engine.store.subject("widget", "g").id)].count("arrived") == 1
+
+
+def test_operator_hold_release_and_set(engine_for):
+    engine, inbox = engine_for()
+    drop(inbox, "h-1.w", "sleep 1.5")
+    wait_for(lambda: state(engine, "h") == "building")
+    machines = engine.machines
+    override.hold(engine.store, machines, "widget", "h", reason="look first", operator="alice")
+    time.sleep(2.5)  # the build finishes but its outcome waits for the release
+    assert state(engine, "h") == "building"
+    override.release(engine.store, machines, "widget", "h", reason="fine", operator="alice")
+    wait_for(lambda: state(engine, "h") == "done", what="h done after release")
+    plan = override.rerun_from(engine.store, machines, "widget", "h", "building", reason="redo", operator="bob")
+    assert plan.redo == ["building", "checking"]
+    wait_for(lambda: ledger(engine).count("done h") == 2, what="h rerun")
+    actors = [r["actor"] for r in engine.store.journal(engine.store.subject("widget", "h").id)]
+    assert actors.count("alice") == 2 and actors.count("bob") == 1
+
+
+def test_operator_move_kills_the_running_step(engine_for):
+    engine, inbox = engine_for()
+    drop(inbox, "k-1.w", "sleep 30")
+    wait_for(lambda: state(engine, "k") == "building")
+    s = engine.store.subject("widget", "k")
+    attempt = wait_for(lambda: [a for a in engine.store.attempts(s.id) if a["pgid"]], what="child started")[0]
+    t0 = time.monotonic()
+    override.set_state(engine.store, engine.machines, "widget", "k", "failed", reason="wrong data", operator="carol")
+    wait_for(lambda: engine.store.attempt(attempt["id"])["status"] == "superseded", timeout=10)
+    assert time.monotonic() - t0 < 5
+    import os
+    with pytest.raises(ProcessLookupError):
+        os.killpg(attempt["pgid"], 0)
+    assert state(engine, "k") == "failed"
+
+
+def test_deadline_fires(engine_for):
+    engine, inbox = engine_for(deadlines={"widget.checking": 0.01})
+    # `checking` finds no output for a widget that was never built: make one stuck there.
+    s, _ = engine.store.ensure_subject("widget", "m", "checking", actor="test")
+    (Path(engine.config.root) / "built").mkdir(exist_ok=True)
+    engine.events.put(lambda e: e.evaluate(s.id))
+    wait_for(lambda: state(engine, "m") == "stalled", what="m stalled")
+
+
+def test_gadget_is_recovered_not_resubmitted(engine_for, tmp_path):
+    engine, _ = engine_for(watch=[])
+    root = Path(engine.config.root)
+    s, _ = engine.store.ensure_subject("gadget", "x", "submitting", actor="test")
+    # Simulate a crash after the external submission happened but before its outcome was stored.
+    (root / "submitted").mkdir(parents=True, exist_ok=True)
+    (root / "submitted" / "x").write_text("submitted\n")
+    attempt = engine.store.add_attempt(s, "submitting", try_number=1, status="interrupted")
+    engine.events.put(lambda e: e.evaluate(s.id))
+    wait_for(lambda: state(engine, "x", "gadget") == "done")
+    assert (root / "submitted" / "x").read_text() == "submitted\n"  # not submitted a second time
+    attempts = engine.store.attempts(s.id)
+    assert attempts[0]["id"] == attempt and attempts[-1]["step"] == "recover"
