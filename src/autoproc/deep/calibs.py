@@ -57,6 +57,16 @@ class CertifyResult:
                 "seconds": round(self.seconds, 3)}
 
 
+def _decertify(butler, calib_collection: str, dataset_type: str, data_ids=None) -> None:
+    """decertify.py over 1970–2100. Skipped when nothing is certified: daf_butler
+    30.2026.4300 raises an AssertionError ("Calibration primary key for internal use
+    only") when decertifying in an empty CALIBRATION collection."""
+    if not certified(butler, calib_collection, dataset_type):
+        return
+    butler.registry.decertify(calib_collection, dataset_type, _timespan(DECERTIFY_BEGIN, DECERTIFY_END),
+                              dataIds=data_ids)
+
+
 def _connect(butler_or_repo):
     from lsst.daf.butler import Butler
 
@@ -113,8 +123,7 @@ def certify(butler_or_repo, from_chain: str, calib_collection: str, dataset_type
     with butler.transaction():
         butler.collections.register(calib_collection, CollectionType.CALIBRATION)
         if decertify_first:
-            butler.registry.decertify(calib_collection, dataset_type, _timespan(DECERTIFY_BEGIN, DECERTIFY_END),
-                                      dataIds=[r.dataId for r in refs] if where else None)
+            _decertify(butler, calib_collection, dataset_type, [r.dataId for r in refs] if where else None)
         butler.registry.certify(calib_collection, refs, _timespan(begin, end))
     return CertifyResult(calib_collection=calib_collection, dataset_type=dataset_type, source=from_chain,
                          begin=begin or "", end=end or "", datasets=_describe(refs),
@@ -223,7 +232,7 @@ def _filter_where(butler, instrument: str, band: str | None, physical_filters: S
         return "", ()
     if physical_filters is None:
         physical_filters = sorted(pf for pf, b in band_of_filters(butler, instrument).items() if b == band)
-    return "physical_filter IN (pfs)", tuple(physical_filters)
+    return f"instrument = '{instrument}' AND physical_filter IN (pfs)", tuple(physical_filters)
 
 
 def borrow_calibration(butler_or_repo, night: int | str, calib_type: str, band: str | None = None,
@@ -284,10 +293,13 @@ def _certify_refs(butler, refs, calib: str, dataset_type: str, begin, end, by_da
 
     with butler.transaction():
         butler.collections.register(calib, CollectionType.CALIBRATION)
-        butler.registry.decertify(calib, dataset_type, _timespan(DECERTIFY_BEGIN, DECERTIFY_END),
-                                  dataIds=[r.dataId for r in refs] if by_data_id else None)
+        _decertify(butler, calib, dataset_type, [r.dataId for r in refs] if by_data_id else None)
         butler.registry.certify(calib, refs, _timespan(begin, end))
     return len(refs)
+
+
+def _iso(t) -> str | None:
+    return None if t is None else t.tai.isot
 
 
 def certified(butler, calib_collection: str, dataset_type: str) -> list[dict]:
@@ -299,8 +311,8 @@ def certified(butler, calib_collection: str, dataset_type: str) -> list[dict]:
         out = []
         for a in assoc:
             out.append({"id": str(a.ref.id), "run": a.ref.run, "data_id": dict(a.ref.dataId.required),
-                        "begin": str(a.timespan.begin) if a.timespan else None,
-                        "end": str(a.timespan.end) if a.timespan else None})
+                        "begin": _iso(a.timespan.begin if a.timespan else None),
+                        "end": _iso(a.timespan.end if a.timespan else None)})
         return out
     except (MissingCollectionError, MissingDatasetTypeError):
         return []
