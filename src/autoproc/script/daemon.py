@@ -38,6 +38,7 @@ def _lock(config: Config) -> int:
 
 def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool = True) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("parsl").setLevel(logging.WARNING)
     lock = _lock(config)
     engine = Engine(config, config_path=config_path, watch=watch)
 
