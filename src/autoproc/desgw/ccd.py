@@ -283,13 +283,13 @@ def sweep_exposures(
 
 
 def checkoutputs_row(report: ExposureCcdReport) -> Mapping[str, object]:
-    """A checkoutputs.csv-like row: per-chip codes, unfinished (< 0), successes (0), fraction."""
+    """A checkoutputs.csv-like row: per-chip codes, unfinished (not started, incomplete or missing),
+    successes (code 0) and fraction = successes / chips."""
     row: dict[str, object] = {"expnum": report.expnum}
     for c in report.chips:
         row[f"ccd{c.chip:02d}"] = c.code
-    codes = [c.code for c in report.chips]
-    successes = sum(1 for x in codes if x == 0)
-    row["unfinished"] = sum(1 for x in codes if x < 0)
+    successes = report.complete
+    row["unfinished"] = report.incomplete + report.missing
     row["successes"] = successes
-    row["fraction"] = successes / len(codes) if codes else 0.0
+    row["fraction"] = successes / len(report.chips) if report.chips else 0.0
     return row

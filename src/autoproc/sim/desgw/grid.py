@@ -142,10 +142,29 @@ class Grid:
                 "next_index": 0, "next_at": time.time() + scenario.seconds_per_batch,
                 "seconds_per_batch": scenario.seconds_per_batch, "batch_size": scenario.batch_size,
             }
+            self._leave_stale_fails(state)
             self._save(state, "running")
             meta_path.unlink()
             n += 1
         return n
+
+    def _paths(self, state: dict) -> tuple[Path, Path]:
+        s = state["search"]
+        root = self.pnfs / s["destcache"] / s["schema"]
+        dp = root / "exp" / s["nite"] / str(s["expnum"]) / f"dp{s['season']}"
+        fp = root / "forcephoto" / "images" / f"dp{s['season']}" / s["nite"] / str(s["expnum"])
+        return dp, fp
+
+    def _leave_stale_fails(self, state: dict) -> None:
+        # The FAIL of an earlier failed attempt is there before this run starts; the rerun's
+        # tarball, written later, makes it stale.
+        dp, _ = self._paths(state)
+        old = time.time() - STALE_AGE
+        for chip, outcome in state["plan"].items():
+            if outcome == "done_stale":
+                cdir = dp / f"{state['search']['band']}_{int(chip):02d}"
+                cdir.mkdir(parents=True, exist_ok=True)
+                _atomic_bytes(cdir / "RUN12_combined_swarpSEARCH.FAIL", b"earlier attempt\n", mtime=old)
 
     def step(self, now: float | None = None) -> bool:
         """Write every batch that is due. True if any job is still running."""
@@ -172,9 +191,7 @@ class Grid:
     def _write_batch(self, state: dict) -> None:
         s = state["search"]
         chips = s["chips"][state["next_index"]: state["next_index"] + state["batch_size"]]
-        root = self.pnfs / s["destcache"] / s["schema"]
-        dp = root / "exp" / s["nite"] / str(s["expnum"]) / f"dp{s['season']}"
-        fp = root / "forcephoto" / "images" / f"dp{s['season']}" / s["nite"] / str(s["expnum"])
+        dp, fp = self._paths(state)
         fits_chips, psf_chips = (set(x) for x in state["behaviour"]["forcefiles"])
         for chip in chips:
             outcome = state["plan"][str(chip)]
@@ -212,9 +229,6 @@ class Grid:
             _atomic_bytes(cdir / fail, signature, mtime=now)
             _atomic_bytes(cdir / tar_name, tar, mtime=now - 1)
             return
-        if outcome == "done_stale":
-            # Left by an earlier attempt that failed at RUN12; the rerun's tarball is newer.
-            _atomic_bytes(cdir / "RUN12_combined_swarpSEARCH.FAIL", signature, mtime=now - STALE_AGE)
         if fits or psf:
             fp.mkdir(parents=True, exist_ok=True)
             stem = f"WS_{s['expnum']}_{band}_{cc}+fakeSN_diff_mh"
