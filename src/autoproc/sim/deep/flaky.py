@@ -1,0 +1,81 @@
+"""`FlakyTestPipelineTask`: a `DynamicTestPipelineTask` whose failures can be switched on and off
+without changing its config, so ``--extend-run`` and ``bps restart`` can recover (LSST-MIDDLEWARE §5.4).
+
+Every task of the mock DEEP pipelines uses this class; with nothing switched on it behaves exactly like
+`DynamicTestPipelineTask`. Two switches:
+
+1. ``config.fail_marker`` (a path): the configured ``fail_condition`` / ``fail_exception`` apply only
+   while that file exists (the LSST-MIDDLEWARE recipe; needs a ``-C label:file.py`` config override).
+2. Environment variable ``AUTOPROC_SIM_FAIL_DIR`` (no config change at all): while a file
+   ``$AUTOPROC_SIM_FAIL_DIR/<task label>.fail`` exists, quanta of that task fail. Line 1 of the file is
+   a Butler where-expression on the quantum data ID (empty = every quantum), line 2 an optional
+   exception type (default ``builtins.RuntimeError``; ``builtins.MemoryError`` makes the failure look
+   retryable to the DEEP retries.py regexes). The variable is inherited by ``pipetask`` and by bps job
+   subprocesses, so a test can flip failures on and off between attempts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from lsst.pex.config import Field
+from lsst.pipe.base.tests.mocks import (
+    DataIdMatch,
+    DynamicTestPipelineTask,
+    DynamicTestPipelineTaskConfig,
+)
+from lsst.utils import doImportType
+
+__all__ = ["FAIL_DIR_ENV", "FlakyTestPipelineTask", "FlakyTestPipelineTaskConfig", "set_failure"]
+
+FAIL_DIR_ENV = "AUTOPROC_SIM_FAIL_DIR"
+
+
+class FlakyTestPipelineTaskConfig(DynamicTestPipelineTaskConfig):
+    fail_marker = Field[str](doc="fail_condition applies only while this file exists ('' = always).",
+                             dtype=str, default="")
+
+
+class FlakyTestPipelineTask(DynamicTestPipelineTask):
+    ConfigClass = FlakyTestPipelineTaskConfig
+    _DefaultName = "flakyTest"
+
+    def _env_failure(self, data_id: Any) -> type[BaseException] | None:
+        fail_dir = os.environ.get(FAIL_DIR_ENV)
+        if not fail_dir:
+            return None
+        path = Path(fail_dir) / f"{self.getName()}.fail"
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            return None
+        expr = lines[0].strip() if lines else ""
+        exc_name = lines[1].strip() if len(lines) > 1 and lines[1].strip() else "builtins.RuntimeError"
+        if expr and not DataIdMatch(expr).match(data_id):
+            return None
+        return doImportType(exc_name)
+
+    def runQuantum(self, butlerQC: Any, inputRefs: Any, outputRefs: Any) -> None:
+        data_id = butlerQC.quantum.dataId
+        exc = self._env_failure(data_id)
+        if exc is not None:
+            raise exc(f"Simulated failure: task={self.getName()} dataId={data_id} "
+                      f"(switched on by ${FAIL_DIR_ENV}/{self.getName()}.fail)")
+        if self.config.fail_marker and not os.path.exists(self.config.fail_marker):
+            saved, self.data_id_match = self.data_id_match, None
+            try:
+                return super().runQuantum(butlerQC, inputRefs, outputRefs)
+            finally:
+                self.data_id_match = saved
+        return super().runQuantum(butlerQC, inputRefs, outputRefs)
+
+
+def set_failure(fail_dir: str | os.PathLike[str], label: str, condition: str = "",
+                exception: str = "builtins.RuntimeError") -> Path:
+    """Switch on failures of ``label`` (for quanta matching ``condition``); delete the file to stop."""
+    path = Path(fail_dir) / f"{label}.fail"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{condition}\n{exception}\n")
+    return path
