@@ -47,6 +47,7 @@ class StepStatus:
     blocked: dict[str, int] = field(default_factory=dict)  # task -> quanta dropped for lack of inputs
     skip_failures: bool = True
     seconds: float = 0.0
+    mock_storage_classes: bool = False  # outputs use `_mock_*` storage classes (mock pipelines)
 
     @property
     def n_to_run(self) -> int:
@@ -196,6 +197,10 @@ def _status_from(builder, skeleton, pipeline, step, chain, where, skip_failures,
         st.failed[label] = list(builder.prev_failed.get(label, []))
         st.blocked[label] = max(0, builder.initial.get(label, 0) - st.to_run[label] - st.succeeded[label]
                                 - len(st.failed[label]))
+    st.mock_storage_classes = any(
+        (getattr(node, "storage_class_name", None) or "").startswith("_mock_")
+        for node in builder._pipeline_graph.dataset_types.values()
+    )
     st.seconds = time.perf_counter() - t0
     return st
 

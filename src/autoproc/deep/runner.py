@@ -319,16 +319,32 @@ DEFAULT_SUBMIT: dict[str, Any] = {
 }
 
 
+_TOKEN_RX = re.compile(r"@([A-Z_]+)@")
+
+
+def _fill_tokens(text: str, cores: int | None) -> str:
+    """A template with `@NAME@` tokens (the sim package's `bps/submit.yaml`) becomes
+    parseable YAML: every token gets a neutral value here, and the values this attempt
+    fixes are then merged over the parsed document."""
+    if not _TOKEN_RX.search(text):
+        return text
+    neutral = {"CORES": str(int(cores or os.environ.get("J") or 2)), "MONITOR": "false", "QGRAPH_FILE": "",
+               "CLUSTERS": "  {}"}
+    text = _TOKEN_RX.sub(lambda m: neutral.get(m.group(1), ""), text)
+    return text.replace("cluster:\n  {}", "cluster: {}")
+
+
 def write_submit_yaml(attempt_dir: Path, template: Path | str | None, *, repo: str, pipeline_uri: str,
                       qgraph_file: Path, inputs: Sequence[str], output_run: str, parent: str, where: str,
                       mock_storage_classes: bool, request_memory: int | None,
-                      extra: Mapping[str, Any] | None = None) -> Path:
+                      extra: Mapping[str, Any] | None = None, cores: int | None = None,
+                      clusters: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     """The submit yaml of one attempt: the template (sim package or user config; its
     relative `includeConfigs` made absolute) + what this attempt fixes."""
     data: dict[str, Any] = dict(DEFAULT_SUBMIT)
     if template is not None:
         tpath = Path(template)
-        tdata = yaml.safe_load(tpath.read_text()) or {}
+        tdata = yaml.safe_load(_fill_tokens(tpath.read_text(), cores)) or {}
         inc = tdata.get("includeConfigs")
         if inc:
             tdata["includeConfigs"] = [str((tpath.parent / p).resolve()) if not os.path.isabs(str(p)) else p
@@ -350,8 +366,16 @@ def write_submit_yaml(attempt_dir: Path, template: Path | str | None, *, repo: s
         "submitPath": str(attempt_dir / "submit"),
         "extraAggregateOptions": agg,
     }
+    if not data.get("campaign"):
+        over["campaign"] = "DEEP"
     if request_memory:
         over["requestMemory"] = int(request_memory)
+    if cores:
+        over["site"] = {data.get("computeSite", "local"): {"cores": int(cores)}}
+    if clusters is not None:
+        over["cluster"] = {k: dict(v) for k, v in clusters.items()}
+        if clusters:
+            over["clusterAlgorithm"] = "lsst.ctrl.bps.quantum_clustering_funcs.dimension_clustering"
     data = _deep_merge(data, over)
     if extra:
         data = _deep_merge(data, extra)
@@ -393,14 +417,6 @@ def _tasks_of(builder_status: quanta.StepStatus) -> list[str]:
     return list(builder_status.to_run.keys())
 
 
-def _pipeline_is_mock(pipeline_uri: str) -> bool:
-    try:
-        graph = quanta.load_pipeline_graph(pipeline_uri)
-    except Exception:  # pragma: no cover - the build already succeeded
-        return False
-    return any("tests.mocks" in t.task_class_name for t in graph.tasks.values())
-
-
 def run_step(
     butler,
     repo: str,
@@ -416,6 +432,8 @@ def run_step(
     submit_template: Path | str | None = None,
     submit_extra: Mapping[str, Any] | None = None,
     request_memory: int | None = None,
+    cores: int | None = None,
+    clusters: Mapping[str, Mapping[str, Any]] | None = None,
     skip_failures: bool = True,
     rename_retryable: bool = True,
     mock_storage_classes: bool | None = None,
@@ -434,6 +452,9 @@ def run_step(
     `mode`: "bps" (bps submit + Parsl, in `<attempt>/`) or "pipetask" (`pipetask run -j 1`).
     `config_files`: {task label: config override file(s)}, applied in the graph (the
     children run the graph file, so they see the same configs).
+    `cores`: the bps site's cores. `clusters`: bps `cluster:` entries ({name: {pipetasks,
+    dimensions, equalDimensions}}) with dimension clustering; {} = one job per quantum;
+    None keeps the template's.
     `request_memory` (MB) goes to bps `requestMemory`; raise it for a retry after a
     memory failure. `attempt_root/<run with / as _>` is the attempt directory.
     """
@@ -475,13 +496,14 @@ def run_step(
         _write_json(attempt_dir / "attempt.json", {"state": "done", "outcome": outcome.to_json()})
         return outcome
     if mock_storage_classes is None:
-        mock_storage_classes = _pipeline_is_mock(pipeline_uri)
+        mock_storage_classes = st.mock_storage_classes
     child_env = venv_env(env)
     if mode == "bps":
         submit = write_submit_yaml(attempt_dir, submit_template, repo=repo, pipeline_uri=pipeline_uri,
                                    qgraph_file=qg, inputs=list(inputs or [parent]), output_run=run,
                                    parent=parent, where=where, mock_storage_classes=mock_storage_classes,
-                                   request_memory=request_memory, extra=submit_extra)
+                                   request_memory=request_memory, extra=submit_extra, cores=cores,
+                                   clusters=clusters)
         argv = [_tool("bps"), "submit", str(submit)]
         log = attempt_dir / "bps.log"
     else:
