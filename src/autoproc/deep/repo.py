@@ -63,6 +63,7 @@ DEFAULT_SKYMAP = "discrete"
 SUSPECT_VALUE = 512
 CERTIFY_BEGIN = "1970-01-01T00:00:00"
 CERTIFY_END = "2100-01-01T00:00:00"
+_KEEP_META = {"strip_astropy_meta_yaml": False}  # ArrowAstropy drops table.meta on read by default
 _DES_BPM = re.compile(r"_c(\d{2})_.*bpm\.fits$")
 _CP_BPM = re.compile(r"_cd_(\d{2})\.fits$")
 
@@ -275,7 +276,7 @@ def ingest_defects(repo: Any, bpm_dir: str | os.PathLike[str], *, calib_collecti
         stored = {}
         for ref in existing:
             try:
-                stored[int(ref.dataId["detector"])] = butler.get(ref).meta.get("bpm_md5")
+                stored[int(ref.dataId["detector"])] = butler.get(ref, parameters=_KEEP_META).meta.get("bpm_md5")
             except Exception:  # unreadable: rebuild
                 stored = {}
                 break
@@ -404,7 +405,7 @@ def ingest_fakes(repo: Any, table_path: str | os.PathLike[str], *, collection: s
     old = butler.query_datasets(dataset_type, collections=collection, explain=False, limit=None)
     if old:
         try:
-            same = all(butler.get(r).meta.get("source_md5") == digest for r in old[:1])
+            same = all(butler.get(r, parameters=_KEEP_META).meta.get("source_md5") == digest for r in old[:1])
         except Exception:
             same = False
         if same:
