@@ -219,3 +219,57 @@ def test_memory_patterns():
     assert R.is_memory_failure(["ValueError: Failure from formatter 'F' ... std::bad_alloc"])
     assert R.is_memory_failure(["RuntimeError: Failed to serialize dataset x"])
     assert not R.is_memory_failure(["Execution failed. Exception RuntimeError: Polygon is not convex"])
+
+
+def test_transient_flaky_failure_recovers_after_release(bias_repo, tmp_path, monkeypatch):
+    b, repo, pipe = bias_repo
+    if "FlakyTestPipelineTask" not in open(pipe).read():
+        pytest.skip("needs deep-sim's Flaky pipelines")
+    from autoproc.sim.deep.flaky import FAIL_DIR_ENV, set_failure
+
+    monkeypatch.setenv(FAIL_DIR_ENV, str(tmp_path / "fail"))
+    marker = set_failure(tmp_path / "fail", "cpBiasIsr", "detector = 1")  # RuntimeError: not retryable
+    out = _run(b, repo, pipe, tmp_path)
+    assert out.status == "failed" and out.failed == {"cpBiasIsr": 3} and not out.retryable
+    marker.unlink()  # the transient cause is gone...
+    st = Q.check_step(b, pipe, "step1", PARENT)
+    assert st.empty and st.n_failed == 3  # ...but skip-failures keeps them out until released
+    assert R.release_failures(b, PARENT, task="cpBiasIsr", data_ids=[{"detector": 1}], pipeline=pipe,
+                              step="step1") == 3
+    ok = _run(b, repo, pipe, tmp_path)
+    assert ok.status == "succeeded" and ok.succeeded == {"cpBiasIsr": 3}
+    done = Q.check_step(b, pipe, "step1", PARENT)
+    assert done.empty and done.n_failed == 0 and done.n_succeeded == 6
+
+
+def test_tag_warps_find_first_and_replace(tmp_path):
+    from lsst.daf.butler import CollectionType, DatasetType
+
+    b, _, _ = make_repo(tmp_path, nights=(20240601, 20240602), n_bias=0, flats_per_band=0)
+    exps = {n: sorted(r.id for r in b.query_dimension_records(
+        "exposure", where=f"instrument = 'DECam' AND exposure.day_obs = {n} AND exposure.observation_type = 'science'", explain=False))
+        for n in (20240601, 20240602)}
+    types = [DatasetType(t, ["instrument", "exposure"], "StructuredDataDict", universe=b.dimensions)
+             for t in C.WARP_DATASET_TYPES]
+    for t in types:
+        b.registry.registerDatasetType(t)
+
+    def put_night(n, stamp):
+        run = f"DEEP/{n}/drp/DEEP-DRP/step3a/{stamp}"
+        b.collections.register(run, CollectionType.RUN)
+        refs = [b.put({"n": n}, t, {"instrument": "DECam", "exposure": e}, run=run) for t in types for e in exps[n]]
+        C.rebuild_chain(b, f"DEEP/{n}/drp", [])
+        return refs
+
+    put_night(20240601, "20240701T000000Z")
+    put_night(20240602, "20240701T000000Z")
+    r = C.tag_warps(b, [20240601, 20240602, 20240603], "allSky")  # 0603 has no drp chain: skipped
+    assert r.collection == "DEEP/allSky/coadd/warps" and r.associated == 8 and r.total == 8
+    assert C.tag_warps(b, [20240601, 20240602], "allSky").associated == 0  # idempotent
+    newer = put_night(20240601, "20240702T000000Z")  # a re-run: find-first picks the newer warps
+    r2 = C.tag_warps(b, [20240601, 20240602], "allSky")
+    assert r2.removed == 4 and r2.associated == 4
+    tagged = {ref.id for ref in b.query_datasets("deepCoadd_directWarp", collections=r.collection, explain=False)}
+    assert {x.id for x in newer if x.datasetType.name == "deepCoadd_directWarp"} <= tagged and len(tagged) == 4
+    ch = C.coadd_chain(b, "allSky")
+    assert ch.parent == "DEEP/allSky/coadd" and ch.chain == ["DEEP/allSky/coadd/warps"]  # skymaps missing

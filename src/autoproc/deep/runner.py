@@ -387,7 +387,10 @@ def write_submit_yaml(attempt_dir: Path, template: Path | str | None, *, repo: s
 # --- the attempt ------------------------------------------------------------------------
 
 
-def _unique_run(butler, parent: str, pipeline_name: str, step: str | None, now: dt.datetime | None) -> str:
+def _unique_run(butler, parent: str, pipeline_name: str, step: str | None, now: dt.datetime | None,
+                attempt_root: Path) -> str:
+    """A RUN name that neither exists nor has an attempt directory (an attempt that found
+    nothing to do makes no RUN but keeps its directory)."""
     from lsst.daf.butler import MissingCollectionError
 
     t = now or dt.datetime.now(dt.UTC)
@@ -396,7 +399,8 @@ def _unique_run(butler, parent: str, pipeline_name: str, step: str | None, now: 
         try:
             butler.collections.get_info(run)
         except MissingCollectionError:
-            return run
+            if not (attempt_root / run.replace("/", "_")).exists():
+                return run
         t = t + dt.timedelta(seconds=1)
     raise RunnerError(f"no free run name under {parent}")
 
@@ -473,7 +477,7 @@ def run_step(
 
     if fixed_inputs is not None:
         outcome.evidence["chain_before"] = colls.rebuild_chain(butler, parent, fixed_inputs).to_json()
-    run = _unique_run(butler, parent, pipeline_name, step, now)
+    run = _unique_run(butler, parent, pipeline_name, step, now, Path(attempt_root))
     attempt_dir = Path(attempt_root) / run.replace("/", "_")
     attempt_dir.mkdir(parents=True, exist_ok=False)
     outcome.run, outcome.attempt_dir = run, str(attempt_dir)
