@@ -26,6 +26,7 @@ import re
 import stat as statmod
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,13 @@ from watchdog.observers.polling import PollingObserver
 from autoproc.config import WatchRoot
 
 log = logging.getLogger(__name__)
+
+# watchdog warns when `mkdir -p a/b` makes it add the same watch twice (its recursive
+# walk and the IN_CREATE of b race); the second add is harmless. Only warnings raised
+# through this module's inotify hook are silenced.
+warnings.filterwarnings(
+    "ignore", message="Callback with id .* already exists", category=RuntimeWarning, module=__name__
+)
 
 __all__ = ["FileReady", "Watcher", "resolve_mode", "NETWORK_FS_TYPES"]
 
@@ -199,13 +207,13 @@ class _Inotify(InotifyObserver):
 # --------------------------------------------------------------------------- per-root state
 
 
-def _matcher(patterns: Sequence[str]) -> Callable[[str], bool]:
-    if not patterns:
-        return lambda name: False
+def _compile(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    """One regex for a list of fnmatch patterns; None when '*' makes it match everything."""
     if any(p == "*" for p in patterns):
-        return lambda name: True
-    rx = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
-    return lambda name: rx.match(name) is not None
+        return None
+    if not patterns:
+        return re.compile(r"(?!)")  # matches nothing
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
 
 
 class _Root:
@@ -216,9 +224,11 @@ class _Root:
         self.path = os.path.abspath(os.fspath(cfg.path))
         self.quiet = float(cfg.quiet_seconds)
         self.recursive = cfg.recursive
-        inc = _matcher(cfg.patterns)
-        exc = _matcher(cfg.ignore_patterns) if cfg.ignore_patterns else (lambda name: False)
-        self.accept: Callable[[str], bool] = lambda name: inc(name) and not exc(name)
+        inc = _compile(cfg.patterns)
+        ign = _compile(cfg.ignore_patterns) if cfg.ignore_patterns else re.compile(r"(?!)")
+        # Bound match methods (None: every name matches), used inline by the scan loop.
+        self.inc_match = inc.match if inc is not None else None
+        self.ign_match = ign.match if ign is not None else None
         self.mode = "inotify"  # effective mode; set by resolve at start
         self.force_poll = False  # set after an inotify limit was hit
         # observer lifecycle (guarded by `life`)
@@ -229,11 +239,17 @@ class _Root:
         self.real: str | None = None  # the directory the observer watches (realpath)
         self.ident: tuple[int, int] | None = None
         self.missing_reported = False
+        self.start_problem: str | None = None  # last "cannot watch" message, said once
         # flags raised by observer threads, handled by the supervisor
         self.overflowed = False
         self.limit_error: OSError | None = None
         # gate memory (guarded by Watcher._lock): path -> (size, mtime_ns) last emitted
         self.emitted: dict[str, tuple[int, int]] = {}
+
+    def accept(self, name: str) -> bool:
+        if self.inc_match is not None and self.inc_match(name) is None:
+            return False
+        return self.ign_match is None or self.ign_match(name) is None
 
 
 class _Pending:
@@ -591,6 +607,7 @@ class Watcher:
         vanished = 0
         vanished_example = ""
         accept = r.accept
+        inc_match, ign_match = r.inc_match, r.ign_match
         recursive = r.recursive
         S_ISREG = statmod.S_ISREG
         while stack:
@@ -619,7 +636,9 @@ class Watcher:
                                 visited.add(key)
                                 stack.append(e.path)
                                 continue
-                            if not accept(name):
+                            if inc_match is not None and inc_match(name) is None:
+                                continue
+                            if ign_match is not None and ign_match(name) is not None:
                                 continue
                             fst = e.stat()
                         except FileNotFoundError:
@@ -717,7 +736,7 @@ class Watcher:
             self._report_missing(r)
             return False
         except OSError as err:
-            self._problem(r.name, f"cannot stat root {r.path}: {err.strerror or err}")
+            self._start_problem(r, f"cannot stat root {r.path}: {err.strerror or err}")
             return False
         if not statmod.S_ISDIR(st.st_mode):
             self._report_missing(r, what="is not a directory")
@@ -741,7 +760,7 @@ class Watcher:
                     self._report_missing(r)
                     return False
                 else:
-                    self._problem(r.name, f"cannot watch {r.path} with inotify: {err.strerror or err}")
+                    self._start_problem(r, f"cannot watch {r.path} with inotify: {err.strerror or err}")
                     return False
         if obs is None:
             try:
@@ -750,7 +769,7 @@ class Watcher:
                 self._report_missing(r)
                 return False
             except OSError as err:
-                self._problem(r.name, f"cannot poll {r.path}: {err.strerror or err}")
+                self._start_problem(r, f"cannot poll {r.path}: {err.strerror or err}")
                 return False
         if self._stopping.is_set():
             self._stop_observer_async(obs)
@@ -763,7 +782,14 @@ class Watcher:
         if r.missing_reported:
             log.info("%s: root %s is there now; watching it (%s)", r.name, r.path, mode)
         r.missing_reported = False
+        r.start_problem = None
         return True
+
+    def _start_problem(self, r: _Root, message: str) -> None:
+        # The supervisor retries every few seconds: say each distinct failure once.
+        if message != r.start_problem:
+            r.start_problem = message
+            self._problem(r.name, message + "; retrying")
 
     def _try_start(self, r: _Root, real: str, mode: str) -> BaseObserver:
         if mode == "inotify":
