@@ -289,6 +289,7 @@ class Watcher:
     reader, emitter, dispatcher; poll: emitter, dispatcher). All are daemon threads.
     `emit` is called from the observer dispatcher threads ("closed"), the gate thread
     ("quiet"), and whichever thread runs a scan ("scan"), never under the gate lock.
+    Once stop() has begun, emit is no longer called.
     """
 
     def __init__(
@@ -404,7 +405,8 @@ class Watcher:
         return total
 
     def mode_of(self, root_name: str) -> str:
-        """ "inotify" or "poll": what the root is watched with (auto resolved, fallbacks applied)."""
+        """Return "inotify" or "poll": what the root is watched with now (auto resolved,
+        fallbacks applied). KeyError for an unknown root name."""
         return self._by_name[root_name].mode
 
     def status(self) -> dict[str, dict[str, object]]:
@@ -437,6 +439,8 @@ class Watcher:
                 log.exception("on_problem callback failed")
 
     def _emit(self, ready: FileReady) -> None:
+        if self._stopping.is_set():
+            return  # stopping: the engine may be closing its queue; the next start's scan finds it
         try:
             self._emit_cb(ready)
         except Exception as err:
