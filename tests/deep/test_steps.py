@@ -273,3 +273,26 @@ def test_tag_warps_find_first_and_replace(tmp_path):
     assert {x.id for x in newer if x.datasetType.name == "deepCoadd_directWarp"} <= tagged and len(tagged) == 4
     ch = C.coadd_chain(b, "allSky")
     assert ch.parent == "DEEP/allSky/coadd" and ch.chain == ["DEEP/allSky/coadd/warps"]  # skymaps missing
+
+
+def test_killed_attempt_is_recovered_before_the_next(bias_repo, tmp_path):
+    b, repo, pipe = bias_repo
+    slow = tmp_path / "slow.py"
+    slow.write_text("config.sleep = 1.0\n")
+    att = tmp_path / "attempts"
+
+    def stop() -> bool:  # kill the pipetask group once two quanta are done
+        logs = list(att.glob("*/pipetask.log"))
+        return bool(logs) and logs[0].read_text().count("took ") >= 2
+
+    out = _run(b, repo, pipe, tmp_path, should_stop=stop, config_files={"cpBiasIsr": [str(slow)]})
+    assert out.killed and out.status == "incomplete" and out.succeeded["cpBiasIsr"] >= 2
+    assert R.pending_attempts(att, PARENT) == [att / out.run.replace("/", "_")]
+    nxt = _run(b, repo, pipe, tmp_path)
+    (rec,) = nxt.evidence["recovered_attempts"]
+    assert rec["run"] == out.run and R.pending_attempts(att, PARENT) == []
+    done_before = rec["succeeded"]["cpBiasIsr"]
+    assert nxt.status == "succeeded" and nxt.succeeded["cpBiasIsr"] == 6 - done_before
+    md = b.query_datasets("cpBiasIsr_metadata", collections=PARENT, find_first=False, explain=False)
+    assert len(md) == 6 and len({r.dataId for r in md}) == 6
+    assert Q.check_step(b, pipe, "step1", PARENT).empty

@@ -448,6 +448,7 @@ def run_step(
     on_start: Callable[[process.Child], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     now: dt.datetime | None = None,
+    recover_pending: bool = True,
 ) -> StepOutcome:
     """Run one attempt of `pipeline#step` over the chain `parent` (see the module doc).
 
@@ -461,6 +462,9 @@ def run_step(
     None keeps the template's.
     `request_memory` (MB) goes to bps `requestMemory`; raise it for a retry after a
     memory failure. `attempt_root/<run with / as _>` is the attempt directory.
+    `recover_pending`: first finish (`recover_attempt`) every earlier attempt of this
+    parent under `attempt_root` that was left running or killed (raises RunnerError if
+    its child group is still alive on this host), so no finished quantum is redone.
     """
     t0 = time.perf_counter()
     if mode not in ("bps", "pipetask"):
@@ -475,6 +479,18 @@ def run_step(
     pipeline_name = colls.pipeline_name_of(ppath)
     outcome = StepOutcome(status="error", parent=parent, pipeline=pipeline_uri, step=step, mode=mode)
 
+    if recover_pending:
+        recovered = []
+        for prev in pending_attempts(attempt_root, parent):
+            child = _record(prev).get("child") or {}
+            if child.get("host") == socket.gethostname() and process.group_alive(int(child.get("pgid", 0) or 0)):
+                raise RunnerError(f"{prev}: its child (pgid {child['pgid']}) is still running; "
+                                  "kill it or wait before a new attempt")
+            rec = recover_attempt(butler, prev, run_child=run_child, env=env, rename_retryable=rename_retryable)
+            recovered.append({"attempt_dir": str(prev), "run": rec.run, "status": rec.status,
+                              "recovered": rec.recovered, "succeeded": rec.succeeded})
+        if recovered:
+            outcome.evidence["recovered_attempts"] = recovered
     if fixed_inputs is not None:
         outcome.evidence["chain_before"] = colls.rebuild_chain(butler, parent, fixed_inputs).to_json()
     run = _unique_run(butler, parent, pipeline_name, step, now, Path(attempt_root))
@@ -641,6 +657,34 @@ def _finish(butler, outcome: StepOutcome, record: Mapping, *, run_child: RunChil
     })
 
 
+def _record(attempt_dir: Path) -> dict:
+    try:
+        return json.loads((Path(attempt_dir) / "attempt.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def pending_attempts(attempt_root: Path | str, parent: str) -> list[Path]:
+    """Attempt directories of `parent` whose outcome is not final: still marked running
+    (the daemon died or was killed), or killed and not recovered yet."""
+    root = Path(attempt_root)
+    if not root.is_dir():
+        return []
+    prefix = parent.replace("/", "_") + "_"
+    out = []
+    for d in sorted(root.iterdir()):
+        if not d.name.startswith(prefix):
+            continue
+        rec = _record(d)
+        if rec.get("parent") != parent or not rec.get("run"):
+            continue
+        oc = rec.get("outcome") or {}
+        if rec.get("state") == "running" or (oc.get("killed") and not oc.get("recovered")
+                                             and not oc.get("evidence", {}).get("recovery")):
+            out.append(d)
+    return out
+
+
 def recover_attempt(butler, attempt_dir: Path | str, *, run_child: RunChild = process.run,
                     env: Mapping[str, str] | None = None, rename_retryable: bool = True) -> StepOutcome:
     """Finish an attempt whose child was killed (or whose daemon died): for bps, ingest
@@ -650,11 +694,11 @@ def recover_attempt(butler, attempt_dir: Path | str, *, run_child: RunChild = pr
     computed twice and no output is left unregistered."""
     attempt_dir = Path(attempt_dir)
     record = json.loads((attempt_dir / "attempt.json").read_text())
-    if record.get("state") == "done" and "outcome" in record and not record["outcome"].get("killed"):
-        prev = record["outcome"]
-        if prev.get("status") != "incomplete":
-            out = _outcome_from_json(prev)
-            return out
+    prev = record.get("outcome")
+    if record.get("state") == "done" and prev:
+        if (prev.get("evidence") or {}).get("recovery") or (
+                not prev.get("killed") and prev.get("status") != "incomplete"):
+            return _outcome_from_json(prev)  # already final
     if "run" not in record or record.get("run") is None:
         return _outcome_from_json(record.get("outcome", {}))
     child = record.get("child")
