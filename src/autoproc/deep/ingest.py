@@ -583,12 +583,24 @@ def ingest_raws(
     ``butler``: a writeable `lsst.daf.butler.Butler` or a repo path/URI. ``transfer``: ``direct``
     (default: the Butler points at the file where it is), ``symlink``, ``copy``, ``link``, ``move``...
     Already-ingested exposures (same exposure and detectors in ``run``) are skipped; exposure and visit
-    records are synced, so a re-run after a crash completes what is missing.
+    records are synced, so a re-run after a crash completes what is missing. ``result.visits`` lists the
+    science exposures whose one-to-one visits were defined or confirmed in this call.
     """
     from lsst.daf.butler import Butler
 
-    if not isinstance(butler, Butler):
+    own = not isinstance(butler, Butler)
+    if own:
         butler = Butler.from_config(str(butler), writeable=True)
+    try:
+        return _ingest_raws(butler, paths, run=run, transfer=transfer, manifest=manifest, backend=backend,
+                            define_visits=define_visits, day_obs_rule=day_obs_rule)
+    finally:
+        if own:
+            butler.close()
+
+
+def _ingest_raws(butler: Any, paths: Iterable[str | os.PathLike[str]], *, run: str, transfer: str | None,
+                 manifest: Any, backend: str, define_visits: bool, day_obs_rule: str) -> IngestResult:
     if manifest is not None and not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
     unique = list(dict.fromkeys(Path(p) for p in paths))
