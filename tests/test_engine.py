@@ -148,13 +148,15 @@ def test_operator_move_kills_the_running_step(engine_for):
     assert state(engine, "k") == "failed"
 
 
-def test_deadline_fires(engine_for):
-    engine, inbox = engine_for(deadlines={"widget.checking": 0.01})
-    # `checking` finds no output for a widget that was never built: make one stuck there.
+def test_waiting_past_the_deadline_stalls(engine_for):
+    engine, inbox = engine_for(deadlines={"widget.checking": 1.0})
+    # `checking` waits for an output that never comes (the widget was never built).
     s, _ = engine.store.ensure_subject("widget", "m", "checking", actor="test")
-    (Path(engine.config.root) / "built").mkdir(exist_ok=True)
-    engine.events.put(lambda e: e.evaluate(s.id))
     wait_for(lambda: state(engine, "m") == "stalled", what="m stalled")
+    polls = engine.store.attempts(s.id)
+    assert len(polls) == 1 and polls[0]["status"] == "waiting"  # one attempt row, polled in place
+    last = engine.store.journal(s.id)[-1]
+    assert last["trigger"] == "stall" and "more than 1 s" in last["reason"]
 
 
 def test_gadget_is_recovered_not_resubmitted(engine_for, tmp_path):

@@ -11,7 +11,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from autoproc.actions import Fail, FileInfo, Hold, Outcome, Retry, action, callback, condition, file_kind
+from autoproc.actions import (
+    Fail,
+    FileInfo,
+    Hold,
+    Outcome,
+    Retry,
+    Wait,
+    action,
+    callback,
+    condition,
+    file_kind,
+)
 
 
 def ledger(ctx_or_config, line: str) -> None:
@@ -64,7 +75,7 @@ def build(ctx) -> Outcome:
 def check(ctx) -> Outcome:
     out = Path(ctx.config.root) / "built" / f"{ctx.subject.key}.txt"
     if not out.exists():
-        raise Fail(f"{out} is missing")
+        raise Wait(f"{out} is not there yet", retry_after=0.2)
     ledger(ctx, f"check {ctx.subject.key}")
     return Outcome("checked", evidence={"size": out.stat().st_size})
 

@@ -115,6 +115,9 @@ class Env(Protocol):
 
     def subject(self, kind: str, key: str) -> Subject: ...
 
+    def poke(self, kind: str, key: str) -> None:
+        """Have another subject looked at soon (cross-subject fan-in)."""
+
 
 @dataclass(frozen=True)
 class FileInfo:

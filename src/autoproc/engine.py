@@ -93,6 +93,16 @@ class Engine:
     def subject(self, kind: str, key: str) -> Subject:
         return self.store.subject(kind, key)
 
+    def poke(self, kind: str, key: str) -> None:
+        """Ask for another subject to be looked at soon (e.g. a season when one of its
+        exposures became ready). Safe from any thread."""
+        self.events.put(lambda engine: engine._poke(kind, key))
+
+    def _poke(self, kind: str, key: str) -> None:
+        subject = self.store.find_subject(kind, key)
+        if subject is not None:
+            self.evaluate(subject.id)
+
     # -- life cycle ---------------------------------------------------------------------
 
     def start(self) -> None:
