@@ -86,6 +86,15 @@ class HooksConfig(Section):
     timeout_seconds: Seconds = 30.0
 
 
+class DeepConfig(Section):
+    """DEEP nights on the Rubin middleware (domain/SPEC.md part A)."""
+
+
+class DesgwConfig(Section):
+    """DESGW seasons and exposures: gw_workflow, the grid, the /pnfs tree, post-processing
+    (domain/SPEC.md part B)."""
+
+
 class Config(Section):
     """Top-level configuration (`autoproc.yaml`)."""
 
@@ -109,6 +118,8 @@ class Config(Section):
     deadlines: dict[str, float] = Field(default_factory=dict, description="Seconds, by `kind.state`; overrides machines.")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
+    deep: DeepConfig = Field(default_factory=DeepConfig)
+    desgw: DesgwConfig = Field(default_factory=DesgwConfig)
     stop_timeout_seconds: float = Field(default=8.0, gt=0, description="SIGTERM to exit, children included.")
 
     @model_validator(mode="after")
