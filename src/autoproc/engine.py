@@ -70,7 +70,9 @@ class Engine:
         self.machines: dict[str, StateMachine] = self._load_machines(config)
         self.events: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
-        self.listeners: list[Callable[[Change], None]] = []
+        self.listeners: list[Callable[[Change], None]] = []   # after every committed change (hooks)
+        self.on_loop: list[Callable[[Engine], None]] = []        # every loop turn (watchdog pings)
+        self.on_started: list[Callable[[Engine], None]] = []     # once the store and watchers are up
         self.running: dict[int, Future] = {}      # attempt id -> future
         self.running_groups: dict[str, int] = {}  # concurrency group -> attempts running
         self.timers: list[tuple[float, int]] = []  # (when, subject id)
@@ -115,6 +117,8 @@ class Engine:
                 self.evaluate(s.id)
         if self._watch and self.config.watch:
             self.start_watcher()
+        for fn in self.on_started:
+            fn(self)
 
     def start_watcher(self) -> None:
         from autoproc.watch import Watcher
@@ -153,6 +157,8 @@ class Engine:
             if now >= next_beat:
                 self.store.heartbeat(self.status_line())
                 next_beat = now + HEARTBEAT_SECONDS
+            for fn in self.on_loop:
+                fn(self)
             if self.watcher is not None and now >= next_reconcile:
                 threading.Thread(target=self.watcher.reconcile, name="reconcile", daemon=True).start()
                 next_reconcile = now + self.config.reconcile_minutes * 60
