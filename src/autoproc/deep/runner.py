@@ -76,10 +76,12 @@ def check_where(where: str) -> str:
 
 
 def venv_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for bps/pipetask/butler children: CTRL_MPEXEC_DIR and DAF_BUTLER_DIR
-    point at the interpreter's prefix (bps runs `${CTRL_MPEXEC_DIR}/bin/pipetask`) unless
-    already set; the venv's bin directory leads PATH."""
-    env = dict(os.environ if base is None else base)
+    """Environment for bps/pipetask/butler children: os.environ updated with `base`
+    (overrides), then CTRL_MPEXEC_DIR and DAF_BUTLER_DIR = the interpreter's prefix unless
+    set (bps runs `${CTRL_MPEXEC_DIR}/bin/pipetask`, LSST-MIDDLEWARE §6.2 fix 2), the
+    venv's bin first on PATH, and the BLAS thread counts at 1 unless set."""
+    env = dict(os.environ)
+    env.update(base or {})
     prefix = sys.prefix
     env.setdefault("CTRL_MPEXEC_DIR", prefix)
     env.setdefault("DAF_BUTLER_DIR", prefix)
