@@ -530,6 +530,7 @@ class Watcher:
                 st = None
             results.append((path, p, gen, st))
         now = self._clock()
+        wall = time.time()
         ready: list[FileReady] = []
         with self._lock:
             for path, p, gen, st in results:
@@ -543,7 +544,10 @@ class Watcher:
                     p.since = now
                     p.gen += 1
                     continue
-                if now - p.since >= p.root.quiet:
+                # Quiet by our clock since we first saw it, or by the file's own mtime (a
+                # polled file is often found long after its last write); either way its
+                # size and mtime were unchanged across this re-stat.
+                if now - p.since >= p.root.quiet or 0 <= wall - p.mtime >= p.root.quiet:
                     del self._pending[path]
                     out = self._mark_ready_locked(p.root, path, p.size, p.mtime_ns, p.mtime, "quiet")
                     if out is not None:
