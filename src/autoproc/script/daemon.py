@@ -14,6 +14,7 @@ from pathlib import Path
 
 from autoproc.config import Config
 from autoproc.engine import Engine, Reload
+from autoproc.notify import Notifier
 
 
 class AlreadyRunning(Exception):
@@ -39,14 +40,20 @@ def _lock(config: Config) -> int:
 def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool = True) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("parsl").setLevel(logging.WARNING)
+    notifier = Notifier()  # first: it takes systemd's variables out of what children inherit
     lock = _lock(config)
     engine = Engine(config, config_path=config_path, watch=watch)
+    engine.on_started.append(lambda e: notifier.ready(e.status_line()))
+    engine.on_loop.append(notifier.on_loop)
 
     def stop(signum, frame) -> None:
         engine.stop()
 
     def reload(signum, frame) -> None:
+        notifier.reloading()
         engine.events.put(Reload())
+        # Events are handled in order: READY=1 goes out once the reload is done.
+        engine.events.put(lambda e: notifier.ready(e.status_line()))
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -56,7 +63,9 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
         logging.getLogger("autoproc").info("daemon started on %s", config.db)
         engine.run()
     finally:
+        notifier.stopping()
         engine.shutdown()
+        notifier.close()
         os.close(lock)
     logging.getLogger("autoproc").info("daemon stopped")
     return 0
