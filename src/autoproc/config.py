@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from autoproc.errors import AutoprocError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The machines live at the top of the source tree (`statemachines/`); an installed copy
 # falls back to the one shipped inside the package.
@@ -22,7 +24,7 @@ DEFAULT_MACHINES_DIR = _SOURCE_MACHINES if _SOURCE_MACHINES.is_dir() else PACKAG
 Seconds = Annotated[float, Field(ge=0)]
 
 
-class ConfigError(Exception):
+class ConfigError(AutoprocError):
     """A configuration file that cannot be used; the message names the file and key path."""
 
 

@@ -20,12 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from transitions import Machine, MachineError
 
 from autoproc import actions
+from autoproc.errors import AutoprocError
 from autoproc.store import Subject
 
 NAME = r"^[a-z][a-z0-9_]*$"
 
 
-class MachineSpecError(Exception):
+class MachineSpecError(AutoprocError):
     """A machine file that cannot be used; the message names the file and the problem."""
 
 

@@ -7,6 +7,7 @@ The journal is append-only (enforced by triggers).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
+from autoproc.errors import AutoprocError
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -116,7 +117,7 @@ MIGRATIONS: list[str] = [
 ATTEMPT_ACTIVE = ("queued", "running")
 
 
-class StoreError(Exception):
+class StoreError(AutoprocError):
     """The store cannot do what was asked (it says why)."""
 
 
@@ -184,11 +185,17 @@ class Store:
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path}: cannot open the state database: {err}") from None
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
         if not readonly:
             self.migrate()
         elif self.schema_version() != len(MIGRATIONS):
             raise StoreError(f"{self.path}: schema version {self.schema_version()}, expected {len(MIGRATIONS)}")
+
+    @functools.cached_property
+    def db(self):
+        """sqlite-utils' view of the same connection (imported lazily: it is slow to import)."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
 
     def close(self) -> None:
         self.conn.close()
@@ -264,8 +271,11 @@ class Store:
             params.append(state)
         if held is not None:
             where.append("held IS NOT NULL" if held else "held IS NULL")
-        rows = self.db["subjects"].rows_where(" AND ".join(where) or None, params, order_by="kind, key", limit=limit)
-        return [Subject.from_row(r) for r in rows]
+        # Plain SQL: this is on the `autoproc status` path, which must start fast.
+        sql = "SELECT * FROM subjects" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY kind, key"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [Subject.from_row(r) for r in self._all(sql, params)]
 
     def counts(self) -> list[tuple[str, str, int]]:
         return [tuple(r) for r in self.conn.execute(
@@ -438,7 +448,10 @@ class Store:
         if status:
             where.append("status = ?")
             params.append(status)
-        rows = list(self.db["files"].rows_where(" AND ".join(where) or None, params, order_by="path", limit=limit))
+        sql = "SELECT * FROM files" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY path"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        rows = self._all(sql, params)
         for r in rows:
             r["info"] = json.loads(r["info"])
         return rows
@@ -453,7 +466,7 @@ class Store:
             c.execute("INSERT INTO problems (time, source, message) VALUES (?, ?, ?)", (time.time(), source, message))
 
     def problems(self, limit: int = 20) -> list[dict]:
-        return list(self.db["problems"].rows_where(order_by="id DESC", limit=limit))
+        return self._all("SELECT * FROM problems ORDER BY id DESC LIMIT ?", (limit,))
 
     def heartbeat(self, status: str = "", *, started: float | None = None) -> None:
         now = time.time()

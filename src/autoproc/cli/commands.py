@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from autoproc.config import Config, ConfigError, load_config
+from autoproc.config import Config, load_config
+from autoproc.errors import AutoprocError
 
 
 class Context:
@@ -51,13 +52,9 @@ class Group(click.Group):
     """Turns the errors operators can cause into one clear line and exit status 2."""
 
     def invoke(self, ctx):
-        from autoproc.machines import MachineSpecError
-        from autoproc.script.override import OverrideError
-        from autoproc.store import StoreError
-
         try:
             return super().invoke(ctx)
-        except (ConfigError, MachineSpecError, OverrideError, StoreError) as err:
+        except AutoprocError as err:
             fail(str(err))
 
 

@@ -10,11 +10,12 @@ import getpass
 import os
 from dataclasses import dataclass, field
 
+from autoproc.errors import AutoprocError
 from autoproc.machines import StateMachine
 from autoproc.store import Store, Subject
 
 
-class OverrideError(Exception):
+class OverrideError(AutoprocError):
     """An override the machine or the subject does not allow; the message says why."""
 
 
