@@ -277,6 +277,14 @@ def config() -> None:
     """Configuration tools."""
 
 
+@config.command("reference")
+def config_reference() -> None:
+    """Print the configuration reference (Markdown) generated from the config model."""
+    from autoproc.script.reference import reference
+
+    click.echo(reference(), nl=False)
+
+
 @config.command("check")
 @click.argument("path", type=click.Path(path_type=Path), required=False)
 @pass_ctx
