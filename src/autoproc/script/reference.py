@@ -85,3 +85,21 @@ def reference() -> str:
 
 def readme_block() -> str:
     return f"{BEGIN}\n{reference()}{END}"
+
+
+def update_readme(path: Path) -> bool:
+    """Rewrite the generated block of `path`; returns whether it changed."""
+    text = path.read_text()
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    new = text[:start] + readme_block() + text[end:]
+    path.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--update-readme"]:
+        sys.exit("usage: python -m autoproc.script.reference --update-readme")
+    readme = PACKAGE_DIR.parents[1] / "README.md"
+    print(f"{readme}: {'updated' if update_readme(readme) else 'already current'}")
