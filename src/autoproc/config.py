@@ -84,8 +84,16 @@ class ExecutorConfig(Section):
 
 
 class HooksConfig(Section):
+    """Executables run on the transitions they subscribe to (see `autoproc.hooks`)."""
+
     directory: Path | None = Field(default=None, description="Hook executables; default: <root>/hooks.")
-    timeout_seconds: Seconds = 30.0
+    timeout_seconds: Seconds = Field(default=30.0, description="A hook still running then is killed, its process "
+                                     "group included, and the kill recorded as a problem.")
+    workers: int = Field(default=2, ge=1, description="Hooks running at once (threads beside the engine).")
+    queue_size: int = Field(default=100, ge=1, description="Hook runs waiting at most; more are dropped and "
+                            "recorded as a problem.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for every hook (e.g. MAILTO, "
+                                "SLACK_WEBHOOK_URL_FILE); the daemon's own environment is not passed on.")
 
 
 class DeepConfig(Section):

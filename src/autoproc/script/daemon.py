@@ -14,6 +14,7 @@ from pathlib import Path
 
 from autoproc.config import Config
 from autoproc.engine import Engine, Reload
+from autoproc.hooks import Hooks
 from autoproc.notify import Notifier
 
 
@@ -45,6 +46,8 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
     engine = Engine(config, config_path=config_path, watch=watch)
     engine.on_started.append(lambda e: notifier.ready(e.status_line()))
     engine.on_loop.append(notifier.on_loop)
+    hooks = Hooks(lambda: engine.config).start()
+    engine.listeners.append(hooks)
 
     def stop(signum, frame) -> None:
         engine.stop()
@@ -65,6 +68,7 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
     finally:
         notifier.stopping()
         engine.shutdown()
+        hooks.close()
         notifier.close()
         os.close(lock)
     logging.getLogger("autoproc").info("daemon stopped")
