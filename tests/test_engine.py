@@ -172,3 +172,20 @@ def test_gadget_is_recovered_not_resubmitted(engine_for, tmp_path):
     assert (root / "submitted" / "x").read_text() == "submitted\n"  # not submitted a second time
     attempts = engine.store.attempts(s.id)
     assert attempts[0]["id"] == attempt and attempts[-1]["step"] == "recover"
+
+
+def test_hold_from_recover_then_release_runs_the_step(engine_for):
+    engine, _ = engine_for(watch=[])
+    root = Path(engine.config.root)
+    s, _ = engine.store.ensure_subject("gadget", "y", "submitting", actor="test", data={"unsafe_to_resubmit": True})
+    engine.store.add_attempt(s, "submitting", try_number=1, status="interrupted")  # crashed, no evidence left
+    engine.events.put(lambda e: e.evaluate(s.id))
+    wait_for(lambda: engine.store.subject("gadget", "y").held, what="held for a person")
+    assert "not submitting again" in engine.store.subject("gadget", "y").held
+    assert not (root / "submitted" / "y").exists()
+    time.sleep(0.5)
+    assert engine.store.subject("gadget", "y").held  # stays held: no loop, no submission
+    override.release(engine.store, engine.machines, "gadget", "y", reason="checked the grid: nothing there",
+                     operator="erin")
+    wait_for(lambda: state(engine, "y", "gadget") == "done", what="submitted after release")
+    assert (root / "submitted" / "y").read_text() == "submitted\n"  # exactly once

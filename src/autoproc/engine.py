@@ -286,7 +286,8 @@ class Engine:
         status = last["status"] if last else None
         if status in ("queued", "running"):
             return
-        if status == "held":
+        if status == "held" and not last["applied"]:
+            self.store.update_attempt(last["id"], applied=1)
             self.hold(subject, last["result"].get("reason", "the action asked for a person"), last["result"])
             return
         if status == "succeeded":
@@ -298,7 +299,9 @@ class Engine:
             else:
                 self.dispatch(subject, st, reuse=last)
             return
-        counted = [a for a in attempts if a["status"] == "failed"]
+        # A person released a hold the action asked for: they checked, so the step runs
+        # again (not its recover action); holds and recover checks spend no retry budget.
+        counted = [a for a in attempts if a["status"] == "failed" and a["step"] != "recover"]
         interrupted = [a for a in attempts if a["status"] == "interrupted"]
         policy = self.config.retry
         max_tries = st.retry.max_tries or policy.max_tries
@@ -321,7 +324,7 @@ class Engine:
             self.fire(subject, self.machines[subject.kind].spec.on_failure,
                       reason=f"interrupted {len(interrupted)} times", evidence={"attempt": last["id"]})
             return
-        recover = st.recover if status == "interrupted" and last["step"] != "recover" else None
+        recover = st.recover if status == "interrupted" else None
         adjust = last["result"].get("adjust", {}) if status == "failed" else {}
         self.dispatch(subject, st, try_number=len(counted) + 1, adjust=adjust, recover=recover,
                       previous=last["result"] if last else {})
