@@ -97,7 +97,77 @@ class HooksConfig(Section):
 
 
 class DeepConfig(Section):
-    """DEEP nights on the Rubin middleware (domain/SPEC.md part A)."""
+    """DEEP nights on the Rubin middleware (domain/SPEC.md part A). The defaults run the simulated
+    DECam and the mock DEEP pipelines shipped in `autoproc.sim.deep`; a site with the real science
+    code points `pipelines` at its own YAMLs."""
+
+    repo: Path | None = Field(default=None, description="Butler repository; default: <root>/repo.")
+    registry_db: str | None = Field(
+        default=None, description="Registry database URL (e.g. `postgresql://butler@host:5432/deep`); "
+        "default: SQLite inside the repo. Used by `autoproc deep init`.")
+    instrument: str = Field(default="DECam", pattern=r"^[A-Za-z0-9_]+$", description="Butler instrument name.")
+    instrument_class: str = Field(
+        default="autoproc.sim.deep.instrument.SimDECam",
+        description="Instrument class registered by `autoproc deep init` (obs_decam's `lsst.obs.decam.DarkEnergyCamera` "
+        "where it is installed).")
+    prefix: str = Field(default="DEEP", description="First component of every DEEP collection name (SPEC §A.3).")
+    raw_run: str = Field(default="DECam/raw/all", description="RUN collection all raws are ingested into.")
+    fields: list[tuple[float, float]] = Field(
+        default=[(150.0, 2.0)], description="(RA, Dec) degrees of the survey fields: `deep init` registers "
+        "skymap tracts covering them.")
+    skymap: str = Field(default="discrete", description="Skymap name (`deep init` registers it).")
+    bpm_dir: Path | None = Field(default=None, description="Bad-pixel-mask files `deep init` turns into "
+                                 "defects and suspect masks in <prefix>/calib.")
+    fakes_table: Path | None = Field(default=None, description="Fake-source catalog `deep init` ingests "
+                                     "into <prefix>/fakes.")
+    refcat_command: list[str] | None = Field(default=None, description="Command `deep init` runs to ingest "
+                                             "reference catalogs into `refcats` (argv, no shell).")
+    ingest_backend: Literal["headers", "obs_base"] = Field(
+        default="headers", description="`headers`: dimension records from the FITS headers, then Butler.ingest; "
+        "`obs_base`: RawIngestTask + DefineVisitsTask (needs obs_base and obs_decam).")
+    ingest_transfer: Literal["direct", "symlink", "copy", "link", "hardlink", "relsymlink"] = Field(
+        default="direct", description="How ingested raws enter the datastore; `direct` leaves them where they are.")
+    day_obs_rule: Literal["night", "obs_decam"] = Field(
+        default="night", description="The night of a raw from DATE-OBS: `night` = date of TAI − 12 h (the local "
+        "night at CTIO), `obs_decam` = TAI date. A manifest's `night` column wins.")
+    manifest: Path | None = Field(
+        default=None, description="`exposures.ecsv` (SPEC §A.2): gives each file's night, and a file is ready "
+        "only once its md5 matches.")
+    ingest_quiet_seconds: Seconds = Field(
+        default=5.0, description="A night ingests its new raws in one batch once none arrived for this long.")
+    pipelines: dict[str, str] = Field(
+        default_factory=dict, description="Pipeline YAML per proc type (`bias`, `flat`, `drp`, `coadd`, "
+        "`diff_drp`, `template`); unset ones are the simulator's DEEP-*.yaml.")
+    steps: dict[str, list[str]] = Field(
+        default_factory=dict, description="Steps (subset or task labels) run in order per proc type; unset "
+        "ones are the DEEP lists: bias step1 step2; flat step0..step3; drp step0 step1 step2a..step2f step3a; "
+        "coadd and template assembleCoadd; diff_drp step4a..step4e.")
+    where: str = Field(default="instrument='DECam' AND skymap='discrete'",
+                       description="Data query of every graph (the chains already select the night).")
+    mode: Literal["bps", "pipetask"] = Field(
+        default="bps", description="`bps`: `bps submit` with the Parsl plugin; `pipetask`: `pipetask run -j 1`.")
+    submit_template: Path | None = Field(
+        default=None, description="bps submit YAML template; default: the simulator's (Parsl LocalThreads site).")
+    cores: int = Field(default=2, ge=1, description="Cores of the bps Parsl site.")
+    clusters: dict[str, dict[str, Any]] | None = Field(
+        default=None, description="bps `cluster:` entries ({name: {pipetasks, dimensions, equalDimensions}}), "
+        "restricted to the labels of each step; default: per-exposure and per-visit clusters; {} = one job "
+        "per quantum.")
+    request_memory: int = Field(default=2048, ge=1, description="MB per bps job on a first try.")
+    memory_factor: float = Field(default=2.0, ge=1.0, description="A memory-class failure retries the step "
+                                 "with this many times the memory (within the state's retry budget).")
+    max_memory: int = Field(default=65536, ge=1, description="Upper bound (MB) of the memory escalation.")
+    step_timeout_seconds: Seconds | None = Field(
+        default=None, description="Kill a step's bps/pipetask process group after this long (then recover it).")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for bps/pipetask children.")
+    certify_begin: str = Field(default="2000-01-01T00:00:00", description="Start (TAI) of certified validity.")
+    certify_end: str = Field(default="2050-01-01T00:00:00", description="End (TAI) of certified validity.")
+    max_borrow_days: int = Field(default=14, ge=0, description="How far (nights) a missing bias or flat is "
+                                 "borrowed from; none within reach = the night waits.")
+    nightly_coadd: bool = Field(default=False, description="Coadd each night's own warps after DRP.")
+    templates: dict[str, list[str] | str] = Field(
+        default_factory=dict, description="Template coadds: name → member nights (a list of YYYYMMDD, or a "
+        "regex over the nights known). A member night is differenced against it once it is built.")
 
 
 class DesgwConfig(Section):
