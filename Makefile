@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test test-tools lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,18 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/autoproc demo --dir demo-data
 
-test: $(STAMP)
+# System programs the tests drive for real (Debian packages): systemd-analyze checks the
+# unit files, chromium renders the report page. Installed only when missing.
+TEST_TOOLS := systemd-analyze=systemd chromium=chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+test-tools:
+	@missing=""; for pair in $(TEST_TOOLS); do \
+		command -v "$${pair%%=*}" >/dev/null 2>&1 || missing="$$missing $${pair#*=}"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+test: $(STAMP) test-tools
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest
 
