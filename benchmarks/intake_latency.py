@@ -43,6 +43,13 @@ def write_files(inbox: Path, n: int, spacing: float) -> dict[str, float]:
     return closed
 
 
+def wait_until_watching(watcher: Watcher, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(s["watching"] for s in watcher.status().values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the first rescan runs in the background at start
+
+
 def engine_latency(mode: str, n: int, spacing: float, poll: float, quiet: float) -> list[float]:
     tmp = Path(tempfile.mkdtemp(prefix="autoproc-bench-"))
     inbox = tmp / "inbox"
@@ -56,6 +63,7 @@ def engine_latency(mode: str, n: int, spacing: float, poll: float, quiet: float)
     engine.start()
     thread = threading.Thread(target=engine.run, daemon=True)
     thread.start()
+    wait_until_watching(engine.watcher)  # as a daemon is, once it has said READY=1
     closed = write_files(inbox, n, spacing)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -81,6 +89,7 @@ def watcher_latency(mode: str, n: int, spacing: float, poll: float, quiet: float
                      quiet_seconds=quiet)
     watcher = Watcher([root], lambda r: seen.setdefault(Path(r.path).stem, time.time()))
     watcher.start()
+    wait_until_watching(watcher)
     closed = write_files(inbox, n, spacing)
     deadline = time.monotonic() + 60
     while len(seen) < n and time.monotonic() < deadline:

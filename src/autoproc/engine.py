@@ -9,9 +9,11 @@ restart, even after kill -9, picks up from the store and the evidence on disk.
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import queue
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -229,6 +231,13 @@ class Engine:
         now = self.clock()
         kind = result.get("kind")
         fields: dict[str, Any] = {"ended": now, "result": result}
+        if not attempt.get("pid"):
+            # The action ran in another process (HTEX): its children are known from disk.
+            children = _children_on_disk(attempt)
+            if children:
+                c = children[-1]
+                fields.update(pid=c["pid"], pgid=c["pgid"], host=c["host"], argv=c["argv"], log=c["log"])
+                attempt = {**attempt, "log": c["log"]}
         exit_status = self._child_exit(attempt)
         if exit_status is not None:
             fields["exit_status"] = exit_status
@@ -488,19 +497,16 @@ class Engine:
                                               result={"reason": "the subject was moved by an operator"})
             self.evaluate(subject_id)
 
-    def kill_attempt(self, attempt_id: int) -> None:
-        attempt = self.store.attempt(attempt_id)
-        if attempt.get("pgid"):
-            process.kill_group(attempt["pgid"], grace=2.0)
+    def kill_attempt(self, attempt_id: int) -> bool:
+        """Kill every process group the attempt started on this host."""
+        return _kill_children(self.store.attempt(attempt_id))
 
     def recover_attempts(self) -> None:
         """At start: attempts the last daemon left running are interrupted. Their child
         process groups (if any survived) are killed; the step runs again, or its
         `recover` action looks for evidence first."""
         for attempt in self.store.attempts(status=("queued", "running")):
-            killed = False
-            if attempt.get("pgid"):
-                killed = process.kill_group(attempt["pgid"], grace=2.0)
+            killed = _kill_children(attempt)
             self.store.update_attempt(attempt["id"], status="interrupted", ended=self.clock(), result={
                 **attempt["result"], "reason": "the daemon stopped while this ran",
                 "child_killed": killed, "child_exit": self._child_exit(attempt)})
@@ -554,6 +560,26 @@ class Engine:
             counts[state] = counts.get(state, 0) + n
         summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no subjects"
         return f"{summary}; {len(self.running)} running"
+
+
+def _children_on_disk(attempt: dict) -> list[dict]:
+    """The children an attempt started, from the `*.child.json` files `ctx.run` writes."""
+    if not attempt.get("cwd"):
+        return []
+    children = []
+    for path in sorted(Path(attempt["cwd"]).glob("*.child.json"), key=lambda p: p.stat().st_mtime):
+        try:
+            children.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return children
+
+
+def _kill_children(attempt: dict) -> bool:
+    groups = {c["pgid"] for c in _children_on_disk(attempt) if c.get("host") == socket.gethostname()}
+    if attempt.get("pgid") and attempt.get("host") in (None, socket.gethostname()):
+        groups.add(attempt["pgid"])
+    return any([process.kill_group(pgid, grace=2.0) for pgid in sorted(groups)])
 
 
 def _result_of(future: Future) -> dict[str, Any]:

@@ -8,6 +8,8 @@ picklable description of what happened, which the engine records.
 
 from __future__ import annotations
 
+import os
+import sys
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -66,6 +68,15 @@ def build_parsl_config(cfg: ExecutorConfig, run_dir: Path):
                   strategy="none" if cfg.kind == "threads" else "simple", initialize_logging=False)
 
 
+def _venv_bin_on_path() -> None:
+    """Parsl starts `interchange.py` and `process_worker_pool.py` by name, and stages start
+    `pipetask`/`bps`: all live beside our interpreter, which systemd may not have on PATH."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    if bin_dir not in path:
+        os.environ["PATH"] = os.pathsep.join([bin_dir, *path])
+
+
 class Executor:
     """A started Parsl DataFlowKernel running `perform` for the engine."""
 
@@ -74,6 +85,7 @@ class Executor:
         from parsl.dataflow.dflow import DataFlowKernel
 
         run_dir.mkdir(parents=True, exist_ok=True)
+        _venv_bin_on_path()
         self.dfk = DataFlowKernel(build_parsl_config(cfg, run_dir))
         self._app = python_app(perform, data_flow_kernel=self.dfk, executors=["actions"])
 
