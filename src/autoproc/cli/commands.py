@@ -296,3 +296,5 @@ def config_check(obj: Context, path: Path | None) -> None:
     machines = obj.machines()
     click.echo(f"{path or '<defaults>'}: OK ({len(machines)} machines: {', '.join(sorted(machines)) or 'none'};"
                f" {len(cfg.watch)} watched roots; state in {cfg.db})")
+
+main.add_command(__import__("autoproc.cli.desgw", fromlist=["desgw"]).desgw)  # last: it uses pass_ctx
