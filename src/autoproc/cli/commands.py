@@ -298,3 +298,4 @@ def config_check(obj: Context, path: Path | None) -> None:
                f" {len(cfg.watch)} watched roots; state in {cfg.db})")
 
 main.add_command(__import__("autoproc.cli.desgw", fromlist=["desgw"]).desgw)  # last: it uses pass_ctx
+main.add_command(__import__("autoproc.cli.deep", fromlist=["deep"]).deep)  # last: it uses pass_ctx

@@ -1,0 +1,562 @@
+"""The DEEP stages: what the `night` and `template` machines run (statemachines/night.yaml,
+statemachines/template.yaml), plus the `raw` file kind.
+
+A night walks ingest → bias → flat → drp → (nightly coadd) → diff. Each processing state
+runs one step per state entry: it checks the proc type's steps in order in-process
+(`quanta.check_step`, skip-existing-in the chain with the skip-failures rule), runs the
+first one with work left (`runner.run_step`: bps or pipetask, judged from the Butler) and
+fires the self-loop `next_step`; once every step's graph is empty it finishes the proc
+type (certify, borrow, …) and fires the trigger that leaves the state. So the journal has
+one row per step run, and `rerun-from` a state re-checks its steps against the Butler.
+
+Failure rules (SPEC §A.7, §A.9): memory-class failures raise `Retry` with more memory
+(the engine's retry budget caps them); a fatal failure of a bias or flat step makes the
+night borrow that calibration from a neighbour night; a fatal failure anywhere else ends
+in `failed` with the failed data IDs and exceptions in the journal. A missing bias or
+flat that no neighbour has yet sends the night to `waiting_calibs` until one certifies.
+
+Actions open a fresh Butler each time (a long-lived one would need `registry.refresh()`)
+and never write the store: what they found goes back as evidence and data.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from autoproc.actions import (
+    ActionContext,
+    Fail,
+    FileInfo,
+    Hold,
+    Outcome,
+    Retry,
+    Wait,
+    action,
+    callback,
+    condition,
+    file_kind,
+)
+from autoproc.config import Config, DeepConfig
+from autoproc.deep import calibs, ingest, quanta, runner
+from autoproc.deep import collections as colls
+from autoproc.store import Subject
+
+# SPEC §A.4 night.py / §A.5 (diff_drp: proc-decam's list), used for proc types not in `deep.steps`.
+DEFAULT_STEPS: dict[str, list[str]] = {
+    "bias": ["step1", "step2"],
+    "flat": ["step0", "step1", "step2", "step3"],
+    "drp": ["step0", "step1", "step2a", "step2b", "step2c", "step2d", "step2e", "step2f", "step3a"],
+    "coadd": ["assembleCoadd"],
+    "diff_drp": ["step4a", "step4b", "step4c", "step4d", "step4e"],
+    "template": ["assembleCoadd"],
+}
+# The simulator's mock DEEP pipelines, for proc types not in `deep.pipelines`.
+DEFAULT_PIPELINES = {"bias": "DEEP-bias", "flat": "DEEP-flat", "drp": "DEEP-DRP", "coadd": "DEEP-template",
+                     "diff_drp": "DEEP-DRP", "template": "DEEP-template"}
+# Night states in which its warps exist (DRP is behind it).
+PAST_DRP = ("coadd", "waiting_template", "diff", "done")
+MAX_FAILURES_SHOWN = 20
+MISSING_INPUT_WAIT = 60.0
+
+
+# --- configuration helpers ------------------------------------------------------------
+
+
+def repo_path(config: Config) -> Path:
+    return config.deep.repo or config.root / "repo"
+
+
+def names(cfg: DeepConfig) -> colls.Names:
+    return colls.Names(prefix=cfg.prefix, raw_run=cfg.raw_run, instrument=cfg.instrument)
+
+
+def pipeline_of(cfg: DeepConfig, proc: str) -> str:
+    if proc in cfg.pipelines:
+        return cfg.pipelines[proc]
+    from autoproc.sim.deep.scenario import pipeline_path
+
+    return pipeline_path(DEFAULT_PIPELINES[proc])
+
+
+def steps_of(cfg: DeepConfig, proc: str) -> list[str]:
+    return list(cfg.steps.get(proc) or DEFAULT_STEPS[proc])
+
+
+def template_members(spec: list[str] | str, nights: list[str]) -> list[str]:
+    """The member nights of a template: its list, or the given nights its regex matches."""
+    if isinstance(spec, list):
+        return [str(n) for n in spec]
+    return [n for n in nights if re.match(spec, n)]
+
+
+def templates_of(cfg: DeepConfig, night: str) -> list[str]:
+    """The templates a night belongs to (and is differenced against)."""
+    return sorted(name for name, spec in cfg.templates.items() if template_members(spec, [night]))
+
+
+@contextmanager
+def open_butler(config: Config) -> Iterator[Any]:
+    from lsst.daf.butler import Butler
+
+    repo = repo_path(config)
+    if not (repo / "butler.yaml").exists():
+        raise Hold(f"no Butler repository at {repo}: run `autoproc deep init` first")
+    butler = Butler.from_config(str(repo), writeable=True)
+    try:
+        yield butler
+    finally:
+        butler.close()
+
+
+# --- intake -----------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _manifest(path: str, mtime: float) -> ingest.Manifest:
+    return ingest.load_manifest(path)
+
+
+@file_kind("raw")
+def raw_file(path: Path, config: Config) -> FileInfo:
+    """A DECam raw feeds the night it belongs to: the manifest's night when one is
+    configured (and then only once its md5 matches), else the night from DATE-OBS."""
+    cfg = config.deep
+    info = ingest.read_raw_header(path, day_obs_rule=cfg.day_obs_rule)
+    night = info.day_obs
+    if cfg.manifest is not None:
+        manifest = _manifest(str(cfg.manifest), cfg.manifest.stat().st_mtime)
+        row = manifest.lookup(path)
+        if row is None:
+            raise ValueError(f"{path.name}: not listed in manifest {cfg.manifest.name}")
+        if ingest._md5(path) != row.md5sum:
+            raise ValueError(f"{path.name}: md5 does not match the manifest (partial or corrupt download)")
+        night = row.night
+    return FileInfo(subject=("night", f"{night:08d}"), info={
+        "expnum": info.expnum, "obstype": info.obstype, "filter": info.physical_filter,
+        "detectors": list(info.detectors)})
+
+
+@action()
+def ingest_night(ctx: ActionContext) -> Outcome:
+    """Ingest every ready raw of the night in one batch, once none arrived for a while."""
+    cfg = ctx.config.deep
+    paths = [f["path"] for f in ctx.files]
+    if not paths:
+        return Outcome("ingested", reason="no new raws")
+    quiet = cfg.ingest_quiet_seconds - (time.time() - max(f["updated"] for f in ctx.files))
+    if quiet > 0:
+        return Outcome(None, retry_after=quiet + 0.05, reason=f"{len(paths)} new raws; waiting for a quiet moment")
+    with open_butler(ctx.config) as butler:
+        res = ingest.ingest_raws(butler, paths, run=cfg.raw_run, transfer=cfg.ingest_transfer,
+                                 manifest=cfg.manifest, backend=cfg.ingest_backend, day_obs_rule=cfg.day_obs_rule)
+    bad = {str(p): reason for p, reason in res.bad.items()}
+    raws = dict(ctx.subject.data.get("raws") or {})
+    raws["ingested"] = raws.get("ingested", 0) + len(res.ingested)
+    raws["skipped"] = raws.get("skipped", 0) + len(res.skipped)
+    # An Outcome cannot mark intake files bad, so their reasons live in the night's data.
+    bad_raws = {**(ctx.subject.data.get("bad_raws") or {}), **bad}
+    other = sorted(str(n) for n in res.nights if f"{n:08d}" != ctx.subject.key)
+    evidence = {"summary": res.summary(), "ingested": len(res.ingested), "skipped": len(res.skipped),
+                "bad": bad, "visits": len(res.visits), "run": res.run}
+    if other:
+        evidence["other_nights"] = other  # the ingest's night rule disagreed with the intake's
+    return Outcome("ingested", evidence=evidence, data={"raws": raws, "bad_raws": bad_raws},
+                   reason=res.summary(), consume=paths)
+
+
+# --- running steps ----------------------------------------------------------------------
+
+
+def _clusters(cfg: DeepConfig, labels: list[str]) -> dict[str, dict[str, Any]]:
+    """The bps clusters of this step: the configured ones (default: the simulator's
+    per-exposure and per-visit clusters) restricted to the step's task labels."""
+    if cfg.clusters is not None:
+        configured = cfg.clusters
+    else:
+        from autoproc.sim.deep.bps_site import DEFAULT_CLUSTERS
+
+        configured = {name: {"pipetasks": ",".join(tasks), "dimensions": dims,
+                             **({"equalDimensions": equal} if equal else {})}
+                      for name, (tasks, dims, equal) in DEFAULT_CLUSTERS.items()}
+    out = {}
+    for name, spec in configured.items():
+        used = [t.strip() for t in str(spec.get("pipetasks", "")).split(",") if t.strip() in labels]
+        if used:
+            out[name] = {**spec, "pipetasks": ",".join(used)}
+    return out
+
+
+def _submit_template(cfg: DeepConfig) -> Path:
+    if cfg.submit_template is not None:
+        return cfg.submit_template
+    from autoproc.sim.deep.bps_site import SUBMIT_TEMPLATE
+
+    return SUBMIT_TEMPLATE
+
+
+def _failure_lines(failures: list[dict]) -> str:
+    shown = [f"{f['task']} {f['data_id']}: {f['exception_type']}: {f['message'][:200]}"
+             for f in failures[:5]]
+    more = f" (+{len(failures) - 5} more)" if len(failures) > 5 else ""
+    return "; ".join(shown) + more
+
+
+def _step_evidence(out: runner.StepOutcome) -> dict[str, Any]:
+    """What the journal keeps of one attempt (the full record is attempt.json in its directory)."""
+    full = out.to_json()
+    ev = {k: full[k] for k in ("status", "run", "pipeline", "step", "mode", "expected", "succeeded", "failed",
+                               "blocked", "retryable", "renamed_logs", "killed", "recovered", "returncodes",
+                               "attempt_dir", "error", "error_kind", "seconds")}
+    ev["failures"] = full["failures"][:MAX_FAILURES_SHOWN]
+    for k in ("recovered_attempts", "log", "log_tail"):
+        if k in out.evidence:
+            ev[k] = out.evidence[k]
+    return ev
+
+
+class Steps:
+    """The steps of one proc type over one chain, advanced one step per call."""
+
+    def __init__(self, ctx: ActionContext, butler: Any, proc: str, parent: str, fixed: list[str]):
+        self.ctx, self.butler, self.proc, self.parent, self.fixed = ctx, butler, proc, parent, fixed
+        self.cfg = ctx.config.deep
+        self.pipeline = pipeline_of(self.cfg, proc)
+        self.failed: dict[str, int] = {}  # step -> quanta that failed for good (skip-failures)
+        self.done: dict[str, dict[str, int]] = {}  # step -> quanta succeeded per task
+
+    def advance(self) -> Outcome | None:
+        """Run the first step with work left and return its Outcome (`next_step`), or None
+        when every step's graph is empty. Raises Retry / Wait / Fail per the rules above."""
+        colls.rebuild_chain(self.butler, self.parent, self.fixed)
+        for step in steps_of(self.cfg, self.proc):
+            try:
+                st = quanta.check_step(self.butler, self.pipeline, step, self.parent, where=self.cfg.where)
+            except quanta.StepCheckError as err:
+                if err.kind == "missing_input" and any(self.failed.values()):
+                    self.failed[step] = 0  # blocked behind an earlier step's failures
+                    continue
+                if err.kind == "missing_input":
+                    raise Wait(f"{self.parent} {step}: inputs missing: {err}", retry_after=MISSING_INPUT_WAIT) from None
+                raise Fail(f"{self.parent} {step}: the graph cannot be built: {err}") from None
+            if st.empty:
+                self.failed[step] = st.n_failed
+                self.done[step] = dict(st.succeeded)
+                continue
+            return self._run(step, list(st.to_run))
+        return None
+
+    def _run(self, step: str, labels: list[str]) -> Outcome:
+        ctx, cfg = self.ctx, self.cfg
+        memory = int(ctx.adjust.get("request_memory") or cfg.request_memory)
+        notify, stopping = ctx.notify, ctx.stopping
+        try:
+            out = runner.run_step(
+                self.butler, str(repo_path(ctx.config)), self.pipeline, step, self.parent,
+                ctx.config.work_dir / "deep", fixed_inputs=self.fixed, where=cfg.where, mode=cfg.mode,
+                submit_template=_submit_template(cfg), request_memory=memory, cores=cfg.cores,
+                clusters=_clusters(cfg, labels), env=cfg.env, timeout=cfg.step_timeout_seconds,
+                # The engine records the child's pid/pgid (to kill it after a restart) and stops it on SIGTERM.
+                on_start=(lambda child: notify(ctx.attempt_id, child)) if notify is not None else None,
+                should_stop=stopping.is_set if stopping is not None else None)
+        except runner.RunnerError as err:  # an earlier attempt's child is still running
+            raise Wait(str(err), retry_after=10.0) from None
+        ev = _step_evidence(out)
+        what = f"{self.parent} {step}"
+        fatal = [f.to_json() for f in out.fatal_failures]
+        if out.status in ("succeeded", "nothing_to_do"):
+            return Outcome("next_step", evidence=ev, reason=f"{what}: {sum(out.succeeded.values())} quanta "
+                           f"succeeded in {out.run}" if out.run else f"{what}: nothing to do")
+        if out.status == "failed":
+            if fatal and self.proc not in ("bias", "flat"):
+                raise Fail(f"{what}: {len(fatal)} quanta failed: {_failure_lines(fatal)}", evidence=ev)
+            if out.retryable:
+                more = min(cfg.max_memory, int(memory * cfg.memory_factor))
+                raise Retry(f"{what}: {len(out.failures) - len(fatal)} quanta failed for memory; "
+                            f"next try with {more} MB", adjust={"request_memory": more}, evidence=ev)
+            # bias/flat: the step is done with failures; finishing the proc type borrows instead.
+            return Outcome("next_step", evidence=ev, reason=f"{what}: {len(fatal)} quanta failed: "
+                           f"{_failure_lines(fatal)}")
+        if out.status == "incomplete":
+            raise Retry(f"{what}: incomplete ({'killed' if out.killed else 'quanta neither succeeded nor failed'})",
+                        evidence=ev)
+        if out.error_kind == "missing_input":
+            raise Wait(f"{what}: inputs missing: {out.error}", retry_after=MISSING_INPUT_WAIT, evidence=ev)
+        raise Fail(f"{what}: {out.error}", evidence=ev)
+
+
+def _step_summary(steps: Steps) -> dict[str, Any]:
+    return {"pipeline": steps.pipeline, "parent": steps.parent, "failed": steps.failed, "succeeded": steps.done}
+
+
+def _late_raws(ctx: ActionContext) -> Outcome | None:
+    """New raws of a night in the middle of processing: ingest them first, then walk the
+    stages again (every step with nothing new to do costs one in-process check)."""
+    if ctx.files:
+        return Outcome("reingest", reason=f"{len(ctx.files)} new raws arrived")
+    return None
+
+
+def _science_bands(butler: Any, cfg: DeepConfig, night: str) -> list[str]:
+    bands = calibs.band_of_filters(butler, cfg.instrument)
+    recs = butler.query_dimension_records(
+        "exposure", where=f"instrument = '{cfg.instrument}' AND exposure.day_obs = {int(night)} "
+        "AND exposure.observation_type = 'science'", explain=False)
+    return sorted({bands.get(r.physical_filter, r.physical_filter) for r in recs})
+
+
+def _needs_calibs(ctx: ActionContext, bias: bool, flat: list[str], evidence: dict) -> Outcome:
+    what = " and ".join((["bias"] if bias else []) + ([f"flat ({', '.join(flat)})"] if flat else []))
+    return Outcome("need_calibs", evidence=evidence, reason=f"no {what} on this night or a neighbour "
+                   f"within {ctx.config.deep.max_borrow_days} nights yet",
+                   # `checked`: the neighbour check happened then; a neighbour certifying later wakes us.
+                   data={"missing_calibs": {"bias": bias, "flat": flat, "checked": time.time()}})
+
+
+def _own_calibs(ctx: ActionContext, **update: Any) -> dict[str, Any]:
+    own = dict(ctx.subject.data.get("own_calibs") or {})
+    own.update(update)
+    return own
+
+
+# --- the night's actions --------------------------------------------------------------
+
+
+@action()
+def process_bias(ctx: ActionContext) -> Outcome:
+    """bias: tag the zeros, run step1, step2; certify the night's bias, or borrow one."""
+    if (late := _late_raws(ctx)) is not None:
+        return late
+    cfg, night = ctx.config.deep, ctx.subject.key
+    n = names(cfg)
+    with open_butler(ctx.config) as butler:
+        tag = colls.tag_raws(butler, night, "bias", names=n)
+        steps = Steps(ctx, butler, "bias", n.parent("bias", night), n.fixed_inputs("bias", night))
+        if tag.total and (step := steps.advance()) is not None:
+            return step
+        evidence: dict[str, Any] = {"raws": tag.to_json(), "steps": _step_summary(steps)}
+        why = "no zeros" if not tag.total else ("failed quanta" if any(steps.failed.values()) else "")
+        if not why:
+            try:
+                cert = calibs.certify_night(butler, night, "bias", names=n, begin=cfg.certify_begin,
+                                            end=cfg.certify_end)
+                return Outcome("bias_done", evidence={**evidence, "certified": cert.to_json()},
+                               data={"own_calibs": _own_calibs(ctx, bias=time.time()), "missing_calibs": {}},
+                               reason=f"certified {cert.count} bias into {cert.calib_collection}")
+            except LookupError as err:
+                why = str(err)
+        sub = calibs.borrow_calibration(butler, night, "bias", max_days=cfg.max_borrow_days, names=n,
+                                        begin=cfg.certify_begin, end=cfg.certify_end)
+    evidence["own_bias_unusable"] = why
+    if sub is None:
+        return _needs_calibs(ctx, True, [], evidence)
+    return Outcome("bias_done", evidence={**evidence, "substitution": sub.to_json()}, data={"missing_calibs": {}},
+                   reason=f"{why}: borrowed the bias of {sub.source_night} ({sub.distance:+d} nights)")
+
+
+@action()
+def process_flat(ctx: ActionContext) -> Outcome:
+    """flat: tag the dome flats, run step0..step3; certify the night's flats and borrow
+    the bands it lacks (or all of them when its flat steps failed)."""
+    if (late := _late_raws(ctx)) is not None:
+        return late
+    cfg, night = ctx.config.deep, ctx.subject.key
+    n = names(cfg)
+    with open_butler(ctx.config) as butler:
+        tag = colls.tag_raws(butler, night, "flat", names=n)
+        steps = Steps(ctx, butler, "flat", n.parent("flat", night), n.fixed_inputs("flat", night))
+        if tag.total and (step := steps.advance()) is not None:
+            return step
+        evidence: dict[str, Any] = {"raws": tag.to_json(), "steps": _step_summary(steps)}
+        own = _own_calibs(ctx)
+        borrow = [band for _, band in calibs.find_missing_calibs(butler, [night], names=n).flat]
+        if tag.total and not any(steps.failed.values()):
+            try:
+                cert = calibs.certify_night(butler, night, "flat", names=n, begin=cfg.certify_begin,
+                                            end=cfg.certify_end)
+                evidence["certified"] = cert.to_json()
+                bands = calibs.band_of_filters(butler, cfg.instrument)
+                now = time.time()
+                own = _own_calibs(ctx, flat={**(own.get("flat") or {}), **{
+                    bands.get(d["data_id"]["physical_filter"], d["data_id"]["physical_filter"]): now
+                    for d in cert.datasets}})
+            except LookupError as err:
+                evidence["own_flat_unusable"] = str(err)
+                borrow = _science_bands(butler, cfg, night)
+        elif tag.total:
+            evidence["own_flat_unusable"] = "failed quanta"
+            borrow = _science_bands(butler, cfg, night)
+        subs, missing = [], []
+        for band in borrow:
+            sub = calibs.borrow_calibration(butler, night, "flat", band=band, max_days=cfg.max_borrow_days,
+                                            names=n, begin=cfg.certify_begin, end=cfg.certify_end)
+            if sub is None:
+                missing.append(band)
+            else:
+                subs.append(sub.to_json())
+    evidence["substitutions"] = subs
+    if missing:
+        out = _needs_calibs(ctx, False, missing, evidence)
+        out.data["own_calibs"] = own
+        return out
+    borrowed = ", ".join(f"{s['band']} from {s['source_night']}" for s in subs)
+    return Outcome("flat_done", evidence=evidence, data={"own_calibs": own, "missing_calibs": {}},
+                   reason="flats certified" + (f"; borrowed {borrowed}" if borrowed else ""))
+
+
+@action()
+def process_drp(ctx: ActionContext) -> Outcome:
+    """drp: tag the science raws, run the configured DRP steps (to warps)."""
+    if (late := _late_raws(ctx)) is not None:
+        return late
+    cfg, night = ctx.config.deep, ctx.subject.key
+    n = names(cfg)
+    with open_butler(ctx.config) as butler:
+        tag = colls.tag_raws(butler, night, "drp", names=n)
+        steps = Steps(ctx, butler, "drp", n.parent("drp", night), n.fixed_inputs("drp", night))
+        if tag.total and (step := steps.advance()) is not None:
+            return step
+    return Outcome("drp_done", evidence={"raws": tag.to_json(), "steps": _step_summary(steps)},
+                   reason="DRP steps done" if tag.total else "no science exposures")
+
+
+@action()
+def nightly_coadd(ctx: ActionContext) -> Outcome:
+    """The night's own coadd: tag its warps, then the coadd steps over its coadd chain."""
+    if (late := _late_raws(ctx)) is not None:
+        return late
+    cfg, night = ctx.config.deep, ctx.subject.key
+    n = names(cfg)
+    with open_butler(ctx.config) as butler:
+        warps = colls.tag_warps(butler, [night], night, names=n)
+        steps = Steps(ctx, butler, "coadd", n.coadd(night), n.fixed_inputs("coadd", night))
+        if warps.total and (step := steps.advance()) is not None:
+            return step
+    return Outcome("coadd_done", evidence={"warps": warps.to_json(), "steps": _step_summary(steps)},
+                   reason="nightly coadd done" if warps.total else "no warps to coadd")
+
+
+@action()
+def difference(ctx: ActionContext) -> Outcome:
+    """diff_drp against every template the night belongs to (their coadds exist by now)."""
+    if (late := _late_raws(ctx)) is not None:
+        return late
+    cfg, night = ctx.config.deep, ctx.subject.key
+    n = names(cfg)
+    summary = {}
+    with open_butler(ctx.config) as butler:
+        for template in templates_of(cfg, night):
+            steps = Steps(ctx, butler, "diff_drp", n.diff(night, template),
+                          n.fixed_inputs("diff_drp", night, template))
+            if (step := steps.advance()) is not None:
+                return step
+            summary[template] = _step_summary(steps)
+    return Outcome("diffed", evidence={"templates": summary}, reason=f"differenced against {', '.join(summary)}")
+
+
+# --- the template's action ------------------------------------------------------------
+
+
+@action()
+def assemble_template(ctx: ActionContext) -> Outcome:
+    """A template coadd: tag the warps of its member nights (their drp chains, found in
+    the Butler), then the template steps (assembleCoadd) over its coadd chain."""
+    cfg, name = ctx.config.deep, ctx.subject.key
+    if name not in cfg.templates:
+        raise Fail(f"template {name!r} is not configured (deep.templates)")
+    n = names(cfg)
+    with open_butler(ctx.config) as butler:
+        drp = re.compile(re.escape(cfg.prefix) + r"/(\d{8})/drp$")
+        known = sorted(m.group(1) for c in butler.collections.query(f"{cfg.prefix}/*/drp")
+                       if (m := drp.match(c)))
+        members = template_members(cfg.templates[name], known)
+        warps = colls.tag_warps(butler, members, name, names=n)
+        if not warps.total:
+            raise Wait(f"no warps yet in the drp chains of {', '.join(members) or 'any member night'}")
+        steps = Steps(ctx, butler, "template", n.coadd(name), n.fixed_inputs("coadd", name))
+        if (step := steps.advance()) is not None:
+            return step
+    return Outcome("built", evidence={"members": members, "warps": warps.to_json(), "steps": _step_summary(steps)},
+                   data={"members": members}, reason=f"template from {warps.total} warps of {len(members)} nights")
+
+
+# --- conditions (store only: they run in the engine's loop) -----------------------------
+
+
+@condition()
+def nightly_coadd_on(subject: Subject, env: Any) -> bool:
+    return env.config.deep.nightly_coadd
+
+
+@condition()
+def has_templates(subject: Subject, env: Any) -> bool:
+    return bool(templates_of(env.config.deep, subject.key))
+
+
+@condition()
+def templates_built(subject: Subject, env: Any) -> bool:
+    found = [env.store.find_subject("template", t) for t in templates_of(env.config.deep, subject.key)]
+    return all(s is not None and s.state == "done" for s in found)
+
+
+@condition()
+def missing_bias(subject: Subject, env: Any) -> bool:
+    return bool((subject.data.get("missing_calibs") or {}).get("bias"))
+
+
+@condition()
+def neighbour_certified(subject: Subject, env: Any) -> bool:
+    """A night within reach certified its own product of what this night lacks since
+    this night last looked."""
+    missing = subject.data.get("missing_calibs") or {}
+    since = float(missing.get("checked") or 0)
+    reach = {str(m) for m, _ in calibs.neighbour_nights(subject.key, env.config.deep.max_borrow_days)}
+    for other in env.store.subjects("night"):
+        if other.key not in reach:
+            continue
+        own = other.data.get("own_calibs") or {}
+        if missing.get("bias") and float(own.get("bias") or 0) > since:
+            return True
+        if any(float((own.get("flat") or {}).get(band) or 0) > since for band in missing.get("flat") or ()):
+            return True
+    return False
+
+
+@condition()
+def members_past_drp(subject: Subject, env: Any) -> bool:
+    """Every member night known to autoproc is past DRP (a listed night must be known)."""
+    spec = env.config.deep.templates.get(subject.key)
+    if spec is None:
+        return False
+    nights = {s.key: s.state for s in env.store.subjects("night")}
+    members = template_members(spec, sorted(nights))
+    return bool(members) and all(nights.get(m) in PAST_DRP for m in members)
+
+
+# --- callbacks: cross-subject pokes ---------------------------------------------------
+
+
+@callback()
+def poke_waiting_nights(change: dict, env: Any) -> None:
+    """A night certified its bias or flat: nights waiting for calibrations look again."""
+    for s in env.store.subjects("night", "waiting_calibs"):
+        env.poke("night", s.key)
+
+
+@callback()
+def poke_templates(change: dict, env: Any) -> None:
+    """A night is past DRP: its templates look whether all their members are."""
+    for name in templates_of(env.config.deep, change["key"]):
+        env.poke("template", name)
+
+
+@callback()
+def poke_diff_nights(change: dict, env: Any) -> None:
+    """A template was built: its nights waiting for it go on to difference imaging."""
+    for s in env.store.subjects("night", "waiting_template"):
+        env.poke("night", s.key)
