@@ -96,6 +96,17 @@ class HooksConfig(Section):
                                 "SLACK_WEBHOOK_URL_FILE); the daemon's own environment is not passed on.")
 
 
+class ReportConfig(Section):
+    """The static HTML report page (`autoproc report`, and rewritten by the daemon)."""
+
+    enabled: bool = Field(default=True, description="The daemon rewrites the page after changes.")
+    directory: Path | None = Field(default=None, description="Where index.html goes; default: <root>/report.")
+    min_interval_seconds: Seconds = Field(default=30.0, description="The daemon rewrites it at most this often.")
+    subjects_per_kind: int = Field(default=500, ge=1, description="Subjects shown per kind (newest keys first).")
+    attempt_rows: int = Field(default=100, ge=1, description="Recent attempts shown.")
+    journal_rows: int = Field(default=200, ge=1, description="Recent journal rows shown.")
+
+
 class DeepConfig(Section):
     """DEEP nights on the Rubin middleware (domain/SPEC.md part A). The defaults run the simulated
     DECam and the mock DEEP pipelines shipped in `autoproc.sim.deep`; a site with the real science
@@ -288,6 +299,7 @@ class Config(Section):
     deadlines: dict[str, float] = Field(default_factory=dict, description="Seconds, by `kind.state`; overrides machines.")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     deep: DeepConfig = Field(default_factory=DeepConfig)
     desgw: DesgwConfig = Field(default_factory=DesgwConfig)
     stop_timeout_seconds: float = Field(default=8.0, gt=0, description="SIGTERM to exit, children included.")

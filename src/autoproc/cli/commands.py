@@ -299,3 +299,14 @@ def config_check(obj: Context, path: Path | None) -> None:
 
 main.add_command(__import__("autoproc.cli.desgw", fromlist=["desgw"]).desgw)  # last: it uses pass_ctx
 main.add_command(__import__("autoproc.cli.deep", fromlist=["deep"]).deep)  # last: it uses pass_ctx
+
+
+@main.command("report")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for index.html (default: config report.directory, or <root>/report).")
+@pass_ctx
+def report_(obj: Context, out: Path | None) -> None:
+    """Write the static HTML report page (no server needed: open it in a browser)."""
+    from autoproc.script.report import report as write
+
+    click.echo(write(obj.config, obj.machines(), out))

@@ -16,6 +16,7 @@ from autoproc.config import Config
 from autoproc.engine import Engine, Reload
 from autoproc.hooks import Hooks
 from autoproc.notify import Notifier
+from autoproc.report import ReportWriter, page_path
 
 
 class AlreadyRunning(Exception):
@@ -46,8 +47,9 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
     engine = Engine(config, config_path=config_path, watch=watch)
     engine.on_started.append(lambda e: notifier.ready(e.status_line()))
     engine.on_loop.append(notifier.on_loop)
-    hooks = Hooks(lambda: engine.config).start()
+    hooks = Hooks(lambda: engine.config, report=page_path(config)).start()
     engine.listeners.append(hooks)
+    engine.on_loop.append(ReportWriter(lambda: engine.config, lambda: engine.machines).on_loop)
 
     def stop(signum, frame) -> None:
         engine.stop()
