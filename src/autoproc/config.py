@@ -62,7 +62,9 @@ class RetryPolicy(Section):
 
 
 class ProviderConfig(Section):
-    kind: Literal["local", "slurm"] = "local"
+    """Where an HTEX executor gets its workers (Parsl provider)."""
+
+    kind: Literal["local", "slurm"] = Field(default="local", description="LocalProvider or SlurmProvider.")
     partition: str | None = None
     account: str | None = None
     nodes_per_block: int = Field(default=1, ge=1)
@@ -78,7 +80,8 @@ class ProviderConfig(Section):
 class ExecutorConfig(Section):
     """Where actions run: Parsl threads in the daemon, or a Parsl HighThroughputExecutor."""
 
-    kind: Literal["threads", "htex"] = "threads"
+    kind: Literal["threads", "htex"] = Field(
+        default="threads", description="`threads`: Parsl ThreadPoolExecutor in the daemon; `htex`: HighThroughputExecutor.")
     max_workers: int = Field(default=4, ge=1, description="Actions running at once.")
     provider: ProviderConfig = Field(default_factory=ProviderConfig, description="HTEX only.")
 
@@ -280,8 +283,8 @@ class Config(Section):
     """Top-level configuration (`autoproc.yaml`)."""
 
     root: Path = Field(
-        default_factory=lambda: Path(os.environ.get("AUTOPROC_ROOT") or "autoproc-data"),
-        description="Directory holding the state database and the work directory.",
+        default=Path("autoproc-data"),
+        description="Directory holding the state database and the work directory ($AUTOPROC_ROOT if unset here).",
     )
     db: Path | None = Field(default=None, description="SQLite state database; default: <root>/autoproc.db.")
     work_dir: Path | None = Field(default=None, description="Per-attempt working directories; default: <root>/work.")
@@ -290,7 +293,7 @@ class Config(Section):
     plugins: list[str] = Field(
         default_factory=list, description="Extra modules that register actions, conditions and file kinds."
     )
-    watch: list[WatchRoot] = Field(default_factory=list)
+    watch: list[WatchRoot] = Field(default_factory=list, description="Directories whose new files feed subjects.")
     reconcile_minutes: float = Field(default=10.0, gt=0, description="Full rescan of watched roots.")
     tick_seconds: float = Field(default=1.0, gt=0, description="How often waiting subjects are looked at.")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
@@ -336,6 +339,8 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys, not {type(data).__name__}")
+    if "root" not in data and os.environ.get("AUTOPROC_ROOT"):
+        data = {**data, "root": os.environ["AUTOPROC_ROOT"]}
     try:
         return Config.model_validate(data)
     except ValidationError as err:
