@@ -113,13 +113,14 @@ def populated(tmp_path):
             result={"kind": "retry", "reason": "out of memory"})
     attempt(store, n2, "drp", work, status="running", took=42.0, try_number=2)
     walk(store, "night", "20240603", [("ingested", "bias"), ("biased", "flat"), ("fail", "failed")],
-         reason="no flat in band r within 14 nights")
+         reason="no flat in band r within 14 nights",
+         data={"raws": {"ingested": 118, "skipped": 2}, "missing_calibs": {"bias": False, "flat": ["r"]}})
     walk(store, "night", XSS_KEY, [("ingested", "bias")], reason=XSS_REASON)
     n5 = walk(store, "night", "20240604", [("ingested", "bias")], reason="rerun: bias frames replaced",
               actor="dana")
     store.update(n5, held="waiting for the new bias frames", trigger="hold", actor="dana", reason="hold it")
     walk(store, "template", "allSky", [("go", "building"), ("built", "done")],
-         data={"nights": ["20240601", "20240602"]})
+         data={"members": ["20240601", "20240602"]})
     walk(store, "season", "1234", [("postprocess", "postprocessing"), ("postprocessed", "waiting")],
          data={"listed": [100001, 100002, 100003, 100004], "postprocessed": [100001],
                "postproc_runs": [{"skipto": 1}]})
@@ -232,6 +233,8 @@ def test_report_in_chromium(populated, tmp_path):
     assert "current" in drp["attrs"]["class"] and "×2" in drp["text"]
     assert "held" in cell("grid-night", "20240604", "bias")["attrs"]["class"]
     assert all("passed" in cell("grid-night", "20240601", s)["attrs"]["class"] for s in ("bias", "diff"))
+    assert "raws: 118 ingested, 2 skipped; missing calibs: flat r" in next(
+        e["text"] for e in dom.find("tr", data_key="20240603"))
     assert "20240601, 20240602" in next(e["text"] for e in dom.find("tr", data_key="allSky"))
 
     # Seasons x exposures: the CCD heat map.

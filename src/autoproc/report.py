@@ -13,8 +13,9 @@ exposure `season`, `expnum`, `band`, `nite`, `ccd_table` (chip -> label: `done`,
 `RUNnn`, `incomplete`, `never_started`, `no_overlaps`, `missing`), `ccds` (`complete`,
 `chips`, `failed`), `forcefiles` (`count`, `expected`); the last attempt's
 `result.evidence.table` while the CCD check still polls; season `listed`,
-`postprocessed`, `postproc_runs`; any kind: scalar data values as a short summary, and
-`nights` / `members` lists (template coadds).
+`postprocessed`, `postproc_runs`; night `raws` (counts by outcome), `bad_raws`,
+`missing_calibs` (`bias`, `flat` bands); template `members` (or `nights`); any kind:
+scalar data values as a short summary.
 """
 
 from __future__ import annotations
@@ -207,8 +208,21 @@ def link(path: str | None, out_dir: Path, text: str | None = None) -> str:
 
 
 def data_summary(data: dict[str, Any], limit: int = 5) -> str:
-    parts = [f"{k}: {v}" for k, v in data.items() if isinstance(v, int | float | str) and len(str(v)) <= 40]
-    return ", ".join(parts[:limit])
+    """A short line from a subject's data: the DEEP night's raws and missing calibrations
+    when present, then scalar values."""
+    parts = []
+    if isinstance(data.get("raws"), dict) and data["raws"]:
+        parts.append("raws: " + ", ".join(f"{v} {k}" for k, v in data["raws"].items()))
+    if isinstance(data.get("bad_raws"), dict) and data["bad_raws"]:
+        parts.append(f"bad raws: {len(data['bad_raws'])}")
+    missing = data.get("missing_calibs")
+    if isinstance(missing, dict):
+        flat = missing.get("flat") or []
+        what = (["bias"] if missing.get("bias") else []) + ([f"flat {' '.join(map(str, flat))}"] if flat else [])
+        if what:
+            parts.append("missing calibs: " + ", ".join(what))
+    parts += [f"{k}: {v}" for k, v in data.items() if isinstance(v, int | float | str) and len(str(v)) <= 40]
+    return "; ".join(parts[:limit])
 
 
 def render_grid(kind: str, info: dict) -> str:
