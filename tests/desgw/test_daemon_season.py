@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 NITE = "20190814"
 SEASON = 2206
 NORMAL = [941201, 941202, 941203, 941208]
-NO_TEMPLATES, STUCK, TOO_MANY, CRASH, LATE = 941204, 941205, 941206, 941207, 941209
+NO_TEMPLATES, STUCK, TOO_MANY, CRASH, LATE, BROKEN = 941204, 941205, 941206, 941207, 941209, 941210
 SCENARIO = {
     "seconds_per_batch": 0.2,
     "batch_size": 30,
@@ -32,6 +32,7 @@ SCENARIO = {
         STUCK: {"never_started": 15},          # 44 complete: below 50 for good
         TOO_MANY: {"forcefiles_extra": 3},
         941208: {"forcefiles_missing": 3},     # short, but more than half: passes
+        BROKEN: {"dagmaker_fail": True},       # DAGMaker exits 2 (no ~/.pgpass) every time
     },
 }
 
@@ -44,7 +45,7 @@ def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def site(tmp_path: Path) -> SimSite:
     bands = {941202: "z", LATE: "z"}
-    expnums = [*NORMAL, NO_TEMPLATES, STUCK, TOO_MANY, CRASH, LATE]
+    expnums = [*NORMAL, NO_TEMPLATES, STUCK, TOO_MANY, CRASH, LATE, BROKEN]
     # The rc starts at the real file's SEASON=33; the season's configure step rewrites it.
     return make_site(tmp_path / "site", [SimExposure(e, NITE, bands.get(e, "i")) for e in expnums], SCENARIO,
                      season=33)
@@ -115,6 +116,16 @@ def steps_run(outdir: Path) -> list[int]:
     return [int(x) for x in log.read_text().split()] if log.exists() else []
 
 
+def max_overlap(config, stage: str) -> int:
+    """The most attempts of `stage` that ran at the same time."""
+    store = Store(config.db)
+    try:
+        spans = [(a["started"], a["ended"]) for a in store.attempts() if a["stage"] == stage and a["ended"]]
+    finally:
+        store.close()
+    return max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+
+
 def running_child(config, kind: str, key: str) -> dict | None:
     _, attempts, _ = subject(config, kind, key)
     return next((a for a in attempts if a["status"] == "running" and a["pgid"]), None)
@@ -132,7 +143,7 @@ def test_season_through_the_daemon(write_config, tmp_path, daemon_factory, site,
 
     daemon = daemon_factory(path).start()
     (lists / f"S{SEASON}_night1.list").write_text(
-        "".join(f"{e}\n" for e in [*NORMAL, NO_TEMPLATES, STUCK, TOO_MANY, CRASH]))
+        "".join(f"{e}\n" for e in [*NORMAL, NO_TEMPLATES, STUCK, TOO_MANY, CRASH, BROKEN]))
 
     # Crash between submitting the DAG and recording it: the grid has it, the daemon dies.
     wait_for(lambda: spool_entries(site, CRASH) == 1, timeout=30, what="the crash exposure's DAG submitted")
@@ -150,7 +161,7 @@ def test_season_through_the_daemon(write_config, tmp_path, daemon_factory, site,
     ready = sorted([*NORMAL, CRASH])
     wait_for(lambda: all(exposure_states(config)[e] == "done" for e in ready), what="ready exposures done")
     assert exposure_states(config) == {**dict.fromkeys(ready, "done"), NO_TEMPLATES: "no_templates",
-                                       STUCK: "stalled", TOO_MANY: "needs_person"}
+                                       STUCK: "stalled", TOO_MANY: "needs_person", BROKEN: "failed"}
 
     season, season_attempts, _ = subject(config, "season", str(SEASON))
     (run,) = season.data["postproc_runs"]
@@ -179,6 +190,15 @@ def test_season_through_the_daemon(write_config, tmp_path, daemon_factory, site,
     # No templates: DAGMaker once, never submitted, never retried.
     _, attempts, _ = subject(config, "exposure", f"{SEASON}.{NO_TEMPLATES}")
     assert [a["stage"] for a in attempts] == ["new", "dagmaker"]
+    # Other DAGMaker failures: the retry budget, then failed with the log tail.
+    _, attempts, journal = subject(config, "exposure", f"{SEASON}.{BROKEN}")
+    # (the kill -9 above may interrupt one try; interruptions do not count against the budget)
+    tries = [a["status"] for a in attempts if a["stage"] == "dagmaker" and a["status"] != "interrupted"]
+    assert tries == ["failed"] * 3
+    assert journal[-1]["reason"].startswith("gave up after 3 tries: DAGMaker exited 2")
+    assert ".pgpass not found" in journal[-1]["evidence"]["log_tail"]
+    # At most limits.dagmaker (5) DAGMakers at once, over every attempt of the season.
+    assert max_overlap(config, "dagmaker") <= 5
     # Stuck below 50 CCDs: polled, then stalled by the deadline, with its table in the last poll.
     _, attempts, journal = subject(config, "exposure", f"{SEASON}.{STUCK}")
     assert journal[-1]["trigger"] == "stall" and journal[-1]["from_state"] == "ccd_check"

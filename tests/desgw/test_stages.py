@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from autoproc.actions import ActionContext, Hold, Outcome, Retry
 from autoproc.config import parse_config
 from autoproc.desgw import ccd
 from autoproc.desgw.stages import (
+    DAGMAKER_SCRIPT,
     check_ccds,
     check_forcefiles,
     exposure_key,
@@ -97,6 +99,20 @@ def test_bad_list_files_are_refused_with_the_reason(tmp_path: Path, name: str, t
     path.write_text(text)
     with pytest.raises(ValueError, match=re.escape(why)):
         exposure_list_file(path, parse_config({}))
+
+
+def test_dagmaker_runs_in_the_shell_that_sourced_the_setup(tmp_path: Path) -> None:
+    (tmp_path / "setup.sh").write_text('export DES_SETUP="done $#"\n')  # sees no arguments of ours
+    script = tmp_path / "DAGMaker.sh"
+    script.write_text('#!/bin/sh\necho "setup=$DES_SETUP expnum=$1 args=$#"\n')
+    script.chmod(0o755)
+
+    def run(setup: str) -> str:
+        argv = ["bash", "-c", DAGMAKER_SCRIPT, "autoproc-dagmaker", setup, "./DAGMaker.sh", "941225; rm -rf /"]
+        return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, check=True).stdout  # noqa: S603
+
+    assert run(str(tmp_path / "setup.sh")) == "setup=done 0 expnum=941225; rm -rf / args=1\n"
+    assert run("") == "setup= expnum=941225; rm -rf / args=1\n"
 
 
 # ---------------------------------------------------------------- submission recovery

@@ -281,11 +281,11 @@ def wait_for_proxy(ctx: ActionContext) -> Outcome:
 
 # ---------------------------------------------------------------- exposure: CCD and forcefile checks
 
-def same_sweeps(ctx: ActionContext, signature: object) -> int:
-    """How many sweeps in a row (this one included) saw `signature`; the count travels in
-    the evidence of the previous poll of this attempt."""
+def same_sweeps(ctx: ActionContext, name: str, seen: object) -> int:
+    """How many sweeps in a row (this one included) saw `seen` as evidence `name`; the
+    count travels in the evidence of the previous poll of this attempt."""
     previous = ctx.previous.get("evidence", {})
-    return previous.get("same_sweeps", 0) + 1 if previous.get("signature") == signature else 1
+    return previous.get("same_sweeps", 0) + 1 if previous.get(name) == seen else 1
 
 
 def _sweep(ctx: ActionContext) -> ccd.ExposureCcdReport:
@@ -312,7 +312,7 @@ def check_ccds(ctx: ActionContext) -> Outcome:
     cfg = ctx.config.desgw
     report = _sweep(ctx)
     table = ccd_table(report)
-    same = same_sweeps(ctx, table)
+    same = same_sweeps(ctx, "table", table)
     summary = report.summary()
     finished = report.incomplete == 0 and report.missing == 0
     line = (f"{report.complete} of {len(report.chips)} CCDs complete, {report.failed} failed "
@@ -320,7 +320,7 @@ def check_ccds(ctx: ActionContext) -> Outcome:
     if report.complete >= cfg.min_ccds and (finished or same >= cfg.stable_sweeps):
         return Outcome("ccds_ok", reason=line, evidence=summary, data={"ccds": summary, "ccd_table": table})
     return Outcome(None, reason=f"{line}; need {cfg.min_ccds}", retry_after=cfg.poll_seconds,
-                   evidence={**summary, "table": table, "signature": table, "same_sweeps": same})
+                   evidence={**summary, "table": table, "same_sweeps": same})
 
 
 @action()
@@ -337,8 +337,7 @@ def check_forcefiles(ctx: ActionContext) -> Outcome:
     found = forcefiles.check_forcefiles(cfg.forcephoto_root, number, data["nite"], expnum, data["band"],
                                         report.complete_chips)
     summary = found.summary()
-    signature = [found.count, found.expected]
-    same = same_sweeps(ctx, signature)
+    same = same_sweeps(ctx, "counted", [found.count, found.expected])
     line = f"{found.count} forced-photometry files for {report.complete} complete CCDs (expected {found.expected})"
     if found.missing_fits or found.missing_psf:
         line += f"; missing .fits for CCDs {list(found.missing_fits)}, .psf for {list(found.missing_psf)}"
@@ -348,7 +347,7 @@ def check_forcefiles(ctx: ActionContext) -> Outcome:
         return Outcome("too_many_forcefiles", reason=f"{line}: more than expected, needs a person",
                        evidence=summary, data={"forcefiles": summary})
     return Outcome(None, reason=line, retry_after=cfg.poll_seconds,
-                   evidence={**summary, "signature": signature, "same_sweeps": same})
+                   evidence={**summary, "counted": [found.count, found.expected], "same_sweeps": same})
 
 
 # ---------------------------------------------------------------- season: number, dagmaker.rc, lists
