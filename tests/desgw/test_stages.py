@@ -21,7 +21,7 @@ from autoproc.desgw.stages import (
     check_forcefiles,
     exposure_key,
     exposure_list_file,
-    find_submission,
+    find_dag_submission,
     resume_point,
     split_exposure_key,
     write_dagmaker_rc,
@@ -129,7 +129,7 @@ def interrupted(ctx: ActionContext, files: dict[str, str]) -> Path:
 def test_recover_finds_the_job_id_of_the_interrupted_submission(tmp_path: Path) -> None:
     ctx = exposure_ctx(tmp_path, "submitting")
     interrupted(ctx, {"jobsub.child.json": "{}", "jobsub.log": JOB_OUTPUT})
-    out = find_submission(ctx)
+    out = find_dag_submission(ctx)
     assert out.trigger == "submitted" and out.data["job_id"] == "50000001.0@jobsub01.fnal.gov"
 
 
@@ -137,7 +137,7 @@ def test_recover_takes_grid_outputs_as_evidence(tmp_path: Path) -> None:
     ctx = exposure_ctx(tmp_path, "submitting")
     interrupted(ctx, {"jobsub.child.json": "{}", "jobsub.log": ""})
     lay_chips(tmp_path, done=1, empty=58)  # DAGMaker's empty chip directories alone prove nothing
-    out = find_submission(ctx)
+    out = find_dag_submission(ctx)
     assert out.trigger == "submitted" and out.evidence["chips"] == [1] and out.data["job_id"] is None
 
 
@@ -152,7 +152,7 @@ def test_recover_without_evidence_retries_only_when_safe(tmp_path: Path, files: 
     interrupted(ctx, files)
     lay_chips(tmp_path, done=0, empty=59)
     with pytest.raises(verdict):
-        find_submission(ctx)
+        find_dag_submission(ctx)
 
 
 # ---------------------------------------------------------------- CCD and forcefile checks

@@ -232,7 +232,7 @@ def _interrupted_attempt_dir(ctx: ActionContext) -> Path | None:
 
 
 @action()
-def find_submission(ctx: ActionContext) -> Outcome:
+def find_dag_submission(ctx: ActionContext) -> Outcome:
     """After a crash while submitting: find out whether the DAG went to the grid, never guess.
 
     Evidence, strongest first: a job id in the interrupted attempt's jobsub output; grid
@@ -616,7 +616,7 @@ def add_listed_exposures(change: dict, env: Env) -> None:
 
 
 @callback()
-def report_problem(change: dict, env: Env) -> None:
+def report_exposure_problem(change: dict, env: Env) -> None:
     """Put an exposure that needs a person among the problems `autoproc status` lists."""
     engine: Any = env  # Env has no way to record a problem; the engine's store does
     engine.store.add_problem(f"{change['kind']}/{change['key']}", f"{change['to']}: {change['reason']}")
