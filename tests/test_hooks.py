@@ -70,7 +70,10 @@ def test_daemon_runs_hooks_on_failed(write_config, tmp_path, daemon_factory, mon
     assert event["reason"] == "the widget file says fail"
     assert event["hook"] == "record" and event["root"] == str(config.root)
     assert event["attempt"]["stage"] == "building" and event["attempt"]["log"].endswith("build.log")
-    env = dict(line.split("=", 1) for line in (out / "env-bad.txt").read_text().splitlines() if "=" in line)
+    # The hook writes the event first, then its environment: wait for the second file too.
+    env_text = wait_for(lambda: (out / "env-bad.txt").exists() and "AUTOPROC_KIND=" in (out / "env-bad.txt").read_text()
+                        and (out / "env-bad.txt").read_text(), what="the record hook's environment")
+    env = dict(line.split("=", 1) for line in env_text.splitlines() if "=" in line)
     assert "s3cret" not in (out / "env-bad.txt").read_text()
     assert (env["AUTOPROC_KIND"], env["AUTOPROC_KEY"], env["AUTOPROC_FROM"], env["AUTOPROC_TO"]) == \
         ("widget", "bad", "building", "failed")
@@ -96,7 +99,8 @@ def test_daemon_runs_hooks_on_failed(write_config, tmp_path, daemon_factory, mon
     assert (out / "all.txt").read_text().split().count("failed") == 1
     assert not (out / "event-good.json").exists() and not (out / "never").exists()
     assert d.proc.poll() is None
-    assert not list((config.work_dir / "hooks").glob("*/"))  # scratch directories are cleaned up
+    wait_for(lambda: not list((config.work_dir / "hooks").glob("*/")), timeout=5,
+             what="scratch directories cleaned up after the last hook")
 
 
 def change(to: str = "failed", frm: str = "building", trigger: str = "fail", key: str = "k") -> Change:

@@ -83,6 +83,7 @@ class Engine:
         self.watcher = None
         self._watch = watch
         self.started = self.clock()
+        self._status_cache: tuple[float, str] = (float("-inf"), "")
 
     @staticmethod
     def _load_machines(config: Config) -> dict[str, StateMachine]:
@@ -182,8 +183,9 @@ class Engine:
                 continue
             if isinstance(event, AttemptDone | ChildStarted):
                 self.handle(event)
+        # Kill every still-running attempt's children at once: the stop must stay bounded.
+        process.kill_groups([g for a in self.running for g in _groups(self.store.attempt(a))], grace=2.0)
         for attempt_id in list(self.running):
-            self.kill_attempt(attempt_id)
             self.store.update_attempt(attempt_id, status="interrupted", ended=self.clock(),
                                       result={"reason": "daemon stopped before the action returned"})
         self.running.clear()
@@ -485,6 +487,9 @@ class Engine:
         for row in self.store.journal(since=self.last_journal):
             if row["actor"] != "daemon":
                 touched.append(row["subject_id"])
+                # Hooks and the report hear about operators' changes as about the daemon's.
+                self.announce(Change(self.store.subject_by_id(row["subject_id"]), row["from_state"],
+                                     row["to_state"], row["trigger"], row["actor"], row["reason"], row["evidence"]))
         self.last_journal = newest
         for subject_id in dict.fromkeys(touched):
             subject = self.store.subject_by_id(subject_id)
@@ -499,14 +504,14 @@ class Engine:
 
     def kill_attempt(self, attempt_id: int) -> bool:
         """Kill every process group the attempt started on this host."""
-        return _kill_children(self.store.attempt(attempt_id))
+        return bool(process.kill_groups(_groups(self.store.attempt(attempt_id)), grace=2.0))
 
     def recover_attempts(self) -> None:
         """At start: attempts the last daemon left running are interrupted. Their child
         process groups (if any survived) are killed; the step runs again, or its
         `recover` action looks for evidence first."""
         for attempt in self.store.attempts(status=("queued", "running")):
-            killed = _kill_children(attempt)
+            killed = bool(process.kill_groups(_groups(attempt), grace=2.0))
             self.store.update_attempt(attempt["id"], status="interrupted", ended=self.clock(), result={
                 **attempt["result"], "reason": "the daemon stopped while this ran",
                 "child_killed": killed, "child_exit": self._child_exit(attempt)})
@@ -555,11 +560,16 @@ class Engine:
         log.info("configuration reloaded from %s", self.config_path)
 
     def status_line(self) -> str:
-        counts: dict[str, int] = {}
-        for _kind, state, n in self.store.counts():
-            counts[state] = counts.get(state, 0) + n
-        summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no subjects"
-        return f"{summary}; {len(self.running)} running"
+        """One line for systemd's STATUS= and the heartbeat (the counts are cached a few
+        seconds: they scan every subject)."""
+        now = time.monotonic()
+        if now - self._status_cache[0] > HEARTBEAT_SECONDS:
+            counts: dict[str, int] = {}
+            for _kind, state, n in self.store.counts():
+                counts[state] = counts.get(state, 0) + n
+            summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no subjects"
+            self._status_cache = (now, summary)
+        return f"{self._status_cache[1]}; {len(self.running)} running"
 
 
 def _children_on_disk(attempt: dict) -> list[dict]:
@@ -575,11 +585,12 @@ def _children_on_disk(attempt: dict) -> list[dict]:
     return children
 
 
-def _kill_children(attempt: dict) -> bool:
+def _groups(attempt: dict) -> set[int]:
+    """The process groups an attempt started on this host (killable from here)."""
     groups = {c["pgid"] for c in _children_on_disk(attempt) if c.get("host") == socket.gethostname()}
     if attempt.get("pgid") and attempt.get("host") in (None, socket.gethostname()):
         groups.add(attempt["pgid"])
-    return any([process.kill_group(pgid, grace=2.0) for pgid in sorted(groups)])
+    return groups
 
 
 def _result_of(future: Future) -> dict[str, Any]:

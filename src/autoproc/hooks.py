@@ -54,8 +54,6 @@ KEYS = ("kind", "from", "to", "trigger", "actor")
 OUTPUT_LIMIT = 64 * 1024  # of one run's output kept in the hook's log
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 CLOSE_GRACE_SECONDS = 2.0
-# Constant script: the event file and the hook reach it only as positional parameters.
-_STDIN_FROM_FILE = 'exec "$2" < "$1"'
 
 
 class RuleError(ValueError):
@@ -253,8 +251,7 @@ class Hooks:
                 event["attempt"] = self._attempt(config, event["evidence"]["attempt"])
             event_file.write_text(json.dumps(event, default=str, indent=1))
             result = process.run(
-                ["/bin/sh", "-c", _STDIN_FROM_FILE, "autoproc-hook", str(event_file), str(hook.path)],
-                cwd=scratch, log=scratch / "output.log",
+                [str(hook.path)], cwd=scratch, log=scratch / "output.log", stdin=event_file,
                 env=hook_environment(event, config, event_file=event_file, hook=hook),
                 timeout=config.hooks.timeout_seconds, should_stop=self._kill.is_set)
             self._log(base / f"{hook.name}.log", hook, event, result, config.hooks.timeout_seconds)

@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,8 +74,10 @@ def start(
     cwd: Path | str,
     log: Path | str,
     env: Mapping[str, str] | None = None,
+    stdin: Path | str | None = None,
 ) -> tuple[subprocess.Popen, Child]:
-    """Start `argv` in a new session with stdout and stderr appended to `log`."""
+    """Start `argv` in a new session with stdout and stderr appended to `log` (and its
+    standard input read from the file `stdin`, else empty)."""
     argv = [str(a) for a in argv]
     if not argv:
         raise ValueError("empty command")
@@ -87,18 +89,21 @@ def start(
     status_file.unlink(missing_ok=True)
     full_env = dict(os.environ if env is None else env)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    in_fd = os.open(stdin, os.O_RDONLY) if stdin is not None else subprocess.DEVNULL
     try:
         proc = subprocess.Popen(  # noqa: S603 - constant script, data only as argv
             ["/bin/sh", "-c", _WRAPPER, "autoproc-child", str(status_file), *argv],
             cwd=cwd,
             env=full_env,
-            stdin=subprocess.DEVNULL,
+            stdin=in_fd,
             stdout=fd,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     finally:
         os.close(fd)
+        if stdin is not None:
+            os.close(in_fd)
     child = Child(
         pid=proc.pid, pgid=proc.pid, host=socket.gethostname(), argv=tuple(argv), cwd=str(cwd),
         log=str(log), status_file=str(status_file), started=time.time(),
@@ -115,10 +120,11 @@ def run(
     timeout: float | None = None,
     on_start: Callable[[Child], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    stdin: Path | str | None = None,
 ) -> ChildResult:
     """Run a child to completion. On timeout, or when `should_stop()` turns true, its
     whole process group is killed; the result then says so."""
-    proc, child = start(argv, cwd=cwd, log=log, env=env)
+    proc, child = start(argv, cwd=cwd, log=log, env=env, stdin=stdin)
     if on_start is not None:
         on_start(child)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -162,22 +168,22 @@ def group_alive(pgid: int) -> bool:
 def kill_group(pgid: int, grace: float = 3.0) -> bool:
     """SIGTERM the group, then SIGKILL whatever is left after `grace` seconds.
     Returns True when something was still running."""
-    if pgid <= 1 or not group_alive(pgid):
-        return False
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
+    return bool(kill_groups([pgid], grace))
+
+
+def kill_groups(pgids: Iterable[int], grace: float = 3.0) -> list[int]:
+    """SIGTERM every group at once, wait up to `grace` seconds for all of them, then
+    SIGKILL what is left. Returns the groups that were still running."""
+    alive = [p for p in set(pgids) if p > 1 and group_alive(p)]
+    for pgid in alive:
+        signal_group(pgid, signal.SIGTERM)
     end = time.monotonic() + grace
-    while time.monotonic() < end:
-        if not group_alive(pgid):
-            return True
+    while time.monotonic() < end and any(group_alive(p) for p in alive):
         time.sleep(0.05)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return True
+    for pgid in alive:
+        if group_alive(pgid):
+            signal_group(pgid, signal.SIGKILL)
+    return alive
 
 
 def recorded_exit(status_file: Path | str) -> int | None:
