@@ -52,13 +52,15 @@ DEFAULT_STEPS: dict[str, list[str]] = {
     "bias": ["step1", "step2"],
     "flat": ["step0", "step1", "step2", "step3"],
     "drp": ["step0", "step1", "step2a", "step2b", "step2c", "step2d", "step2e", "step2f", "step3a"],
-    "coadd": ["assembleCoadd"],
+    "coadd": ["step3b"],
     "diff_drp": ["step4a", "step4b", "step4c", "step4d", "step4e"],
-    "template": ["assembleCoadd"],
+    "template": ["step3b"],
 }
-# The simulator's mock DEEP pipelines, for proc types not in `deep.pipelines`.
-DEFAULT_PIPELINES = {"bias": "DEEP-bias", "flat": "DEEP-flat", "drp": "DEEP-DRP", "coadd": "DEEP-template",
-                     "diff_drp": "DEEP-DRP", "template": "DEEP-template"}
+# The simulator's mock DEEP pipelines, for proc types not in `deep.pipelines`. Coadds use
+# DEEP-DRP#step3b (assembleCoadd) rather than DEEP's DEEP-template.yaml#assembleCoadd: the mock
+# template pipelines set `str_value`, which MockDataset (pipe_base 30.2026.500) types as an int.
+DEFAULT_PIPELINES = {"bias": "DEEP-bias", "flat": "DEEP-flat", "drp": "DEEP-DRP", "coadd": "DEEP-DRP",
+                     "diff_drp": "DEEP-DRP", "template": "DEEP-DRP"}
 # Night states in which its warps exist (DRP is behind it).
 PAST_DRP = ("coadd", "waiting_template", "diff", "done")
 MAX_FAILURES_SHOWN = 20

@@ -1,0 +1,226 @@
+"""DEEP nights through a real `autoproc daemon` on the real middleware: raws streamed into a
+watched directory, ingest, bias, flat (one band borrowed from the neighbour night), DRP,
+a template coadd and difference imaging, all judged from the Butler; a transient memory
+failure retried, a permanent failure ending in `failed`, and a kill -9 during `bps submit`.
+
+Step lists are cut to what the assertions need (the DEEP defaults run every DRP step):
+flat without the optional crosstalk step0, DRP up to the warps, diff step4a."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lsst.daf.butler")
+
+from conftest import child_env, states, wait_for  # noqa: E402
+
+from autoproc.sim.deep.flaky import FAIL_DIR_ENV, set_failure  # noqa: E402
+from autoproc.store import Store  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+N1, N2 = "20240601", "20240602"
+FAST_STEPS = {"bias": ["step1", "step2"], "flat": ["step1", "step2", "step3"],
+              "drp": ["step1", "step2a", "step2b", "step2c", "step2d", "step3a"], "diff_drp": ["step4a"]}
+
+
+def deep_config(write_config, tmp_path: Path, **deep):
+    raws = tmp_path / "raws"
+    raws.mkdir(exist_ok=True)
+    settings = {"mode": "pipetask", "ingest_quiet_seconds": 1.0, "steps": FAST_STEPS, **deep}
+    config, path = write_config(
+        machines_dir=str(ROOT / "statemachines"), kinds=["night", "template"],
+        watch=[{"name": "raws", "path": str(raws), "kind": "raw", "patterns": ["*.fits"], "mode": "inotify",
+                "quiet_seconds": 0.5}],
+        deadlines={"night.waiting_calibs": 5}, deep=settings)
+    return config, path, raws
+
+
+def deep_init(path: Path) -> str:
+    proc = subprocess.run([sys.executable, "-m", "autoproc.cli", "-c", str(path), "deep", "init"],  # noqa: S603
+                          capture_output=True, text=True, env=child_env(), check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def stream(raws: Path, night: str, *args: str) -> subprocess.Popen:
+    """The simulator's night generator, writing into the watched directory over time."""
+    return subprocess.Popen([sys.executable, "-m", "autoproc.sim.deep.night", "--out", str(raws),  # noqa: S603
+                             "--night", night, "--interval", "0.05", *args],
+                            stdout=subprocess.DEVNULL, env=child_env())
+
+
+def show(path: Path, kind: str, key: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "autoproc.cli", "-c", str(path), "show", kind, key,  # noqa: S603
+                           "--json"], capture_output=True, text=True, env=child_env(), check=True)
+    return json.loads(proc.stdout)
+
+
+def settled(config, expect: dict[str, str], kind: str = "night", daemon=None):
+    """Wait condition: every subject in its expected state; a subject in `failed` that
+    was not expected there fails the test at once, with what the daemon said."""
+    now = states(config, kind)
+    for key, state in now.items():
+        if state == "failed" and expect.get(key) != "failed":
+            pytest.fail(f"{kind}/{key} failed unexpectedly:\n{daemon.output()[-3000:] if daemon else ''}")
+    return all(now.get(k) == s for k, s in expect.items())
+
+
+def mock_get(butler, ref):
+    import lsst.pipe.base.tests.mocks  # noqa: F401  (resolves the _mock_* storage classes)
+
+    return butler.get(ref)
+
+
+def test_two_nights_to_done_with_borrowed_flat_and_diff(write_config, tmp_path, daemon_factory):
+    config, path, raws = deep_config(write_config, tmp_path, templates={"allSky": [N1, N2]})
+    assert "template allSky: created" in deep_init(path)
+    daemon = daemon_factory(path).start()
+    science = ["--science", "VR:2", "--science", "g:1", "--n-bias", "2", "--flats", "2"]
+    streams = [stream(raws, N1, *science), stream(raws, N2, *science, "--missing-flat-band", "g")]
+    assert all(p.wait(60) == 0 for p in streams)
+    wait_for(lambda: settled(config, {N1: "done", N2: "done"}, daemon=daemon), timeout=240, interval=0.5,
+             what="both nights done")
+    assert states(config, "template") == {"allSky": "done"}
+
+    from lsst.daf.butler import Butler, CollectionType
+
+    from autoproc.deep.calibs import certified
+
+    b = Butler.from_config(str(config.root / "repo"))
+    info = b.collections.get_info
+    for n in (N1, N2):
+        for proc in ("bias", "flat", "drp"):
+            assert info(f"DEEP/{n}/{proc}").type is CollectionType.CHAINED
+            assert info(f"DEEP/{n}/{proc}/raw").type is CollectionType.TAGGED
+        assert info(f"DEEP/{n}/allSky/diff_drp").type is CollectionType.CHAINED
+    assert info("DEEP/allSky/coadd").type is CollectionType.CHAINED
+    assert info("DEEP/allSky/coadd/warps").type is CollectionType.TAGGED
+
+    # Certified calibrations: each night its own bias; N2's g flat is N1's (borrowed).
+    bias = {n: {d["data_id"]["detector"]: d for d in certified(b, f"DEEP/{n}/calib/bias", "bias")} for n in (N1, N2)}
+    flat = {n: {(d["data_id"]["detector"], d["data_id"]["physical_filter"].split()[0]): d
+                for d in certified(b, f"DEEP/{n}/calib/flat", "flat")} for n in (N1, N2)}
+    for n in (N1, N2):
+        assert sorted(bias[n]) == [1, 3] and all(d["run"].startswith(f"DEEP/{n}/bias/") for d in bias[n].values())
+    assert sorted(flat[N1]) == sorted(flat[N2]) == [(1, "VR"), (1, "g"), (3, "VR"), (3, "g")]
+    for (det, band), d in flat[N2].items():
+        assert d["run"].startswith(f"DEEP/{N1 if band == 'g' else N2}/flat/"), (det, band, d)
+
+    # Which bias and flat every isr quantum used (MockDataset provenance).
+    for n in (N1, N2):
+        post = b.query_datasets("postISRCCD", collections=f"DEEP/{n}/drp", explain=False)
+        assert len(post) == 3 * 2
+        for ref in post:
+            q = mock_get(b, ref).quantum
+            det, band = ref.dataId["detector"], ref.dataId["band"]
+            assert [str(i.dataset_id) for i in q.inputs["bias"]] == [bias[n][det]["id"]]
+            assert [str(i.dataset_id) for i in q.inputs["flat"]] == [flat[n][(det, band)]["id"]]
+    # The template was made from both nights' warps; each night differenced against it.
+    coadds = b.query_datasets("deepCoadd", collections="DEEP/allSky/coadd", explain=False)
+    assert coadds
+    used = {i.run.split("/")[1] for ref in coadds for i in mock_get(b, ref).quantum.inputs["inputWarps"]}
+    assert used == {N1, N2}
+    for n in (N1, N2):
+        diffs = b.query_datasets("deepDiff_differenceExp", collections=f"DEEP/{n}/allSky/diff_drp", explain=False)
+        assert len(diffs) == 3 * 2
+    b.close()
+
+    # What a person sees: the substitution journaled, the raws consumed, nothing bad.
+    shown = show(path, "night", N2)
+    store = Store(config.db)
+    journal = store.journal(store.subject("night", N2).id)
+    subs = [s for row in journal for s in row["evidence"].get("substitutions", [])]
+    assert [(s["band"], s["source_night"]) for s in subs][-1:] == [("g", int(N1))]
+    assert store.file_counts() == {"consumed": 9 + 7}
+    assert not shown["data"].get("bad_raws")
+    store.close()
+
+
+def test_transient_retry_and_permanent_failure(write_config, tmp_path, daemon_factory):
+    fail_dir = tmp_path / "fail"
+    night = "20240610"
+    config, path, raws = deep_config(write_config, tmp_path, env={FAIL_DIR_ENV: str(fail_dir)},
+                                     steps={**FAST_STEPS, "drp": ["step1"]})
+    deep_init(path)
+    transient = set_failure(fail_dir, "cpBiasIsr", "detector = 3", "builtins.MemoryError")
+    set_failure(fail_dir, "calibrate", "detector = 3", "builtins.RuntimeError")
+    daemon = daemon_factory(path).start()
+    assert stream(raws, night, "--science", "VR:1", "--n-bias", "2", "--flats", "1").wait(60) == 0
+
+    store = Store(config.db)
+
+    def memory_failure():
+        subject = store.find_subject("night", night)
+        return subject and [a for a in store.attempts(subject.id) if a["status"] == "failed"
+                            and a["result"].get("kind") == "retry"]
+
+    first = wait_for(memory_failure, timeout=90, interval=0.2, what="a memory-class failure")[0]
+    transient.unlink()  # the node had its memory back
+    assert first["result"]["adjust"] == {"request_memory": 4096}
+    wait_for(lambda: settled(config, {night: "failed"}, daemon=daemon), timeout=120, interval=0.5,
+             what="the night failed in drp")
+
+    shown = show(path, "night", night)
+    last = shown["journal"][-1]
+    assert (last["from_state"], last["to_state"]) == ("drp", "failed")
+    assert "calibrate" in last["reason"] and "detector: 3" in last["reason"].replace("'", "")
+    failures = last["evidence"]["failures"]
+    assert {(f["task"], f["data_id"]["detector"], f["exception_type"]) for f in failures} == {
+        ("calibrate", 3, "RuntimeError")}
+    # The bias step was retried with more memory and then succeeded: the night's own bias.
+    bias_rows = [r for r in store.journal(store.subject("night", night).id) if r["from_state"] == "bias"]
+    assert bias_rows[-1]["trigger"] == "bias_done" and "certified" in bias_rows[-1]["evidence"]
+    store.close()
+
+
+@pytest.mark.slow
+def test_kill9_during_bps_submit_then_restart(write_config, tmp_path, daemon_factory):
+    night = "20240615"
+    config, path, raws = deep_config(write_config, tmp_path, mode="bps", cores=2,
+                                     steps={**FAST_STEPS, "drp": ["step1"]})
+    deep_init(path)
+    daemon = daemon_factory(path).start()
+    assert stream(raws, night, "--science", "VR:1", "--n-bias", "6", "--flats", "1").wait(60) == 0
+    attempts = config.work_dir / "deep"
+
+    def one_job_done() -> bool:  # a bps job of the bias step1 submit has finished its quantum
+        logs = attempts.glob(f"DEEP_{night}_bias_DEEP-bias_step1_*/submit/logs/**/*.stderr")
+        return any("quanta successfully" in p.read_text(errors="replace") for p in logs)
+
+    wait_for(one_job_done, timeout=120, interval=0.1, what="bps running bias step1")
+    daemon.kill9()
+    time.sleep(0.5)
+    daemon = daemon_factory(path).start()
+    wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=300, interval=0.5, what="done")
+
+    from lsst.daf.butler import Butler
+
+    b = Butler.from_config(str(config.root / "repo"))
+    chain = f"DEEP/{night}/bias"
+    for dtype, n in (("cpBiasIsr_metadata", 12), ("cpBiasIsrExp", 12), ("bias", 2)):
+        refs = b.query_datasets(dtype, collections=chain, find_first=False, explain=False)
+        assert len(refs) == n and len({r.dataId for r in refs}) == n, dtype  # none lost, none twice
+    runs = [c for c in b.collections.get_info(chain).children if "/DEEP-bias/step1/" in c]
+    assert len(runs) >= 2  # the killed submission's RUN was recovered into the chain, then the rest ran
+    b.close()
+    store = Store(config.db)
+    subject = store.subject("night", night)
+    assert any(a["status"] == "interrupted" for a in store.attempts(subject.id))
+    store.close()
+    # No child of the killed daemon is left.
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_bps_of(p, tmp_path)]
+
+
+def _is_bps_of(pid: str, tmp_path: Path) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return "bps" in cmd and str(tmp_path) in cmd
