@@ -62,7 +62,9 @@ class RetryPolicy(Section):
 
 
 class ProviderConfig(Section):
-    kind: Literal["local", "slurm"] = "local"
+    """Where an HTEX executor gets its workers (Parsl provider)."""
+
+    kind: Literal["local", "slurm"] = Field(default="local", description="LocalProvider or SlurmProvider.")
     partition: str | None = None
     account: str | None = None
     nodes_per_block: int = Field(default=1, ge=1)
@@ -78,7 +80,8 @@ class ProviderConfig(Section):
 class ExecutorConfig(Section):
     """Where actions run: Parsl threads in the daemon, or a Parsl HighThroughputExecutor."""
 
-    kind: Literal["threads", "htex"] = "threads"
+    kind: Literal["threads", "htex"] = Field(
+        default="threads", description="`threads`: Parsl ThreadPoolExecutor in the daemon; `htex`: HighThroughputExecutor.")
     max_workers: int = Field(default=4, ge=1, description="Actions running at once.")
     provider: ProviderConfig = Field(default_factory=ProviderConfig, description="HTEX only.")
 
@@ -94,6 +97,17 @@ class HooksConfig(Section):
                             "recorded as a problem.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for every hook (e.g. MAILTO, "
                                 "SLACK_WEBHOOK_URL_FILE); the daemon's own environment is not passed on.")
+
+
+class ReportConfig(Section):
+    """The static HTML report page (`autoproc report`, and rewritten by the daemon)."""
+
+    enabled: bool = Field(default=True, description="The daemon rewrites the page after changes.")
+    directory: Path | None = Field(default=None, description="Where index.html goes; default: <root>/report.")
+    min_interval_seconds: Seconds = Field(default=30.0, description="The daemon rewrites it at most this often.")
+    subjects_per_kind: int = Field(default=500, ge=1, description="Subjects shown per kind (newest keys first).")
+    attempt_rows: int = Field(default=100, ge=1, description="Recent attempts shown.")
+    journal_rows: int = Field(default=200, ge=1, description="Recent journal rows shown.")
 
 
 class DeepConfig(Section):
@@ -141,7 +155,7 @@ class DeepConfig(Section):
     steps: dict[str, list[str]] = Field(
         default_factory=dict, description="Steps (subset or task labels) run in order per proc type; unset "
         "ones are the DEEP lists: bias step1 step2; flat step0..step3; drp step0 step1 step2a..step2f step3a; "
-        "coadd and template assembleCoadd; diff_drp step4a..step4e.")
+        "coadd and template step3b (assembleCoadd); diff_drp step4a..step4e.")
     where: str = Field(default="instrument='DECam' AND skymap='discrete'",
                        description="Data query of every graph (the chains already select the night).")
     mode: Literal["bps", "pipetask"] = Field(
@@ -269,8 +283,8 @@ class Config(Section):
     """Top-level configuration (`autoproc.yaml`)."""
 
     root: Path = Field(
-        default_factory=lambda: Path(os.environ.get("AUTOPROC_ROOT") or "autoproc-data"),
-        description="Directory holding the state database and the work directory.",
+        default=Path("autoproc-data"),
+        description="Directory holding the state database and the work directory ($AUTOPROC_ROOT if unset here).",
     )
     db: Path | None = Field(default=None, description="SQLite state database; default: <root>/autoproc.db.")
     work_dir: Path | None = Field(default=None, description="Per-attempt working directories; default: <root>/work.")
@@ -279,7 +293,7 @@ class Config(Section):
     plugins: list[str] = Field(
         default_factory=list, description="Extra modules that register actions, conditions and file kinds."
     )
-    watch: list[WatchRoot] = Field(default_factory=list)
+    watch: list[WatchRoot] = Field(default_factory=list, description="Directories whose new files feed subjects.")
     reconcile_minutes: float = Field(default=10.0, gt=0, description="Full rescan of watched roots.")
     tick_seconds: float = Field(default=1.0, gt=0, description="How often waiting subjects are looked at.")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
@@ -288,6 +302,7 @@ class Config(Section):
     deadlines: dict[str, float] = Field(default_factory=dict, description="Seconds, by `kind.state`; overrides machines.")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     deep: DeepConfig = Field(default_factory=DeepConfig)
     desgw: DesgwConfig = Field(default_factory=DesgwConfig)
     stop_timeout_seconds: float = Field(default=8.0, gt=0, description="SIGTERM to exit, children included.")
@@ -324,6 +339,8 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys, not {type(data).__name__}")
+    if "root" not in data and os.environ.get("AUTOPROC_ROOT"):
+        data = {**data, "root": os.environ["AUTOPROC_ROOT"]}
     try:
         return Config.model_validate(data)
     except ValidationError as err:
