@@ -19,10 +19,9 @@ import pytest
 
 pytest.importorskip("lsst.daf.butler")
 
-from conftest import child_env, states, wait_for  # noqa: E402
-
 from autoproc.sim.deep.flaky import FAIL_DIR_ENV, set_failure  # noqa: E402
 from autoproc.store import Store  # noqa: E402
+from conftest import child_env, states, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 N1, N2 = "20240601", "20240602"
