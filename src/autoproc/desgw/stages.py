@@ -211,7 +211,7 @@ def submit_dag(ctx: ActionContext) -> Outcome:
                        data={"job_id": job_id, "submitted": time.time()})
     if result.ok:
         raise Hold("jobsub_submit_dag exited 0 but printed no job id: was the DAG submitted? If it was, "
-                   "`autoproc set exposure KEY ccd_check`; if not, `autoproc rerun-from exposure KEY submitting`",
+                   "`autoproc set exposure KEY ccd_check`; if not, `autoproc release exposure KEY` submits it",
                    evidence=evidence)
     raise Retry(f"jobsub_submit_dag exited {result.returncode}: {result.tail(3)}", evidence=evidence)
 
@@ -266,7 +266,7 @@ def find_dag_submission(ctx: ActionContext) -> Outcome:
         raise Retry(f"the interrupted jobsub_submit_dag exited {status} without a job id: safe to submit")
     raise Hold("the DAG submission was interrupted and left no job id and no grid outputs; check the grid "
                "(jobsub_q) — autoproc will not submit twice. Submitted: `autoproc set exposure KEY ccd_check`; "
-               "not submitted: `autoproc rerun-from exposure KEY submitting`",
+               "not submitted: `autoproc release exposure KEY` submits it",
                evidence={"attempt_dir": str(earlier), "dp_dir": str(report.dp_dir)})
 
 
