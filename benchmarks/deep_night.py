@@ -1,0 +1,257 @@
+"""One simulated DEEP night, processed by autoproc and the seed's way, timed.
+
+    .venv/bin/python benchmarks/deep_night.py [--exposures-science 10] [--detectors 1,2,3,4] [--out DIR]
+
+The night: 5 zeros, 5 VR dome flats, 10 VR science exposures (20 exposures) × 4 CCDs, bias →
+flat → DRP with the DEEP step lists (bias step1-2, flat step0-3, DRP step0-step3a), the
+simulator's mock pipelines. Both sides run every step as `pipetask run -j 1` (bps submit would
+add the same ~3 s per step and job start-ups to both sides; the point here is the orchestration).
+
+autoproc: a real `autoproc daemon` on a watched directory already holding the raws (its
+reconcile scan finds them); timed from daemon start to the night's `waiting_template`/`done`.
+The registry work, the "anything left?" checks, certification and tagging run in-process.
+
+Seed: night.py's command sequence, one CLI process at a time (SPEC §A.4, §A.7): per proc type
+ingest → raw (tag) → collection → define-visits; per step collection → fixup → check →
+`pipetask qgraph` → `pipetask run` → retries → fixup → check → collection; then decertify →
+`butler certify-calibrations`. `butler`/`pipetask` are the real CLIs; the repo-specific DEEP
+scripts (ingest.py, raw.py, collection.py, qgraph.py, retries.py, decertify.py) are `python -c`
+calls of the same functions autoproc uses (`butler define-visits` needs obs_base, absent here).
+
+Reported: wall time of both, the ratio, and autoproc's overhead over pure quantum execution
+(Σ endUtc − prepUtc over every `<task>_metadata` of the night).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+NIGHT = "20240601"
+STEPS = {"bias": ["step1", "step2"], "flat": ["step0", "step1", "step2", "step3"],
+         "drp": ["step0", "step1", "step2a", "step2b", "step2c", "step2d", "step2e", "step2f", "step3a"]}
+BIN = Path(sys.executable).parent
+WHERE = "instrument='DECam' AND skymap='discrete'"
+
+
+def make_night(raw_dir: Path, n_science: int, detectors: list[int]) -> list[Path]:
+    from autoproc.sim.deep.raws import plan_night, write_night
+
+    exps = plan_night(int(NIGHT), 5, 5, [("VR", n_science)], detectors=detectors)
+    return write_night(exps, raw_dir)
+
+
+def init_repo(repo: Path) -> None:
+    from autoproc.deep.repo import RepoSetup, init_repo
+    from autoproc.sim.deep.raws import DEFAULT_FIELD
+
+    init_repo(RepoSetup(root=repo, fields=[DEFAULT_FIELD]))
+
+
+def quantum_seconds(repo: Path, chains: list[str]) -> tuple[float, int]:
+    """Σ (endUtc − prepUtc) over the metadata of every quantum in the chains, and their count."""
+    import lsst.pipe.base.tests.mocks  # noqa: F401
+    from lsst.daf.butler import Butler
+
+    b = Butler.from_config(str(repo))
+    total, n = 0.0, 0
+    for dtype in b.registry.queryDatasetTypes("*_metadata"):
+        for ref in b.query_datasets(dtype, collections=chains, find_first=False, explain=False):
+            q = b.get(ref)["quantum"]
+            total += (dt.datetime.fromisoformat(q["endUtc"]) - dt.datetime.fromisoformat(q["prepUtc"])).total_seconds()
+            n += 1
+    b.close()
+    return total, n
+
+
+# --- autoproc ---------------------------------------------------------------------------
+
+
+def run_autoproc(work: Path, raw_dir: Path) -> float:
+    from autoproc.store import Store
+
+    root = work / "autoproc"
+    cfg = {"root": str(root), "kinds": ["night", "template"], "tick_seconds": 0.2,
+           "watch": [{"name": "raws", "path": str(raw_dir), "kind": "raw", "patterns": ["*.fits"],
+                      "mode": "inotify", "quiet_seconds": 0.2}],
+           "deep": {"mode": "pipetask", "ingest_quiet_seconds": 0.3}}
+    path = work / "autoproc.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    init_repo(root / "repo")
+    t0 = time.perf_counter()
+    log = open(work / "daemon.log", "w")
+    daemon = subprocess.Popen([str(BIN / "autoproc"), "-c", str(path), "daemon"], stdout=log,  # noqa: S603
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        while True:
+            time.sleep(0.2)
+            if (root / "autoproc.db").exists():
+                store = Store(root / "autoproc.db")
+                s = store.find_subject("night", NIGHT)
+                store.close()
+                if s is not None and s.state in ("waiting_template", "done"):
+                    return time.perf_counter() - t0
+                if s is not None and s.state == "failed":
+                    raise SystemExit(f"autoproc: the night failed; see {work / 'daemon.log'}")
+            if daemon.poll() is not None:
+                raise SystemExit(f"autoproc daemon exited {daemon.returncode}; see {work / 'daemon.log'}")
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+        log.close()
+
+
+# --- the seed's way ---------------------------------------------------------------------
+
+PY_INGEST = """
+import sys
+from autoproc.deep.ingest import ingest_raws, read_raw_header
+paths = [p for p in sys.argv[2:] if read_raw_header(p).obstype == sys.argv[1]]
+print(ingest_raws(REPO, paths, define_visits=False).summary())
+"""
+PY_TAG = "from autoproc.deep.collections import tag_raws\nprint(tag_raws(B, NIGHT, PROC).to_json())"
+PY_CHAIN = "from autoproc.deep.collections import ensure_chain\nprint(ensure_chain(B, PROC, NIGHT).to_json())"
+PY_FIXUP = "from autoproc.deep.collections import fixup_chain\nprint(fixup_chain(B, f'DEEP/{NIGHT}/{PROC}').to_json())"
+PY_VISITS = """
+import sys
+from autoproc.deep.ingest import define_visits, read_raw_header
+infos = [i for i in (read_raw_header(p) for p in sys.argv[1:]) if i.is_science]
+print(define_visits(B, infos))
+"""
+PY_CHECK = """
+import sys
+from autoproc.deep.quanta import check_step
+st = check_step(B, PIPE, STEP, f'DEEP/{NIGHT}/{PROC}', where=WHERE)
+print(st.to_run)
+sys.exit(0 if not st.empty else 3)
+"""
+PY_RETRIES = """
+from autoproc.deep.runner import judge_run, rename_retry_logs
+from autoproc.deep.quanta import load_pipeline_graph
+tasks = list(load_pipeline_graph(PIPE, STEP).tasks)
+print(rename_retry_logs(B, [f for f in judge_run(B, RUN, tasks)[3] if f.retryable]))
+"""
+PY_DECERTIFY = """
+from autoproc.deep.calibs import _decertify
+_decertify(B, f'DEEP/{NIGHT}/calib/{PROC}', PROC)
+"""
+
+
+class Seed:
+    """night.py for one night, one process per command, timed as a whole."""
+
+    def __init__(self, work: Path, repo: Path):
+        self.work, self.repo = work, repo
+        self.commands = 0
+        self.log = open(work / "seed.log", "w")
+
+    def run(self, argv: list[str], ok: tuple[int, ...] = (0,)) -> int:
+        self.commands += 1
+        self.log.write("$ " + shlex.join(argv) + "\n")
+        self.log.flush()
+        rc = subprocess.run(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.work,  # noqa: S603
+                            check=False).returncode
+        if rc not in ok:
+            raise SystemExit(f"seed: {argv[:3]} exited {rc}; see {self.work / 'seed.log'}")
+        return rc
+
+    def py(self, body: str, *args: str, ok: tuple[int, ...] = (0,), **values: str) -> int:
+        head = ["import lsst.pipe.base.tests.mocks", "from lsst.daf.butler import Butler",
+                f"REPO = {str(self.repo)!r}", "B = Butler.from_config(REPO, writeable=True)",
+                *(f"{k} = {v!r}" for k, v in values.items())]
+        return self.run([sys.executable, "-c", "\n".join(head) + "\n" + body, *args], ok=ok)
+
+    def night(self, raws: list[Path], pipelines: dict[str, str]) -> None:
+        obstypes = {"bias": "zero", "flat": "dome flat", "drp": "object"}
+        for proc in ("bias", "flat", "drp"):
+            v = {"NIGHT": NIGHT, "PROC": proc}
+            self.py(PY_INGEST, obstypes[proc], *map(str, raws))
+            self.py(PY_TAG, **v)
+            self.py(PY_CHAIN, **v)
+            self.py(PY_VISITS, *map(str, raws))
+            for step in STEPS[proc]:
+                self.step(proc, pipelines[proc], step, v)
+            if proc in ("bias", "flat"):
+                self.py(PY_DECERTIFY, **v)
+                self.run([str(BIN / "butler"), "certify-calibrations", str(self.repo), f"DEEP/{NIGHT}/{proc}",
+                          f"DEEP/{NIGHT}/calib/{proc}", proc, "--begin-date", "2000-01-01T00:00:00",
+                          "--end-date", "2050-01-01T00:00:00", "--search-all-inputs"])
+
+    def step(self, proc: str, pipeline: str, step: str, v: dict) -> None:
+        parent = f"DEEP/{NIGHT}/{proc}"
+        sv = {**v, "PIPE": pipeline, "STEP": step, "WHERE": WHERE}
+        self.py(PY_CHAIN, **v)
+        self.py(PY_FIXUP, **v)
+        while self.py(PY_CHECK, ok=(0, 3), **sv) == 0:  # execute.py: while check(): inner()
+            run = f"{parent}/{Path(pipeline).stem}/{step}/{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
+            qg = self.work / (run.replace("/", "_") + ".qgraph")
+            self.run([str(BIN / "pipetask"), "--long-log", "qgraph", "-b", str(self.repo), "-p",
+                      f"{pipeline}#{step}", "-i", parent, "--output-run", run, "--save-qgraph", str(qg),
+                      "--qgraph-datastore-records", "-d", WHERE, "--skip-existing-in", parent])
+            self.run([str(BIN / "pipetask"), "--long-log", "run", "-b", str(self.repo), "-g", str(qg),
+                      "--register-dataset-types", "-j", "1", "--no-versions"])
+            self.py(PY_RETRIES, **sv, RUN=run)
+            self.py(PY_FIXUP, **v)
+        self.py(PY_CHAIN, **v)
+
+
+def run_seed(work: Path, raws: list[Path]) -> tuple[float, int]:
+    from autoproc.sim.deep.scenario import pipeline_path
+
+    repo = work / "seed-repo"
+    init_repo(repo)
+    seed = Seed(work, repo)
+    t0 = time.perf_counter()
+    seed.night(raws, {p: pipeline_path(n) for p, n in
+                      (("bias", "DEEP-bias"), ("flat", "DEEP-flat"), ("drp", "DEEP-DRP"))})
+    return time.perf_counter() - t0, seed.commands
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--exposures-science", type=int, default=10)
+    ap.add_argument("--detectors", default="1,2,3,4")
+    ap.add_argument("--out", type=Path, default=None, help="work directory (default: a temporary one)")
+    args = ap.parse_args()
+    work = args.out or Path(tempfile.mkdtemp(prefix="deep-night-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    dets = [int(d) for d in args.detectors.split(",")]
+    raws = make_night(work / "raws", args.exposures_science, dets)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    n_exp = len(raws)
+
+    t_auto = run_autoproc(work, work / "raws")
+    q_auto, n_q = quantum_seconds(work / "autoproc" / "repo", [f"DEEP/{NIGHT}/{p}" for p in STEPS])
+    t_seed, n_cmd = run_seed(work, raws)
+    q_seed, _ = quantum_seconds(work / "seed-repo", [f"DEEP/{NIGHT}/{p}" for p in STEPS])
+    steps = sum(len(s) for s in STEPS.values())
+    result = {
+        "night": f"{n_exp} exposures x {len(dets)} detectors, {steps} steps, {n_q} quanta",
+        "autoproc_seconds": round(t_auto, 1), "seed_seconds": round(t_seed, 1),
+        "ratio_autoproc_over_seed": round(t_auto / t_seed, 3),
+        "seed_processes": n_cmd,
+        "quantum_seconds_autoproc": round(q_auto, 2), "quantum_seconds_seed": round(q_seed, 2),
+        "autoproc_overhead_seconds": round(t_auto - q_auto, 1),
+        "autoproc_overhead_per_step_seconds": round((t_auto - q_auto) / steps, 2),
+        "work_dir": str(work),
+    }
+    print(json.dumps(result, indent=1))
+    print(f"autoproc {t_auto:.1f} s vs seed {t_seed:.1f} s ({n_cmd} processes): ratio {t_auto / t_seed:.2f} "
+          f"(goal <= 0.5); autoproc overhead over quantum execution {t_auto - q_auto:.1f} s "
+          f"({(t_auto - q_auto) / steps:.2f} s per step, pure quanta {q_auto:.1f} s)")
+    print("reproduce: .venv/bin/python benchmarks/deep_night.py " + shlex.join(sys.argv[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
