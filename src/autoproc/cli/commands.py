@@ -262,6 +262,30 @@ def add(obj: Context, kind, key, reason, operator, data_json) -> None:
 
 
 @main.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("demo-data"), show_default=True,
+              help="Where the demo's data, repo, simulators and state go (an older demo there is replaced).")
+@click.option("--timeout", type=float, default=420.0, show_default=True, help="Give up after this many seconds.")
+def demo(directory: Path, timeout: float) -> None:
+    """Run the daemon on a simulated DEEP night pair and DESGW season; write the report."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from autoproc.cli.render import demo_summary, status_view
+    from autoproc.script import demo as demo_script
+
+    console = Console()
+    with Live(console=console, auto_refresh=False) as live:
+        try:
+            summary = demo_script.run(directory, timeout=timeout,
+                                      show=lambda info: live.update(status_view(info), refresh=True))
+        except demo_script.DemoError as err:
+            fail(str(err))
+    console.print(demo_summary(summary))
+    if not summary["finished"]:
+        sys.exit(1)
+
+
+@main.command()
 @click.argument("kind")
 @pass_ctx
 def graph(obj: Context, kind: str) -> None:

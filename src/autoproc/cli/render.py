@@ -99,3 +99,17 @@ def subject_view(info: dict[str, Any]) -> Group:
         parts.append(files)
     parts.append(journal_table(info["journal"], "recent journal"))
     return Group(*parts)
+
+
+def demo_summary(summary: dict[str, Any]) -> Group:
+    t = Table(title=f"demo {'finished' if summary['finished'] else 'stopped at its time limit'} "
+                    f"in {summary['seconds']:.0f} s")
+    for col in ("kind", "key", "state", "held"):
+        t.add_column(col)
+    for kind, key, state, held in summary["states"]:
+        t.add_row(kind, key, state, Text(held or ""))
+    cfg = summary["config"]
+    return Group(t, Text(
+        f"report: {summary['report']}\n"
+        f"look around: autoproc -c {cfg} status | show night 20240602 | history exposure 2206.941205\n"
+        f"logs: {summary['root']}/daemon.log, per attempt under {summary['root']}/state/work/"))
