@@ -189,3 +189,11 @@ def test_hold_from_recover_then_release_runs_the_step(engine_for):
                      operator="erin")
     wait_for(lambda: state(engine, "y", "gadget") == "done", what="submitted after release")
     assert (root / "submitted" / "y").read_text() == "submitted\n"  # exactly once
+
+
+def test_operator_transitions_run_the_machines_callbacks(engine_for):
+    engine, _ = engine_for(watch=[])
+    engine.store.ensure_subject("widget", "n", "checking", actor="test")  # waits: never built
+    wait_for(lambda: engine.store.attempts(engine.store.subject("widget", "n").id), what="polling")
+    override.set_state(engine.store, engine.machines, "widget", "n", "done", reason="checked by eye", operator="fay")
+    wait_for(lambda: "done n" in ledger(engine), what="the `checked` transition's callback")

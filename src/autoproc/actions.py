@@ -118,6 +118,12 @@ class Env(Protocol):
     def poke(self, kind: str, key: str) -> None:
         """Have another subject looked at soon (cross-subject fan-in)."""
 
+    def create(self, kind: str, key: str, *, reason: str, data: dict | None = None) -> bool:
+        """Create a subject in its machine's initial state (journaled); False if it existed."""
+
+    def problem(self, source: str, message: str) -> None:
+        """Record something a person should see (`autoproc status`, the report)."""
+
 
 @dataclass(frozen=True)
 class FileInfo:

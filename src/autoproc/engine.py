@@ -103,6 +103,20 @@ class Engine:
         exposures became ready). Safe from any thread."""
         self.events.put(lambda engine: engine._poke(kind, key))
 
+    def create(self, kind: str, key: str, *, reason: str, data: dict | None = None) -> bool:
+        """Create a subject (from a callback, in the engine's thread) and look at it soon."""
+        machine = self.machines[kind]
+        if not re.match(machine.spec.key_pattern, key):
+            raise ValueError(f"{key!r} is not a valid {kind} key (must match {machine.spec.key_pattern})")
+        subject, created = self.store.ensure_subject(kind, key, machine.spec.initial, actor="daemon", reason=reason,
+                                                     data=data)
+        if created:
+            self.poke(kind, key)
+        return created
+
+    def problem(self, source: str, message: str) -> None:
+        self.store.add_problem(source, message)
+
     def _poke(self, kind: str, key: str) -> None:
         subject = self.store.find_subject(kind, key)
         if subject is not None:
@@ -337,8 +351,11 @@ class Engine:
             return
         recover = st.recover if status == "interrupted" else None
         adjust = last["result"].get("adjust", {}) if status == "failed" else {}
-        self.dispatch(subject, st, try_number=len(counted) + 1, adjust=adjust, recover=recover,
-                      previous=last["result"] if last else {})
+        previous = dict(last["result"]) if last else {}
+        if last:
+            # Which attempt came before (a recover action reads its directory and log).
+            previous["attempt"] = {k: last[k] for k in ("id", "status", "cwd", "log", "argv", "exit_status")}
+        self.dispatch(subject, st, try_number=len(counted) + 1, adjust=adjust, recover=recover, previous=previous)
 
     def _backoff(self, attempt: dict) -> float:
         policy = self.config.retry
@@ -366,7 +383,7 @@ class Engine:
                  recover: str | None = None, reuse: dict | None = None, previous: dict | None = None) -> None:
         if self.stopping.is_set() or self.executor is None:
             return
-        if st.limit and self.running_groups.get(st.limit, 0) >= self.config.limits.get(st.limit, 10**9):
+        if st.limit and self.running_groups.get(st.limit, 0) >= self.limit(st.limit):
             return  # picked up by _dispatch_waiting when a slot frees
         if reuse is not None:
             attempt_id = reuse["id"]
@@ -392,6 +409,14 @@ class Engine:
             self.running_groups[st.limit] = self.running_groups.get(st.limit, 0) + 1
         future.add_done_callback(lambda f, aid=attempt_id: self.events.put(AttemptDone(aid, _result_of(f))))
 
+    def limit(self, group: str) -> int:
+        """Attempts of a concurrency group allowed at once: config `limits`, else the
+        machines' default, else unlimited."""
+        if group in self.config.limits:
+            return self.config.limits[group]
+        defaults = [m.spec.limits[group] for m in self.machines.values() if group in m.spec.limits]
+        return min(defaults) if defaults else 10**9
+
     def _dispatch_waiting(self, group: str | None) -> None:
         """A slot in `group` came free: look at subjects that wait for one."""
         if not group:
@@ -401,7 +426,7 @@ class Engine:
                 if st.limit != group:
                     continue
                 for s in self.store.subjects(kind, state, held=False):
-                    if self.running_groups.get(group, 0) >= self.config.limits.get(group, 10**9):
+                    if self.running_groups.get(group, 0) >= self.limit(group):
                         return
                     if not self.store.attempts(s.id, entry=s.entry, status=("queued", "running")):
                         self.evaluate(s.id)
@@ -487,9 +512,14 @@ class Engine:
         for row in self.store.journal(since=self.last_journal):
             if row["actor"] != "daemon":
                 touched.append(row["subject_id"])
-                # Hooks and the report hear about operators' changes as about the daemon's.
-                self.announce(Change(self.store.subject_by_id(row["subject_id"]), row["from_state"],
-                                     row["to_state"], row["trigger"], row["actor"], row["reason"], row["evidence"]))
+                # Callbacks, hooks and the report hear about operators' changes as about the
+                # daemon's (e.g. an exposure set to `ready` pokes its season).
+                subject = self.store.subject_by_id(row["subject_id"])
+                callbacks = []
+                if row["from_state"] and subject.kind in self.machines:
+                    callbacks = self.machines[subject.kind].after_callbacks(row["from_state"], row["trigger"])
+                self.announce(Change(subject, row["from_state"], row["to_state"], row["trigger"], row["actor"],
+                                     row["reason"], row["evidence"]), callbacks)
         self.last_journal = newest
         for subject_id in dict.fromkeys(touched):
             subject = self.store.subject_by_id(subject_id)

@@ -82,6 +82,9 @@ class MachineSpec(Spec):
     key_pattern: str = Field(default=r"^[A-Za-z0-9_.:+-]{1,128}$", description="What a subject key may look like.")
     on_intake: str | None = Field(default=None, description="Trigger fired when a new file for the subject arrives.")
     on_failure: str = Field(default="fail", description="Trigger fired when an action has failed for good.")
+    limits: dict[str, int] = Field(default_factory=dict,
+                                   description="Default size of the concurrency groups its states name (config "
+                                   "`limits` overrides).")
     states: dict[str, StateSpec]
     transitions: list[TransitionSpec]
 

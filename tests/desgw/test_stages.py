@@ -118,11 +118,13 @@ def test_dagmaker_runs_in_the_shell_that_sourced_the_setup(tmp_path: Path) -> No
 # ---------------------------------------------------------------- submission recovery
 
 def interrupted(ctx: ActionContext, files: dict[str, str]) -> Path:
-    """The directory of the attempt before `ctx`, holding `files`."""
+    """The directory of the attempt before `ctx`, holding `files`; the engine names that
+    attempt in `ctx.previous`."""
     d = ctx.workdir.parent / f"{ctx.attempt_id - 3:06d}-submitting"
     d.mkdir()
     for name, text in files.items():
         (d / name).write_text(text)
+    ctx.previous = {"attempt": {"id": ctx.attempt_id - 3, "status": "interrupted", "cwd": str(d)}}
     return d
 
 

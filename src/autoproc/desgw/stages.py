@@ -217,18 +217,9 @@ def submit_dag(ctx: ActionContext) -> Outcome:
 
 
 def _interrupted_attempt_dir(ctx: ActionContext) -> Path | None:
-    """The directory of the attempt this recover follows.
-
-    The context does not say which attempt was interrupted, so this relies on the engine's
-    layout `<work>/<kind>/<key>/<attempt id:06d>-<state>`: the newest earlier directory of
-    this state is the interrupted attempt.
-    """
-    earlier = []
-    for d in ctx.workdir.parent.glob(f"*-{ctx.stage}"):
-        head = d.name.split("-", 1)[0]
-        if head.isdigit() and int(head) < ctx.attempt_id:
-            earlier.append((int(head), d))
-    return max(earlier)[1] if earlier else None
+    """The directory of the attempt this recover follows (the engine says which it was)."""
+    cwd = ctx.previous.get("attempt", {}).get("cwd")
+    return Path(cwd) if cwd else None
 
 
 @action()
@@ -599,24 +590,13 @@ def poke_exposures(change: dict, env: Env) -> None:
 
 @callback()
 def add_listed_exposures(change: dict, env: Env) -> None:
-    """Create the exposure subjects a season's list files named.
-
-    Env offers no way to create a subject, so this uses the engine's own store and
-    machines (the callback runs in the engine's thread, the single writer).
-    """
+    """Create the exposure subjects a season's list files named."""
     number = int(change["key"])
-    engine: Any = env
-    initial = engine.machines["exposure"].spec.initial
     for expnum in change["data"].get("listed", []):
-        key = exposure_key(number, expnum)
-        _, created = engine.store.ensure_subject("exposure", key, initial, actor="daemon",
-                                                 reason=f"listed for season {number}")
-        if created:
-            env.poke("exposure", key)
+        env.create("exposure", exposure_key(number, expnum), reason=f"listed for season {number}")
 
 
 @callback()
 def report_exposure_problem(change: dict, env: Env) -> None:
     """Put an exposure that needs a person among the problems `autoproc status` lists."""
-    engine: Any = env  # Env has no way to record a problem; the engine's store does
-    engine.store.add_problem(f"{change['kind']}/{change['key']}", f"{change['to']}: {change['reason']}")
+    env.problem(f"{change['kind']}/{change['key']}", f"{change['to']}: {change['reason']}")
