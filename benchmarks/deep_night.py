@@ -125,7 +125,7 @@ PY_FIXUP = "from autoproc.deep.collections import fixup_chain\nprint(fixup_chain
 PY_VISITS = """
 import sys
 from autoproc.deep.ingest import define_visits, read_raw_header
-infos = [i for i in (read_raw_header(p) for p in sys.argv[1:]) if i.is_science]
+infos = [i for i in (read_raw_header(p) for p in sys.argv[2:]) if i.obstype == sys.argv[1] and i.is_science]
 print(define_visits(B, infos))
 """
 PY_CHECK = """
@@ -178,7 +178,7 @@ class Seed:
             self.py(PY_INGEST, obstypes[proc], *map(str, raws))
             self.py(PY_TAG, **v)
             self.py(PY_CHAIN, **v)
-            self.py(PY_VISITS, *map(str, raws))
+            self.py(PY_VISITS, obstypes[proc], *map(str, raws))  # `butler define-visits` on the proc's raws
             for step in STEPS[proc]:
                 self.step(proc, pipelines[proc], step, v)
             if proc in ("bias", "flat"):
