@@ -184,46 +184,25 @@ def set_(obj: Context, kind, key, state, reason, operator, force, dry_run) -> No
                                force=force, dry_run=dry_run))
 
 
-@main.command()
-@click.argument("kind")
-@click.argument("key")
-@_override_options
-@click.option("--dry-run", is_flag=True)
-@pass_ctx
-def retry(obj: Context, kind, key, reason, operator, dry_run) -> None:
-    """Send a failed subject back to the step that failed, with a fresh retry budget."""
-    from autoproc.script import override
+def _subject_override(name: str, help_text: str) -> None:
+    """A `KIND KEY --reason [--operator] [--dry-run]` command over `override.<name>`."""
 
-    _report(override.retry(obj.store(), obj.machines(), kind, key, reason=reason, operator=operator,
-                           dry_run=dry_run))
+    @main.command(name, help=help_text)
+    @click.argument("kind")
+    @click.argument("key")
+    @_override_options
+    @click.option("--dry-run", is_flag=True, help="Say what would change, change nothing.")
+    @pass_ctx
+    def command(obj: Context, kind, key, reason, operator, dry_run) -> None:
+        from autoproc.script import override
 
-
-@main.command()
-@click.argument("kind")
-@click.argument("key")
-@_override_options
-@click.option("--dry-run", is_flag=True)
-@pass_ctx
-def hold(obj: Context, kind, key, reason, operator, dry_run) -> None:
-    """Stop the daemon from starting anything for a subject."""
-    from autoproc.script import override
-
-    _report(override.hold(obj.store(), obj.machines(), kind, key, reason=reason, operator=operator,
-                          dry_run=dry_run))
+        _report(getattr(override, name)(obj.store(), obj.machines(), kind, key, reason=reason, operator=operator,
+                                        dry_run=dry_run))
 
 
-@main.command()
-@click.argument("kind")
-@click.argument("key")
-@_override_options
-@click.option("--dry-run", is_flag=True)
-@pass_ctx
-def release(obj: Context, kind, key, reason, operator, dry_run) -> None:
-    """Let the daemon carry on with a held subject."""
-    from autoproc.script import override
-
-    _report(override.release(obj.store(), obj.machines(), kind, key, reason=reason, operator=operator,
-                             dry_run=dry_run))
+_subject_override("retry", "Send a failed subject back to the step that failed, with a fresh retry budget.")
+_subject_override("hold", "Stop the daemon from starting anything for a subject.")
+_subject_override("release", "Let the daemon carry on with a held subject.")
 
 
 @main.command("rerun-from")

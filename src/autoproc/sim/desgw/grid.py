@@ -25,20 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoproc.desgw.ccd import STEP_NAMES  # the real steplist.txt: the grid writes what SEdiff writes
 from autoproc.sim.desgw.scenario import ScenarioError, load_scenario
 
-STEP_NAMES = (
-    "RUN01_expose_prepData", "RUN02_expose_makeStarCat", "RUN03_expose_mkWStemplate",
-    "RUN04_expose_stripPV", "RUN05_expose_makeWeight", "RUN06_expose_sex1",
-    "RUN07_combined_astromScamp", "RUN08_combined_astromHeaders", "RUN09_expose_sex2",
-    "RUN10_expose_psfex1", "RUN11_combined+expose_doFake", "RUN12_combined_swarpSEARCH",
-    "RUN13_combined_sexCoadd", "RUN14_combined_psfexCoadd", "RUN15_combined_ingest",
-    "RUN16_combined+expose_distorTEMPLATES", "RUN17_combined+expose_sexDistorTEMPLATES",
-    "RUN18_combined+expose_hotpants", "RUN19_combined_coaddWSdiff", "RUN20_combined_sexDiffim",
-    "RUN21_combined_mergeDiffim", "RUN22_combined+expose_filterObj", "RUN23_combined_makeStamps",
-    "RUN24_combined_autoScan", "RUN25_combined_makeCand", "RUN26_combined_fakeForcePhoto",
-    "RUN27_combined_fakeMatch", "RUN28_combined_prepForcePhoto",
-)
 STALE_AGE = 3600.0  # a stale FAIL is this much older than the tarball
 
 

@@ -11,24 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoproc.desgw.ccd import STEP_NAMES
 from autoproc.sim.desgw.scenario import Scenario, parse_scenario
 
 _HERE = Path(__file__).resolve().parent
 _SCRIPTS = _HERE / "scripts"
 _DATA = _HERE / "data"
 
-STEP_NAMES_TEXT = "\n".join((
-    "RUN01_expose_prepData", "RUN02_expose_makeStarCat", "RUN03_expose_mkWStemplate",
-    "RUN04_expose_stripPV", "RUN05_expose_makeWeight", "RUN06_expose_sex1",
-    "RUN07_combined_astromScamp", "RUN08_combined_astromHeaders", "RUN09_expose_sex2",
-    "RUN10_expose_psfex1", "RUN11_combined+expose_doFake", "RUN12_combined_swarpSEARCH",
-    "RUN13_combined_sexCoadd", "RUN14_combined_psfexCoadd", "RUN15_combined_ingest",
-    "RUN16_combined+expose_distorTEMPLATES", "RUN17_combined+expose_sexDistorTEMPLATES",
-    "RUN18_combined+expose_hotpants", "RUN19_combined_coaddWSdiff", "RUN20_combined_sexDiffim",
-    "RUN21_combined_mergeDiffim", "RUN22_combined+expose_filterObj", "RUN23_combined_makeStamps",
-    "RUN24_combined_autoScan", "RUN25_combined_makeCand", "RUN26_combined_fakeForcePhoto",
-    "RUN27_combined_fakeMatch", "RUN28_combined_prepForcePhoto",
-)) + "\n"
+STEP_NAMES_TEXT = "\n".join(STEP_NAMES) + "\n"  # Post-Processing/steplist.txt
 
 # The keys of the current gw_workflow dagmaker.rc (SPEC §B.2), SEASON on line 19.
 DAGMAKER_RC = """#
