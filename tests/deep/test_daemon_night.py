@@ -37,7 +37,7 @@ def deep_config(write_config, tmp_path: Path, **deep):
         machines_dir=str(ROOT / "statemachines"), kinds=["night", "template"],
         watch=[{"name": "raws", "path": str(raws), "kind": "raw", "patterns": ["*.fits"], "mode": "inotify",
                 "quiet_seconds": 0.5}],
-        deadlines={"night.waiting_calibs": 5}, deep=settings)
+        deep=settings)
     return config, path, raws
 
 
@@ -82,8 +82,10 @@ def test_two_nights_to_done_with_borrowed_flat_and_diff(write_config, tmp_path, 
     assert "template allSky: created" in deep_init(path)
     daemon = daemon_factory(path).start()
     science = ["--science", "VR:2", "--science", "g:1", "--n-bias", "2", "--flats", "2"]
-    streams = [stream(raws, N1, *science), stream(raws, N2, *science, "--missing-flat-band", "g")]
-    assert all(p.wait(60) == 0 for p in streams)
+    # N2 (no g flat) comes first, so it must wait for N1's flats: N1's certification wakes it.
+    assert stream(raws, N2, *science, "--missing-flat-band", "g").wait(60) == 0
+    wait_for(lambda: states(config, "night").get(N2) == "flat", timeout=60, interval=0.1, what="N2 at its flats")
+    assert stream(raws, N1, *science).wait(60) == 0
     wait_for(lambda: settled(config, {N1: "done", N2: "done"}, daemon=daemon), timeout=240, interval=0.5,
              what="both nights done")
     assert states(config, "template") == {"allSky": "done"}
@@ -137,6 +139,8 @@ def test_two_nights_to_done_with_borrowed_flat_and_diff(write_config, tmp_path, 
     journal = store.journal(store.subject("night", N2).id)
     subs = [s for row in journal for s in row["evidence"].get("substitutions", [])]
     assert [(s["band"], s["source_night"]) for s in subs][-1:] == [("g", int(N1))]
+    triggers = [row["trigger"] for row in journal]
+    assert triggers.index("need_calibs") < triggers.index("calibs_certified") < triggers.index("flat_done")
     assert store.file_counts() == {"consumed": 9 + 7}
     assert not shown["data"].get("bad_raws")
     store.close()
