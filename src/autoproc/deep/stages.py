@@ -552,9 +552,11 @@ def poke_waiting_nights(change: dict, env: Any) -> None:
 
 @callback()
 def poke_templates(change: dict, env: Any) -> None:
-    """A night is past DRP: its templates look whether all their members are."""
+    """A night is past DRP: its templates (created here when `deep init` did not) look
+    whether all their members are."""
     for name in templates_of(env.config.deep, change["key"]):
-        env.poke("template", name)
+        if not env.create("template", name, reason=f"night {change['key']} is past DRP"):
+            env.poke("template", name)
 
 
 @callback()

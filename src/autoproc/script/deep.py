@@ -12,8 +12,8 @@ def init(config: Config, store: Store, machines: dict[str, StateMachine], *, ope
          ) -> list[str]:
     """Create the repo (SQLite or the configured registry URL), register the instrument and
     the skymap, ingest defects, fakes and refcats as configured (`deep.repo.init_repo`),
-    then make sure each `deep.templates` entry has its `template` subject (the engine has
-    no way for stage code to create one). Returns one line per step."""
+    then make sure each `deep.templates` entry has its `template` subject (so it shows in
+    `autoproc status` before its first night is past DRP). Returns one line per step."""
     from autoproc.deep.repo import RepoSetup, init_repo
     from autoproc.deep.stages import repo_path
 
