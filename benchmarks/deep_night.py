@@ -81,7 +81,7 @@ def run_autoproc(work: Path, raw_dir: Path) -> float:
     from autoproc.store import Store
 
     root = work / "autoproc"
-    cfg = {"root": str(root), "kinds": ["night", "template"], "tick_seconds": 0.2,
+    cfg = {"root": str(root), "kinds": ["night", "template"], "poll_seconds": 0.2,
            "watch": [{"name": "raws", "path": str(raw_dir), "kind": "raw", "patterns": ["*.fits"],
                       "mode": "inotify", "quiet_seconds": 0.2}],
            "deep": {"mode": "pipetask", "ingest_quiet_seconds": 0.3}}

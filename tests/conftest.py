@@ -43,7 +43,7 @@ def write_config(tmp_path: Path) -> Callable[..., tuple[Config, Path]]:
     """Write an autoproc.yaml for the test machines under tmp_path; returns (config, path)."""
 
     def write(**overrides) -> tuple[Config, Path]:
-        data = {"root": str(tmp_path / "root"), "machines_dir": str(MACHINES), "tick_seconds": 0.2,
+        data = {"root": str(tmp_path / "root"), "machines_dir": str(MACHINES), "poll_seconds": 0.2,
                 "retry": {"backoff_seconds": 0.05}, **overrides}
         path = tmp_path / "autoproc.yaml"
         path.write_text(yaml.safe_dump(data))

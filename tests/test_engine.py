@@ -197,3 +197,14 @@ def test_operator_transitions_run_the_machines_callbacks(engine_for):
     wait_for(lambda: engine.store.attempts(engine.store.subject("widget", "n").id), what="polling")
     override.set_state(engine.store, engine.machines, "widget", "n", "done", reason="checked by eye", operator="fay")
     wait_for(lambda: "done n" in ledger(engine), what="the `checked` transition's callback")
+
+
+def test_a_poke_wakes_a_polling_action(engine_for):
+    engine, _ = engine_for(watch=[], poll_seconds=3600)  # left alone, it would look again in an hour
+    s, _ = engine.store.ensure_subject("widget", "p", "checking", actor="test")
+    wait_for(lambda: [a for a in engine.store.attempts(s.id) if a["status"] == "waiting"], what="polling")
+    out = Path(engine.config.root) / "built" / "p.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("made by hand")
+    engine.poke("widget", "p")
+    wait_for(lambda: state(engine, "p") == "done", timeout=5, what="done right after the poke")

@@ -75,7 +75,7 @@ def build(ctx) -> Outcome:
 def check(ctx) -> Outcome:
     out = Path(ctx.config.root) / "built" / f"{ctx.subject.key}.txt"
     if not out.exists():
-        raise Wait(f"{out} is not there yet", retry_after=0.2)
+        raise Wait(f"{out} is not there yet", retry_after=ctx.config.poll_seconds)
     ledger(ctx, f"check {ctx.subject.key}")
     return Outcome("checked", evidence={"size": out.stat().st_size})
 

@@ -33,6 +33,7 @@ class Outcome:
     reason: str = ""
     retry_after: float | None = None
     consume: list[str] = field(default_factory=list)  # intake file paths this action used up
+    bad: dict[str, str] = field(default_factory=dict)  # intake file path -> why it cannot be used
 
 
 class ActionError(Exception):

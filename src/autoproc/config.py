@@ -155,7 +155,7 @@ class DeepConfig(Section):
     steps: dict[str, list[str]] = Field(
         default_factory=dict, description="Steps (subset or task labels) run in order per proc type; unset "
         "ones are the DEEP lists: bias step1 step2; flat step0..step3; drp step0 step1 step2a..step2f step3a; "
-        "coadd and template step3b (assembleCoadd); diff_drp step4a..step4e.")
+        "coadd and template assembleCoadd (of DEEP-template.yaml); diff_drp step4a..step4e.")
     where: str = Field(default="instrument='DECam' AND skymap='discrete'",
                        description="Data query of every graph (the chains already select the night).")
     mode: Literal["bps", "pipetask"] = Field(
@@ -295,7 +295,8 @@ class Config(Section):
     )
     watch: list[WatchRoot] = Field(default_factory=list, description="Directories whose new files feed subjects.")
     reconcile_minutes: float = Field(default=10.0, gt=0, description="Full rescan of watched roots.")
-    tick_seconds: float = Field(default=1.0, gt=0, description="How often waiting subjects are looked at.")
+    poll_seconds: float = Field(default=30.0, gt=0, description="Seconds before an action that found nothing to "
+                                "do yet runs again, unless it says when (`Outcome(None, retry_after=…)`).")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     max_interruptions: int = Field(default=5, ge=1, description="Restarts an attempt may suffer before it counts as failed.")
     limits: dict[str, int] = Field(default_factory=dict, description="Actions running at once per concurrency group.")

@@ -119,8 +119,12 @@ class Engine:
 
     def _poke(self, kind: str, key: str) -> None:
         subject = self.store.find_subject(kind, key)
-        if subject is not None:
-            self.evaluate(subject.id)
+        if subject is None:
+            return
+        # Something it waits for may have happened: a polling action looks again now.
+        for attempt in self.store.attempts(subject.id, entry=subject.entry, status=("waiting",)):
+            self.store.update_attempt(attempt["id"], not_before=self.clock())
+        self.evaluate(subject.id)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -262,7 +266,7 @@ class Engine:
         elif kind == "outcome":
             fields["status"] = "succeeded" if result.get("trigger") else "waiting"
             if not result.get("trigger"):
-                fields["not_before"] = now + (result.get("retry_after") or self.config.tick_seconds * 30)
+                fields["not_before"] = now + (result.get("retry_after") or self.config.poll_seconds)
         elif kind == "wait":
             fields["status"] = "waiting"
             fields["not_before"] = now + float(result.get("retry_after") or 30)
@@ -438,7 +442,8 @@ class Engine:
         try:
             moved = self.fire(subject, trigger, reason=result.get("reason") or f"{attempt['stage']} finished",
                               evidence={"attempt": attempt["id"], **result.get("evidence", {})},
-                              data=result.get("data"), consume=result.get("consume", ()), strict=True)
+                              data=result.get("data"), consume=result.get("consume", ()),
+                              bad=result.get("bad"), strict=True)
         except MachineError as err:
             self.store.update_attempt(attempt["id"], status="failed",
                                       result={**result, "kind": "fail", "reason": f"bad outcome: {err}"})
@@ -452,8 +457,8 @@ class Engine:
             self.evaluate(subject.id)
 
     def fire(self, subject: Subject, trigger: str, *, reason: str = "", evidence: dict | None = None,
-             data: dict | None = None, consume=(), quiet: bool = False, strict: bool = False,
-             actor: str = "daemon") -> bool:
+             data: dict | None = None, consume=(), bad: dict | None = None, quiet: bool = False,
+             strict: bool = False, actor: str = "daemon") -> bool:
         """Fire `trigger` through the machine and commit the change (compare-and-set).
         Returns whether the subject moved."""
         machine = self.machines[subject.kind]
@@ -469,14 +474,14 @@ class Engine:
             return False
         try:
             after = self.store.transition(subject, dest, trigger=trigger, actor=actor, reason=reason,
-                                          evidence=evidence, data=data, consume_files=list(consume))
+                                          evidence=evidence, data=data, consume_files=list(consume), bad_files=bad)
         except Conflict:
             # An operator got there first; look again with what is stored now.
             self.evaluate(subject.id)
             return False
         self.last_journal = max(self.last_journal, after.entry or 0)
         change = Change(after, subject.state, dest, trigger, actor, reason, evidence or {})
-        self.announce(change, machine.after_callbacks(subject.state, trigger))
+        self.announce(change, machine.after_callbacks(subject.state, trigger, dest))
         self.evaluate(after.id)
         return True
 
@@ -517,7 +522,8 @@ class Engine:
                 subject = self.store.subject_by_id(row["subject_id"])
                 callbacks = []
                 if row["from_state"] and subject.kind in self.machines:
-                    callbacks = self.machines[subject.kind].after_callbacks(row["from_state"], row["trigger"])
+                    callbacks = self.machines[subject.kind].after_callbacks(row["from_state"], row["trigger"],
+                                                                            row["to_state"])
                 self.announce(Change(subject, row["from_state"], row["to_state"], row["trigger"], row["actor"],
                                      row["reason"], row["evidence"]), callbacks)
         self.last_journal = newest

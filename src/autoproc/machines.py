@@ -225,8 +225,9 @@ class StateMachine:
         finally:
             self._machine.remove_model(model)
 
-    def after_callbacks(self, from_state: str, trigger: str) -> list[str]:
-        return [name for t in self.spec.transitions if t.trigger == trigger
+    def after_callbacks(self, from_state: str, trigger: str, to_state: str) -> list[str]:
+        """The `after:` callbacks of the transition that took `trigger` from one state to the other."""
+        return [name for t in self.spec.transitions if t.trigger == trigger and t.dest == to_state
                 and ("*" in t.sources or from_state in t.sources) for name in t.after]
 
     def reachable(self, from_state: str, to_state: str) -> list[str]:

@@ -13,7 +13,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,7 +308,7 @@ class Store:
 
     def transition(self, subject: Subject, to_state: str, *, trigger: str, actor: str, reason: str = "",
                    evidence: dict | None = None, data: dict | None = None,
-                   consume_files: Sequence[str] = ()) -> Subject:
+                   consume_files: Sequence[str] = (), bad_files: Mapping[str, str] | None = None) -> Subject:
         """Compare-and-set the state (and optionally merge `data`), journaled, atomically.
         Raises Conflict when someone else changed the subject since it was read."""
         now = time.time()
@@ -323,7 +323,7 @@ class Store:
             entry = self._journal(c, subject.id, subject.state, to_state, trigger, actor, reason,
                                   evidence or {}, subject.version + 1, now)
             c.execute("UPDATE subjects SET entry = ? WHERE id = ?", (entry, subject.id))
-            self._consume(c, subject.id, consume_files, now)
+            self._consume(c, subject.id, consume_files, now, bad_files)
         return self.subject_by_id(subject.id)
 
     def update(self, subject: Subject, *, data: dict | None = None, held: str | None | bool = False,
@@ -347,10 +347,14 @@ class Store:
         return self.subject_by_id(subject.id)
 
     @staticmethod
-    def _consume(c: sqlite3.Connection, subject_id: int, paths: Sequence[str], now: float) -> None:
+    def _consume(c: sqlite3.Connection, subject_id: int, paths: Sequence[str], now: float,
+                 bad: Mapping[str, str] | None = None) -> None:
         for path in paths:
             c.execute("UPDATE files SET status = 'consumed', updated = ? WHERE path = ? AND subject_id = ?",
                       (now, path, subject_id))
+        for path, reason in (bad or {}).items():
+            c.execute("UPDATE files SET status = 'bad', reason = ?, updated = ? WHERE path = ? AND subject_id = ?",
+                      (reason, now, path, subject_id))
 
     # -- journal ------------------------------------------------------------------------
 

@@ -52,15 +52,14 @@ DEFAULT_STEPS: dict[str, list[str]] = {
     "bias": ["step1", "step2"],
     "flat": ["step0", "step1", "step2", "step3"],
     "drp": ["step0", "step1", "step2a", "step2b", "step2c", "step2d", "step2e", "step2f", "step3a"],
-    "coadd": ["step3b"],
+    "coadd": ["assembleCoadd"],
     "diff_drp": ["step4a", "step4b", "step4c", "step4d", "step4e"],
-    "template": ["step3b"],
+    "template": ["assembleCoadd"],
 }
-# The simulator's mock DEEP pipelines, for proc types not in `deep.pipelines`. Coadds use
-# DEEP-DRP#step3b (assembleCoadd) rather than DEEP's DEEP-template.yaml#assembleCoadd: the mock
-# template pipelines set `str_value`, which MockDataset (pipe_base 30.2026.500) types as an int.
-DEFAULT_PIPELINES = {"bias": "DEEP-bias", "flat": "DEEP-flat", "drp": "DEEP-DRP", "coadd": "DEEP-DRP",
-                     "diff_drp": "DEEP-DRP", "template": "DEEP-DRP"}
+# The simulator's mock DEEP pipelines, for proc types not in `deep.pipelines`; coadds run
+# DEEP-template.yaml#assembleCoadd, as DEEP's coadd.py and nightly.sh did (SPEC §A.4, §A.11).
+DEFAULT_PIPELINES = {"bias": "DEEP-bias", "flat": "DEEP-flat", "drp": "DEEP-DRP", "coadd": "DEEP-template",
+                     "diff_drp": "DEEP-DRP", "template": "DEEP-template"}
 # Night states in which its warps exist (DRP is behind it).
 PAST_DRP = ("coadd", "waiting_template", "diff", "done")
 MAX_FAILURES_SHOWN = 20
@@ -161,7 +160,7 @@ def ingest_night(ctx: ActionContext) -> Outcome:
     raws = dict(ctx.subject.data.get("raws") or {})
     raws["ingested"] = raws.get("ingested", 0) + len(res.ingested)
     raws["skipped"] = raws.get("skipped", 0) + len(res.skipped)
-    # An Outcome cannot mark intake files bad, so their reasons live in the night's data.
+    # Bad raws are marked in the intake table (status, report) and kept with the night.
     bad_raws = {**(ctx.subject.data.get("bad_raws") or {}), **bad}
     other = sorted(str(n) for n in res.nights if f"{n:08d}" != ctx.subject.key)
     evidence = {"summary": res.summary(), "ingested": len(res.ingested), "skipped": len(res.skipped),
@@ -169,7 +168,7 @@ def ingest_night(ctx: ActionContext) -> Outcome:
     if other:
         evidence["other_nights"] = other  # the ingest's night rule disagreed with the intake's
     return Outcome("ingested", evidence=evidence, data={"raws": raws, "bad_raws": bad_raws},
-                   reason=res.summary(), consume=paths)
+                   reason=res.summary(), consume=[p for p in paths if p not in bad], bad=bad)
 
 
 # --- running steps ----------------------------------------------------------------------

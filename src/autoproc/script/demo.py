@@ -94,7 +94,6 @@ def write_config(demo: Demo, site) -> None:
     config = {
         "root": str(root / "state"),
         "machines_dir": str(DEFAULT_MACHINES_DIR),
-        "tick_seconds": 0.5,
         "retry": {"backoff_seconds": 1.0},
         "limits": {"dagmaker": 5},
         "executor": {"max_workers": 8},
