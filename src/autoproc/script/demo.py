@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from autoproc.config import Config, load_config
+from autoproc.sim.desgw.site import SimSite
 
 MARKER = ".autoproc-demo"
 NIGHTS = (("20240601", 1000, []), ("20240602", 2000, ["r"]))  # (night, first expnum, bands without flats)
@@ -142,14 +143,13 @@ def settled(store) -> bool:
     return all(s.state == "waiting" and s.data.get("postproc_runs") for s in seasons)
 
 
-def run(root: Path, *, timeout: float = 420.0, show: Callable[[dict], None] | None = None) -> dict:
-    """Set everything up, run the daemon until the subjects settle (or `timeout`), write the
-    report. Returns a summary: states, the report's path, the elapsed time."""
-    from autoproc.script import deep, desgw, inspect, report
+def set_up(root: Path, *, quiet: bool = False) -> tuple[Demo, SimSite]:
+    """The demo directory, the simulated DESGW site, the configuration, the DEEP repo and the
+    season; nothing runs yet."""
+    from autoproc.script import deep, desgw
     from autoproc.sim.desgw.site import SimExposure, make_site
     from autoproc.store import Store
 
-    t0 = time.monotonic()
     demo = prepare(root)
     scenario = {"seconds_per_batch": 1.0, "batch_size": 20, "postproc_step_sleep": 0.5,
                 "exposures": {e: b for e, b in EXPOSURES.items() if b}}
@@ -160,44 +160,75 @@ def run(root: Path, *, timeout: float = 420.0, show: Callable[[dict], None] | No
     store = Store(config.db)
     try:
         for line in deep.init(config, store, machines):
-            print(f"deep init: {line}")
+            if not quiet:
+                print(f"deep init: {line}")
         desgw.create_season(store, machines, config, SEASON, reason="demo: S190814bv follow-up",
                             operator="demo", settings=desgw.season_settings(
                                 trigger_mjd=58709.437, propid="2019B-0372", ligoid="S190814bv",
                                 triggerid="G298048", bands=["i"]))
     finally:
         store.close()
+    return demo, site
+
+
+def start_daemon(demo: Demo) -> subprocess.Popen:
     exe = str(Path(sys.executable).with_name("autoproc"))
+    return demo.start([exe, "-c", str(demo.config_path), "daemon"], "daemon.log")
+
+
+def start_data(demo: Demo, site: SimSite) -> None:
+    """The simulators: the grid, the two nights' raws streaming in, the season's list file."""
+    demo.start(site.grid_argv(once=False), "grid.log")
+    for night, start, missing in NIGHTS:
+        argv = [sys.executable, "-m", "autoproc.sim.deep.night", "--out", str(demo.root / "raws"),
+                "--night", night, "--start-expnum", str(start), "--n-bias", "3", "--flats", "2",
+                "--science", "VR:3", "--science", "r:2", "--interval", "0.1"]
+        for band in missing:
+            argv += ["--missing-flat-band", band]
+        demo.start(argv, f"night-{night}.log")
+    (demo.root / "lists" / f"S{SEASON}_night1.list").write_text("\n".join(map(str, EXPOSURES)) + "\n")
+
+
+def snapshot(config: Config) -> dict:
+    """What `show` draws: status plus every subject (the demo has a handful)."""
+    from autoproc.script import inspect
+    from autoproc.store import Store
+
+    store = Store(config.db, readonly=True)
     try:
-        demo.start([exe, "-c", str(demo.config_path), "daemon"], "daemon.log")
-        demo.start(site.grid_argv(once=False), "grid.log")
-        for night, start, missing in NIGHTS:
-            argv = [sys.executable, "-m", "autoproc.sim.deep.night", "--out", str(demo.root / "raws"),
-                    "--night", night, "--start-expnum", str(start), "--n-bias", "3", "--flats", "2",
-                    "--science", "VR:3", "--science", "r:2", "--interval", "0.1"]
-            for band in missing:
-                argv += ["--missing-flat-band", band]
-            demo.start(argv, f"night-{night}.log")
-        (demo.root / "lists" / f"S{SEASON}_night1.list").write_text("\n".join(map(str, EXPOSURES)) + "\n")
+        return inspect.status(store, limit=50) | {"subjects": [
+            {"kind": s.kind, "key": s.key, "state": s.state, "held": s.held, "since": s.entered,
+             "version": s.version} for s in store.subjects()], "settled": settled(store)}
+    finally:
+        store.close()
+
+
+def run(root: Path, *, timeout: float = 420.0, show: Callable[[dict], None] | None = None) -> dict:
+    """Set everything up, run the daemon until the subjects settle (or `timeout`), write the
+    report. Returns a summary: states, the report's path, the elapsed time."""
+    from autoproc.script import report
+    from autoproc.store import Store
+
+    t0 = time.monotonic()
+    demo, site = set_up(root)
+    config = demo.config
+    try:
+        daemon = start_daemon(demo)
+        start_data(demo, site)
         deadline = time.monotonic() + timeout
-        store = None
-        while time.monotonic() < deadline:
-            if store is None and config.db.exists():
-                store = Store(config.db, readonly=True)
-            if store is not None:
+        finished = False
+        while time.monotonic() < deadline and not finished:
+            if config.db.exists():
+                view = snapshot(config)
+                finished = view["settled"]
                 if show is not None:
-                    show(inspect.status(store, limit=50) | {"subjects": [
-                        {"kind": s.kind, "key": s.key, "state": s.state, "held": s.held, "since": s.entered,
-                         "version": s.version} for s in store.subjects()]})
-                if settled(store):
-                    break
-            if demo.children[0].poll() is not None:
-                raise DemoError(f"the daemon exited ({demo.children[0].returncode}); see {demo.root}/daemon.log")
+                    show(view)
+            if daemon.poll() is not None:
+                raise DemoError(f"the daemon exited ({daemon.returncode}); see {demo.root}/daemon.log")
             time.sleep(1.0)
-        finished = store is not None and settled(store)
     finally:
         demo.stop_all()
-    page = report.report(config, machines)
+    page = report.report(config, _machines(config))
     store = Store(config.db, readonly=True)
     try:
         states = [(s.kind, s.key, s.state, s.held) for s in store.subjects()]
