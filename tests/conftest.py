@@ -117,3 +117,21 @@ def states(config: Config, kind: str = "widget") -> dict[str, str]:
         return {s.key: s.state for s in store.subjects(kind)}
     finally:
         store.close()
+
+
+def journal_consistent(store: Store) -> None:
+    """The journal has no gaps or reordering: ids strictly increasing, each subject's chain
+    starts from nothing, every row leaves from the state the previous one reached, versions
+    increase, and the subject is in the state its last row names."""
+    rows = store.journal()
+    ids = [r["id"] for r in rows]
+    assert ids == sorted(ids) and len(ids) == len(set(ids))
+    by_subject: dict[int, list[dict]] = {}
+    for r in rows:
+        by_subject.setdefault(r["subject_id"], []).append(r)
+    for subject_id, chain in by_subject.items():
+        assert chain[0]["from_state"] is None
+        for before, after in zip(chain, chain[1:], strict=False):
+            assert after["from_state"] == before["to_state"], (before, after)
+            assert after["version"] > before["version"]
+        assert store.subject_by_id(subject_id).state == chain[-1]["to_state"]

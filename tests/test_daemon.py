@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from autoproc.store import Store
-from conftest import child_env, states, wait_for
+from conftest import child_env, journal_consistent, states, wait_for
 
 
 def config_with_inbox(write_config, tmp_path, **extra):
@@ -113,21 +113,6 @@ def test_cli_refuses_undeclared_states_and_kinds(write_config, tmp_path):
     assert res.returncode == 2 and "--force" in res.stderr
     res = cli(path, "set", "widget", "z", "done", "--reason", "x", "--force", "--dry-run")
     assert res.returncode == 0 and "would move widget/z from new to done (force)" in res.stdout
-
-
-def journal_consistent(store: Store) -> None:
-    rows = store.journal()
-    ids = [r["id"] for r in rows]
-    assert ids == sorted(ids) and len(ids) == len(set(ids))
-    by_subject: dict[int, list[dict]] = {}
-    for r in rows:
-        by_subject.setdefault(r["subject_id"], []).append(r)
-    for subject_id, chain in by_subject.items():
-        assert chain[0]["from_state"] is None
-        for before, after in zip(chain, chain[1:], strict=False):
-            assert after["from_state"] == before["to_state"], (before, after)
-            assert after["version"] > before["version"]
-        assert store.subject_by_id(subject_id).state == chain[-1]["to_state"]
 
 
 def test_kill9_during_actions_then_restart(write_config, tmp_path, daemon_factory):
