@@ -84,6 +84,7 @@ class ActionContext:
     timeout: float | None = None
     files: list[dict] = field(default_factory=list)  # ready intake files of this subject
     previous: dict[str, Any] = field(default_factory=dict)  # result of the last try in this state
+    timed_out: list[str] = field(default_factory=list)  # children killed at their deadline (filled by run)
     # Not pickled: set only when the action runs in the daemon's own process.
     notify: Callable[[int, process.Child], None] | None = None
     stopping: threading.Event | None = None
@@ -103,9 +104,13 @@ class ActionContext:
                 self.notify(self.attempt_id, child)
 
         stopping = self.stopping
-        return process.run(
-            argv, cwd=cwd or self.workdir, log=log, env=env, timeout=timeout or self.timeout,
+        limit = timeout or self.timeout
+        result = process.run(
+            argv, cwd=cwd or self.workdir, log=log, env=env, timeout=limit,
             on_start=started, should_stop=(stopping.is_set if stopping is not None else None))
+        if result.timed_out:
+            self.timed_out.append(f"{name} timed out after {limit:.0f} s; its process group was killed")
+        return result
 
 
 class Env(Protocol):

@@ -306,6 +306,8 @@ class Config(Section):
     report: ReportConfig = Field(default_factory=ReportConfig)
     deep: DeepConfig = Field(default_factory=DeepConfig)
     desgw: DesgwConfig = Field(default_factory=DesgwConfig)
+    space_retry_seconds: float = Field(default=60.0, gt=0, description="An action that found its disk full "
+                                       "(no space, file too large) waits this long, then tries again.")
     stop_timeout_seconds: float = Field(default=8.0, gt=0, description="SIGTERM to exit, children included.")
 
     @model_validator(mode="after")

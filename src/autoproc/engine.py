@@ -28,7 +28,7 @@ from autoproc import actions, intake, process
 from autoproc.config import Config
 from autoproc.executor import Executor
 from autoproc.machines import Change, StateMachine, StateSpec, load_machines
-from autoproc.store import Conflict, Store, Subject
+from autoproc.store import DAEMON_BUSY_SLICE_MS, Conflict, Store, Subject
 
 log = logging.getLogger("autoproc.engine")
 
@@ -36,6 +36,15 @@ OPERATOR_POLL_SECONDS = 0.25
 REAPER_SECONDS = 5.0
 HEARTBEAT_SECONDS = 5.0
 HUNG_GRACE_SECONDS = 30.0
+# The observing night a time belongs to: the date of TAI − 12 h (TAI = UTC + 37 s), the
+# rule DEEP's `day_obs_rule: night` gives a raw from its DATE-OBS. The label changes at
+# 12:00 TAI, local morning at CTIO: the "night rollover" after which a reconcile scan runs.
+NIGHT_OFFSET_SECONDS = 37 - 12 * 3600
+
+
+def observing_night(t: float) -> str:
+    """YYYYMMDD of the observing night the epoch time `t` falls in."""
+    return time.strftime("%Y%m%d", time.gmtime(t + NIGHT_OFFSET_SECONDS))
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,11 @@ class Engine:
         self.config = config
         self.config_path = config_path
         self.clock = clock
-        self.store = Store(config.db)
+        # The daemon never gives up on a write because another process holds the database
+        # (a backup, a sqlite3 shell left in a transaction): it waits, and says so.
+        self.store = Store(config.db, busy_timeout_ms=DAEMON_BUSY_SLICE_MS, on_busy=self._store_busy)
+        self.on_busy: list[Callable[[Engine, float], None]] = []  # while waiting for the lock (watchdog)
+        self._busy_waited = 0.0
         self.machines: dict[str, StateMachine] = self._load_machines(config)
         self.events: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
@@ -83,6 +96,7 @@ class Engine:
         self.watcher = None
         self._watch = watch
         self.started = self.clock()
+        self.night = observing_night(self.started)
         self._status_cache: tuple[float, str] = (float("-inf"), "")
 
     @staticmethod
@@ -116,6 +130,25 @@ class Engine:
 
     def problem(self, source: str, message: str) -> None:
         self.store.add_problem(source, message)
+
+    def _store_busy(self, waited: float) -> None:
+        """Another process holds the state database's write lock: keep waiting (the loop is
+        blocked; watchers queue their events, actions keep running), keep systemd's
+        watchdog fed, and say so; a problem row is recorded once the lock is ours."""
+        self._busy_waited = waited
+        log.warning("state database %s: write lock held by another process for %.0f s; waiting",
+                    self.config.db, waited)
+        for fn in self.on_busy:
+            try:
+                fn(self, waited)
+            except Exception as err:  # noqa: BLE001 - a hook must not end the wait
+                log.warning("on_busy hook failed: %s", err)
+
+    def _note_busy(self) -> None:
+        if self._busy_waited:
+            waited, self._busy_waited = self._busy_waited, 0.0
+            self.store.add_problem("store", f"{self.config.db}: the write lock was held by another process; "
+                                   f"the daemon waited {waited:.0f} s for it and carried on")
 
     def _poke(self, kind: str, key: str) -> None:
         subject = self.store.find_subject(kind, key)
@@ -180,9 +213,22 @@ class Engine:
                 next_beat = now + HEARTBEAT_SECONDS
             for fn in self.on_loop:
                 fn(self)
-            if self.watcher is not None and now >= next_reconcile:
+            self._note_busy()
+            rollover = self.check_rollover(now)
+            if self.watcher is not None and (rollover or now >= next_reconcile):
                 threading.Thread(target=self.watcher.reconcile, name="reconcile", daemon=True).start()
                 next_reconcile = now + self.config.reconcile_minutes * 60
+
+    def check_rollover(self, now: float) -> bool:
+        """True once when the clock crosses into a new observing night. Events are hints;
+        the reconcile scan then run finds whatever the last night's watchers missed (a
+        raw's night itself always comes from its DATE-OBS, never from this clock)."""
+        night = observing_night(now)
+        if night == self.night:
+            return False
+        log.info("night rollover %s -> %s: reconcile scan", self.night, night)
+        self.night = night
+        return True
 
     def stop(self) -> None:
         self.stopping.set()
@@ -270,6 +316,9 @@ class Engine:
         elif kind == "wait":
             fields["status"] = "waiting"
             fields["not_before"] = now + float(result.get("retry_after") or 30)
+            if result.get("no_space"):
+                # The disk is full: a person must free space (the attempt tries again by itself).
+                self.store.add_problem("no_space", f"{subject_ref(self.store, attempt)}: {result['reason']}")
         elif kind == "hold":
             fields["status"] = "held"
         else:
@@ -398,7 +447,18 @@ class Engine:
                                                 try_number=try_number)
         workdir = (self.config.work_dir / safe_component(subject.kind) / safe_component(subject.key)
                    / f"{attempt_id:06d}-{subject.state}")
-        workdir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        try:
+            workdir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as err:
+            # E.g. the work directory's disk is full: not the step's fault, and not a reason
+            # to stop the loop. The attempt waits (no retry budget spent) and is tried again.
+            reason = f"cannot create the attempt directory {workdir}: {err.strerror or err}"
+            self.store.update_attempt(attempt_id, status="waiting", ended=self.clock(),
+                                      not_before=self.clock() + self.config.space_retry_seconds,
+                                      result={"kind": "wait", "reason": reason})
+            self.store.add_problem("work_dir", reason)
+            self.schedule(self.clock() + self.config.space_retry_seconds, subject.id)
+            return
         files = self.store.files(subject_id=subject.id, status="ready")
         ctx = actions.ActionContext(
             subject=subject, stage=subject.state, attempt_id=attempt_id, try_number=try_number, workdir=workdir,
@@ -635,3 +695,6 @@ def _result_of(future: Future) -> dict[str, Any]:
     except Exception as err:  # the executor itself failed (e.g. a lost HTEX worker)
         return {"kind": "retry", "reason": f"executor: {type(err).__name__}: {err}", "evidence": {}}
 
+
+def subject_ref(store: Store, attempt: dict) -> str:
+    return store.subject_by_id(attempt["subject_id"]).ref

@@ -8,6 +8,7 @@ picklable description of what happened, which the engine records.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -20,22 +21,46 @@ from typing import Any
 from autoproc import actions
 from autoproc.config import ExecutorConfig
 
+# errno values that mean "the disk is full", whichever way it shows.
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _with_timeouts(ctx: actions.ActionContext, reason: str) -> str:
+    """A failure after a child hit its deadline says so, whatever the action made of it
+    (it may only have seen a non-zero exit status)."""
+    if ctx.timed_out and "timed out" not in reason:
+        return f"{reason} ({'; '.join(ctx.timed_out)})"
+    return reason
+
+
+def _unexpected(ctx: actions.ActionContext, err: Exception) -> dict[str, Any]:
+    tb = traceback.format_exc(limit=8)
+    return {"kind": "fail", "reason": _with_timeouts(ctx, f"{type(err).__name__}: {err}"),
+            "evidence": {"traceback": tb}}
+
 
 def perform(fn: Callable[[actions.ActionContext], actions.Outcome], ctx: actions.ActionContext) -> dict[str, Any]:
     """Run one action and describe its result as data (the engine's only input from it)."""
     try:
         outcome = fn(ctx)
     except actions.Retry as err:
-        return {"kind": "retry", "reason": err.reason, "evidence": err.evidence, "adjust": err.adjust}
+        return {"kind": "retry", "reason": _with_timeouts(ctx, err.reason), "evidence": err.evidence,
+                "adjust": err.adjust}
     except actions.Wait as err:
         return {"kind": "wait", "reason": err.reason, "evidence": err.evidence, "retry_after": err.retry_after}
     except actions.Hold as err:
         return {"kind": "hold", "reason": err.reason, "evidence": err.evidence}
     except actions.Fail as err:
-        return {"kind": "fail", "reason": err.reason, "evidence": err.evidence}
+        return {"kind": "fail", "reason": _with_timeouts(ctx, err.reason), "evidence": err.evidence}
+    except OSError as err:
+        if err.errno in NO_SPACE:
+            # The disk is full (or a file-size limit was hit): the environment's fault, not
+            # the step's. Wait for space (no retry budget spent); the engine records a problem.
+            return {"kind": "wait", "no_space": True, "retry_after": ctx.config.space_retry_seconds,
+                    "reason": _with_timeouts(ctx, f"no space: {err}"), "evidence": {}}
+        return _unexpected(ctx, err)
     except Exception as err:  # an action's bug or an unforeseen failure: needs a person
-        tb = traceback.format_exc(limit=8)
-        return {"kind": "fail", "reason": f"{type(err).__name__}: {err}", "evidence": {"traceback": tb}}
+        return _unexpected(ctx, err)
     if not isinstance(outcome, actions.Outcome):
         return {"kind": "fail", "reason": f"action returned {type(outcome).__name__}, not an Outcome", "evidence": {}}
     return {"kind": "outcome", **asdict(outcome)}

@@ -13,7 +13,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,10 @@ from typing import Any
 from autoproc.errors import AutoprocError
 
 BUSY_TIMEOUT_MS = 30_000
+# The daemon waits for the write lock in slices this long, forever: another process holding
+# the database (a backup, a sqlite3 shell left in a transaction) must never crash it, and
+# between slices it can tell systemd's watchdog it is alive and waiting (see `on_busy`).
+DAEMON_BUSY_SLICE_MS = 5_000
 
 # Each entry upgrades the schema by one version; `PRAGMA user_version` says where a file is.
 MIGRATIONS: list[str] = [
@@ -163,8 +167,15 @@ def _row(cursor: sqlite3.Cursor, values: tuple) -> dict:
 class Store:
     """One connection to the state database. Not shared between threads."""
 
-    def __init__(self, path: Path | str, *, create: bool = True, readonly: bool = False):
+    def __init__(self, path: Path | str, *, create: bool = True, readonly: bool = False,
+                 busy_timeout_ms: int = BUSY_TIMEOUT_MS, on_busy: Callable[[float], None] | None = None):
+        """`busy_timeout_ms`: how long one write waits for another process's write lock
+        before giving up with a StoreError that says so (the CLI: a few seconds). With
+        `on_busy` (the daemon) a write never gives up: after each timeout `on_busy(seconds
+        waited so far)` is called and the wait goes on."""
         self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self.on_busy = on_busy
         if not self.path.exists():
             if not create or readonly:
                 raise StoreError(f"{self.path}: no state database here (has the daemon run?)")
@@ -173,9 +184,9 @@ class Store:
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
         try:
-            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+            conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             if not readonly:
                 conn.execute("PRAGMA journal_mode = WAL")
                 # NORMAL in WAL mode: a commit survives a crash of the process (kill -9);
@@ -204,23 +215,43 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """A read-modify-write transaction; takes the write lock up front."""
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as err:
-            raise StoreError(f"{self.path}: the state database is busy ({err}); another process holds it") from None
+        """A read-modify-write transaction; takes the write lock up front.
+
+        Only BEGIN can meet another writer: in WAL mode the lock is held from BEGIN
+        IMMEDIATE to COMMIT, so nothing is half-written while we wait for it."""
+        start = time.monotonic()
+        while True:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) and "busy" not in str(err):
+                    raise StoreError(f"{self.path}: cannot write the state database: {err}") from None
+                waited = time.monotonic() - start
+                if self.on_busy is None:
+                    raise StoreError(
+                        f"{self.path}: the state database is busy: another process has held its write lock "
+                        f"for more than {waited:.0f} s ({err}); try again later") from None
+                self.on_busy(waited)
         try:
             yield self.conn
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
-        else:
+        try:
             self.conn.execute("COMMIT")
+        except sqlite3.OperationalError as err:  # e.g. the disk holding the database is full
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise StoreError(f"{self.path}: cannot commit to the state database: {err}") from None
 
     def schema_version(self) -> int:
         return self.conn.execute("PRAGMA user_version").fetchone()[0]
 
     def migrate(self) -> None:
+        if self.schema_version() == len(MIGRATIONS):
+            # Up to date: no write lock needed just to open (the CLI must not wait for one).
+            return
         with self.write() as c:
             current = c.execute("PRAGMA user_version").fetchone()[0]
             if current > len(MIGRATIONS):

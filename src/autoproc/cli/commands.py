@@ -13,6 +13,8 @@ import click
 from autoproc.config import Config, load_config
 from autoproc.errors import AutoprocError
 
+CLI_BUSY_TIMEOUT_MS = 5_000
+
 
 class Context:
     def __init__(self, config_path: Path | None):
@@ -28,7 +30,9 @@ class Context:
     def store(self, readonly: bool = False):
         from autoproc.store import Store
 
-        return Store(self.config.db, create=not readonly, readonly=readonly)
+        # A few seconds, not the library's 30: a command run while another process holds
+        # the database's write lock says so (exit 2, naming the file) instead of hanging.
+        return Store(self.config.db, create=not readonly, readonly=readonly, busy_timeout_ms=CLI_BUSY_TIMEOUT_MS)
 
     def machines(self):
         import importlib

@@ -47,6 +47,9 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
     engine = Engine(config, config_path=config_path, watch=watch)
     engine.on_started.append(lambda e: notifier.ready(e.status_line()))
     engine.on_loop.append(notifier.on_loop)
+    # Waiting for another process's lock on the state database is not a hung loop: keep
+    # the watchdog fed (WatchdogSec is 90 s; the lock may be held longer).
+    engine.on_busy.append(lambda e, waited: notifier.on_loop(e))
     hooks = Hooks(lambda: engine.config, report=page_path(config)).start()
     engine.listeners.append(hooks)
     engine.on_loop.append(ReportWriter(lambda: engine.config, lambda: engine.machines).on_loop)
