@@ -2,7 +2,8 @@
 
 A widget file (`<key>-<n>.w`) holds one instruction the build step obeys: `ok`,
 `fail`, `flaky` (fails on the first try), `sleep <seconds>`, `hold`, `crash` (the
-build's child exits 3). Every finished
+build's child exits 3), `hang` (the child and a grandchild ignore SIGTERM and never
+finish; their pids are appended to `<root>/hung.pids`). Every finished
 action appends a line to `<root>/ledger.txt`, so tests can tell how often each ran.
 """
 
@@ -37,7 +38,7 @@ def widget_file(path: Path, config) -> FileInfo:
     if not text:
         raise ValueError(f"{path.name}: empty widget file")
     word = text.split()[0]
-    if word not in {"ok", "fail", "flaky", "sleep", "hold", "crash"}:
+    if word not in {"ok", "fail", "flaky", "sleep", "hold", "crash", "hang"}:
         raise ValueError(f"{path.name}: unknown instruction {word!r}")
     key = path.name.split("-", 1)[0]
     return FileInfo(subject=("widget", key), info={"instruction": text})
@@ -46,6 +47,19 @@ def widget_file(path: Path, config) -> FileInfo:
 @condition()
 def has_files(subject, env) -> bool:
     return bool(env.store.files(subject_id=subject.id, status="ready"))
+
+
+# A child that never finishes and shrugs off SIGTERM, with a grandchild that does the
+# same: only SIGKILL to the whole process group ends them.
+HANG = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+grand = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)"])
+with open(os.path.join(os.path.dirname(sys.argv[2]), "..", "hung.pids"), "a") as f:
+    f.write(f"{os.getpid()} {grand.pid}\\n")
+time.sleep(3600)
+"""
 
 
 @action()
@@ -57,6 +71,8 @@ def build(ctx) -> Outcome:
     script = "import sys, time; time.sleep(float(sys.argv[1])); open(sys.argv[2], 'w').write(sys.argv[3])"
     if "crash" in instructions:
         script = "raise SystemExit(3)"
+    if "hang" in instructions:
+        script = HANG
     result = ctx.run([sys.executable, "-c", script, str(seconds), str(out), " ".join(instructions)], name="build")
     if not result.ok:
         raise Retry(f"build child exited {result.returncode}", evidence={"log": str(result.log)})
