@@ -288,11 +288,35 @@ class Manifest:
         return self.by_basename.get(_MD5_PREFIX.sub("", name)) or self.by_basename.get(name)
 
 
+class ManifestError(ValueError):
+    """An ``exposures.ecsv`` that cannot be used; the message names the file and what is wrong."""
+
+
+MANIFEST_COLUMNS = ("archive_filename", "md5sum", "EXPNUM", "obs_type")
+
+
 def load_manifest(path: str | os.PathLike[str], *, proc_type: str = "raw") -> Manifest:
+    """Read an ``exposures.ecsv``; a malformed one raises `ManifestError` (a ValueError), never
+    astropy's or a KeyError, so intake records it as the file's reason and the action says why."""
+    path = Path(path)
+    try:
+        return _load_manifest(path, proc_type)
+    except OSError:
+        raise
+    except Exception as err:  # astropy: InconsistentTableError, ValueError, yaml errors; KeyError, TypeError
+        what = f"missing column {err}" if isinstance(err, KeyError) else " ".join(str(err).split())
+        raise ManifestError(f"manifest {path}: not a usable exposures.ecsv: {type(err).__name__}: {what}") from None
+
+
+def _load_manifest(path: Path, proc_type: str) -> Manifest:
     from astropy.table import Table
 
-    path = Path(path)
     table = Table.read(path, format="ascii.ecsv")
+    missing = [c for c in MANIFEST_COLUMNS if c not in table.colnames]
+    if "night" not in table.colnames and "caldat" not in table.colnames:
+        missing.append("night or caldat")
+    if missing:
+        raise ValueError(f"missing column(s): {', '.join(missing)}")
     rows: dict[str, ManifestRow] = {}
     for r in table:
         if "proc_type" in table.colnames and str(r["proc_type"]) != proc_type:
@@ -475,10 +499,8 @@ def _ingest_headers(butler: Any, paths: list[Path], result: IngestResult, *, tra
     existing = _existing(butler, result.run, [i.expnum for i in infos])
     todo: list[tuple[RawInfo, tuple[int, ...]]] = []
     for info in infos:
-        missing = tuple(d for d in info.detectors if (info.expnum, d) not in existing)
-        if not missing:
-            result.skipped[info.path] = f"exposure {info.expnum} already ingested in {result.run}"
-            continue
+        # Dimension records first, also for exposures already ingested: a later file with the same
+        # EXPNUM but a different DATE-OBS, filter or type is a conflict (bad), not "already ingested".
         try:
             with butler.registry.transaction():
                 butler.registry.syncDimensionData(
@@ -487,8 +509,12 @@ def _ingest_headers(butler: Any, paths: list[Path], result: IngestResult, *, tra
                 butler.registry.syncDimensionData("group", {"instrument": INSTRUMENT, "name": info.group})
                 butler.registry.syncDimensionData("exposure", _exposure_record(info))
         except ConflictingDefinitionError as err:
-            result.bad[info.path] = f"exposure {info.expnum} already registered with different metadata: {err}"
+            result.bad[info.path] = _conflict_reason(butler, info, err)
             log.warning("ingest: %s: %s", info.path, result.bad[info.path])
+            continue
+        missing = tuple(d for d in info.detectors if (info.expnum, d) not in existing)
+        if not missing:
+            result.skipped[info.path] = f"exposure {info.expnum} already ingested in {result.run}"
             continue
         todo.append((info, missing))
 
@@ -523,6 +549,31 @@ def _ingest_headers(butler: Any, paths: list[Path], result: IngestResult, *, tra
                 result.visits.extend(define_visits(butler, [info]))
             except (RawFileError, ConflictingDefinitionError) as err:
                 result.bad[info.path] = f"visit definition failed: {err}"
+
+
+def _conflict_reason(butler: Any, info: RawInfo, err: Exception) -> str:
+    """One readable line for a raw whose exposure cannot be registered: which fields disagree with the
+    exposure already registered under its EXPNUM, or which other exposure holds its OBSID."""
+    try:
+        old = butler.registry.queryDimensionRecords("exposure", instrument=INSTRUMENT,
+                                                    where=f"exposure = {int(info.expnum)}")
+        old = next(iter(old), None)
+    except Exception:  # the registry itself is the problem: say what it said
+        old = None
+    if old is not None:
+        new = _exposure_record(info)
+        differ = [f"{k} {getattr(old, k)!r} → {new[k]!r}" for k in ("obs_id", "observation_type", "physical_filter",
+                                                                   "exposure_time", "day_obs")
+                  if k in new and getattr(old, k, None) != new[k]]
+        if old.timespan is not None and abs((old.timespan.begin - info.date_obs).sec) > 1e-3:
+            differ.append(f"DATE-OBS {old.timespan.begin.utc.isot} → {info.date_obs.utc.isot}")
+        return (f"exposure {info.expnum} already registered with different metadata "
+                f"({'; '.join(differ) or 'see the registry'}): the same EXPNUM twice with different content")
+    msg = " ".join(str(err).split())
+    if "post-insert query" in msg:
+        return (f"exposure {info.expnum}: OBSID {info.obs_id!r} already belongs to another exposure "
+                "(two files with the same DATE-OBS/OBSID but different EXPNUM)")
+    return f"exposure {info.expnum} could not be registered: {msg[:300]}"
 
 
 def _replace_day_obs(info: RawInfo, day_obs: int) -> RawInfo:
