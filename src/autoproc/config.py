@@ -7,6 +7,7 @@ database and the work directory live under one root directory.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,11 @@ _SOURCE_MACHINES = PACKAGE_DIR.parents[1] / "statemachines"
 DEFAULT_MACHINES_DIR = _SOURCE_MACHINES if _SOURCE_MACHINES.is_dir() else PACKAGE_DIR / "statemachines"
 
 Seconds = Annotated[float, Field(ge=0)]
+
+
+# The same rules as autoproc.deep.collections (STEP_RE) and statemachines/template.yaml's key_pattern.
+_STEP_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+_TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 
 
 class ConfigError(AutoprocError):
@@ -182,6 +188,19 @@ class DeepConfig(Section):
     templates: dict[str, list[str] | str] = Field(
         default_factory=dict, description="Template coadds: name → member nights (a list of YYYYMMDD, or a "
         "regex over the nights known). A member night is differenced against it once it is built.")
+
+    @model_validator(mode="after")
+    def _names(self) -> DeepConfig:
+        # Step and template names become collection names and argv elements: refuse anything odd here,
+        # at load time, rather than when a night reaches the step.
+        for proc, steps in self.steps.items():
+            for step in steps:
+                if not _STEP_NAME.match(step):
+                    raise ValueError(f"steps.{proc}: step {step!r} must match {_STEP_NAME.pattern}")
+        for name in self.templates:
+            if not _TEMPLATE_NAME.match(name):
+                raise ValueError(f"templates: name {name!r} must match {_TEMPLATE_NAME.pattern}")
+        return self
 
 
 class DesgwConfig(Section):
