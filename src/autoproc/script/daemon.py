@@ -43,6 +43,9 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("parsl").setLevel(logging.WARNING)
     notifier = Notifier()  # first: it takes systemd's variables out of what children inherit
+    # What the systemd units set (UMask=0027), also when started by hand: everything the daemon and its
+    # children create (state, work and attempt directories, logs, hook logs) is not world-readable.
+    os.umask(os.umask(0o027) | 0o027)
     lock = _lock(config)
     engine = Engine(config, config_path=config_path, watch=watch)
     engine.on_started.append(lambda e: notifier.ready(e.status_line()))
