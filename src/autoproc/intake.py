@@ -54,6 +54,9 @@ def accept(store: Store, config: Config, machines: dict[str, StateMachine], arri
     except (ValueError, OSError) as err:
         bad(str(err) or type(err).__name__)
         return None
+    except Exception as err:  # a validator's bug must not stop intake (or the daemon) on one file
+        bad(f"validator for {arrival.kind!r} failed: {type(err).__name__}: {err}")
+        return None
     kind, key = found.subject
     machine = machines.get(kind)
     if machine is None:
