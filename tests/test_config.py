@@ -57,7 +57,7 @@ def test_config_check_cli(write_config, tmp_path):
     _, path = write_config()
     ok = CliRunner().invoke(main, ["config", "check", str(path)])
     assert ok.exit_code == 0, ok.output
-    assert "OK (2 machines: gadget, widget" in ok.output
+    assert "OK (3 machines: gadget, sloth, widget" in ok.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("executor: {kind: rockets}\n")
     res = CliRunner().invoke(main, ["config", "check", str(bad)])

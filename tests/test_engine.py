@@ -208,3 +208,13 @@ def test_a_poke_wakes_a_polling_action(engine_for):
     out.write_text("made by hand")
     engine.poke("widget", "p")
     wait_for(lambda: state(engine, "p") == "done", timeout=5, what="done right after the poke")
+
+
+def test_reaper_gives_up_on_an_action_hung_in_itself(engine_for):
+    engine, _ = engine_for(watch=[])
+    s, _ = engine.store.ensure_subject("sloth", "z", "thinking", actor="test", data={"seconds": 600})
+    wait_for(lambda: state(engine, "z", "sloth") == "failed", timeout=40, what="given up after 2 hung tries")
+    attempts = engine.store.attempts(s.id)
+    assert [a["status"] for a in attempts] == ["failed", "failed"]
+    assert all("hung" in a["result"]["reason"] for a in attempts)
+    assert "gave up after 2 tries" in engine.store.journal(s.id)[-1]["reason"]

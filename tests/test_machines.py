@@ -35,7 +35,7 @@ def variant(**changes):
 
 def test_the_test_machines_load():
     machines = load_machines(MACHINES)
-    assert set(machines) == {"widget", "gadget"}
+    assert set(machines) == {"widget", "gadget", "sloth"}
     assert machines["widget"].reachable("done", "building") == ["arrived"]
 
 

@@ -10,6 +10,7 @@ action appends a line to `<root>/ledger.txt`, so tests can tell how often each r
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from autoproc.actions import (
@@ -122,3 +123,12 @@ def find_submission(ctx) -> Outcome:
     if ctx.subject.data.get("unsafe_to_resubmit"):
         raise Hold("no evidence of the submission; not submitting again")
     raise Retry("no evidence of a submission: safe to submit")
+
+
+@action()
+def think(ctx) -> Outcome:
+    """Hangs in Python for `data.seconds` (ignoring its timeout), but ends when the daemon stops."""
+    end = time.monotonic() + float(ctx.subject.data.get("seconds", 0))
+    while time.monotonic() < end and not (ctx.stopping and ctx.stopping.is_set()):
+        time.sleep(0.05)
+    return Outcome("thought")

@@ -618,7 +618,9 @@ class Engine:
             attempt = self.store.attempt(attempt_id)
             st = self._state_of_attempt(attempt)
             limit = st.timeout
-            if limit is None or now - (attempt["started"] or now) < limit + HUNG_GRACE_SECONDS:
+            # The action had its timeout to kill its own children; past that and a grace (as long
+            # as the timeout, at most HUNG_GRACE_SECONDS) it is hung in itself.
+            if limit is None or now - (attempt["started"] or now) < limit + min(limit, HUNG_GRACE_SECONDS):
                 continue
             self.kill_attempt(attempt_id)
             self.running.pop(attempt_id, None)

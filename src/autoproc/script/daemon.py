@@ -80,4 +80,7 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
         notifier.close()
         os.close(lock)
     logging.getLogger("autoproc").info("daemon stopped")
-    return 0
+    logging.shutdown()
+    # Everything is recorded and every child group killed; an action hung in Python itself
+    # (not in a child) must not keep the process alive past systemd's stop timeout.
+    os._exit(0)
