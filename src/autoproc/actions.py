@@ -99,7 +99,7 @@ class ActionContext:
         log = self.workdir / f"{name}.log"
 
         def started(child: process.Child) -> None:
-            (self.workdir / f"{name}.child.json").write_text(json.dumps(child.to_json()))
+            process.write_private(self.workdir / f"{name}.child.json", json.dumps(child.to_json()))
             if self.notify is not None:
                 self.notify(self.attempt_id, child)
 

@@ -448,7 +448,7 @@ class Engine:
         workdir = (self.config.work_dir / safe_component(subject.kind) / safe_component(subject.key)
                    / f"{attempt_id:06d}-{subject.state}")
         try:
-            workdir.mkdir(parents=True, exist_ok=True, mode=0o750)
+            process.make_dirs(workdir)
         except OSError as err:
             # E.g. the work directory's disk is full: not the step's fault, and not a reason
             # to stop the loop. The attempt waits (no retry budget spent) and is tried again.

@@ -18,7 +18,9 @@ from pathlib import Path
 
 # The wrapper's script is constant; argv reaches it only as positional parameters.
 KILL_GRACE_SECONDS = 3.0
-_WRAPPER = 'status="$1"; shift; "$@"; rc=$?; printf "%s\\n" "$rc" > "$status.tmp" && mv "$status.tmp" "$status"; exit "$rc"'
+# The status file is made 0640 whatever the child's umask (a subshell keeps it from the child).
+_WRAPPER = ('status="$1"; shift; "$@"; rc=$?; (umask 027; printf "%s\\n" "$rc" > "$status.tmp") '
+            '&& mv "$status.tmp" "$status"; exit "$rc"')
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,24 @@ class ChildResult:
         return log_tail(self.log, lines)
 
 
+def make_dirs(path: Path) -> Path:
+    """`mkdir -p` where every level it creates is 0750 (mkdir's mode covers only the last)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for level in reversed(missing):
+        level.mkdir(mode=0o750, exist_ok=True)
+    return missing[0] if missing else path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a small file readable by owner and group only (0640), whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def log_tail(path: Path | str, lines: int = 20, max_bytes: int = 16384) -> str:
     try:
         with open(path, "rb") as f:
@@ -82,9 +102,9 @@ def start(
     if not argv:
         raise ValueError("empty command")
     cwd = Path(cwd)
-    cwd.mkdir(parents=True, exist_ok=True)
+    make_dirs(cwd)
     log = Path(log)
-    log.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(log.parent)
     status_file = log.with_suffix(log.suffix + ".exit")
     status_file.unlink(missing_ok=True)
     full_env = dict(os.environ if env is None else env)

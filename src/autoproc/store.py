@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from autoproc.errors import AutoprocError
+from autoproc.process import make_dirs
 
 BUSY_TIMEOUT_MS = 30_000
 # The daemon waits for the write lock in slices this long, forever: another process holding
@@ -179,7 +180,7 @@ class Store:
         if not self.path.exists():
             if not create or readonly:
                 raise StoreError(f"{self.path}: no state database here (has the daemon run?)")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.path.parent)
             # Created 0600 before SQLite opens it; SQLite gives -wal/-shm the same mode.
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
