@@ -8,6 +8,7 @@ import pytest
 
 from autoproc.engine import Engine
 from autoproc.script import override
+from autoproc.store import Store
 from conftest import wait_for
 
 
@@ -33,10 +34,23 @@ def engine_for(write_config, tmp_path):
         engine.stop()
         thread.join(10)
         engine.shutdown()
+        if id(engine) in _stores:
+            _stores.pop(id(engine)).close()
+
+
+_stores: dict[int, Store] = {}
+
+
+def db(engine) -> Store:
+    """The test's own connection to the engine's database: the engine's connection belongs
+    to the engine's thread (as the CLI's is its own process's)."""
+    if id(engine) not in _stores:
+        _stores[id(engine)] = Store(engine.config.db)
+    return _stores[id(engine)]
 
 
 def state(engine, key, kind="widget"):
-    s = engine.store.find_subject(kind, key)
+    s = db(engine).find_subject(kind, key)
     return s.state if s else None
 
 
@@ -56,13 +70,13 @@ def test_file_to_done_through_the_watcher(engine_for):
     drop(inbox, "a-1.w", "ok")
     wait_for(lambda: state(engine, "a") == "done", what="a done")
     assert ledger(engine) == ["build a try=1 adjust={}", "check a", "done a"]
-    s = engine.store.subject("widget", "a")
-    attempts = engine.store.attempts(s.id)
+    s = db(engine).subject("widget", "a")
+    attempts = db(engine).attempts(s.id)
     assert [a["status"] for a in attempts] == ["succeeded", "succeeded"]
     build = attempts[0]
     assert build["exit_status"] == 0 and build["pgid"] and Path(build["log"]).exists()
     assert Path(build["cwd"]).is_dir()
-    assert engine.store.files(subject_id=s.id)[0]["status"] == "consumed"
+    assert db(engine).files(subject_id=s.id)[0]["status"] == "consumed"
 
 
 def test_retry_with_adjustment_then_success(engine_for):
@@ -76,7 +90,7 @@ def test_fatal_failure_is_journaled_with_reason(engine_for):
     engine, inbox = engine_for()
     drop(inbox, "c-1.w", "fail")
     wait_for(lambda: state(engine, "c") == "failed", what="c failed")
-    last = engine.store.journal(engine.store.subject("widget", "c").id)[-1]
+    last = db(engine).journal(db(engine).subject("widget", "c").id)[-1]
     assert last["trigger"] == "fail" and "the widget file says fail" in last["reason"]
 
 
@@ -84,19 +98,19 @@ def test_retry_budget_is_finite(engine_for):
     engine, inbox = engine_for(retry={"max_tries": 2, "backoff_seconds": 0.01})
     drop(inbox, "d-1.w", "crash")
     wait_for(lambda: state(engine, "d") == "failed", what="d failed")
-    s = engine.store.subject("widget", "d")
-    failed = [a for a in engine.store.attempts(s.id) if a["status"] == "failed"]
+    s = db(engine).subject("widget", "d")
+    failed = [a for a in db(engine).attempts(s.id) if a["status"] == "failed"]
     assert len(failed) == 3  # widget.yaml allows 3 tries in `building`
     assert all(a["exit_status"] == 3 for a in failed)
-    assert "gave up after 3 tries: build child exited 3" in engine.store.journal(s.id)[-1]["reason"]
+    assert "gave up after 3 tries: build child exited 3" in db(engine).journal(s.id)[-1]["reason"]
 
 
 def test_bad_and_duplicate_files(engine_for):
     engine, inbox = engine_for()
     drop(inbox, "e-1.w", "bogus words")
     drop(inbox, "e-2.w", "")
-    wait_for(lambda: len(engine.store.files(status="bad")) == 2, what="two bad files")
-    reasons = sorted(f["reason"] for f in engine.store.files(status="bad"))
+    wait_for(lambda: len(db(engine).files(status="bad")) == 2, what="two bad files")
+    reasons = sorted(f["reason"] for f in db(engine).files(status="bad"))
     assert reasons == ["e-1.w: unknown instruction 'bogus'", "e-2.w: empty widget file"]
     drop(inbox, "f-1.w", "ok")
     wait_for(lambda: state(engine, "f") == "done")
@@ -112,7 +126,7 @@ def test_new_file_reopens_a_done_subject(engine_for):
     wait_for(lambda: state(engine, "g") == "done")
     drop(inbox, "g-2.w", "ok")
     wait_for(lambda: ledger(engine).count("done g") == 2, what="g done twice")
-    assert [r["trigger"] for r in engine.store.journal(engine.store.subject("widget", "g").id)].count("arrived") == 1
+    assert [r["trigger"] for r in db(engine).journal(db(engine).subject("widget", "g").id)].count("arrived") == 1
 
 
 def test_operator_hold_release_and_set(engine_for):
@@ -120,15 +134,15 @@ def test_operator_hold_release_and_set(engine_for):
     drop(inbox, "h-1.w", "sleep 1.5")
     wait_for(lambda: state(engine, "h") == "building")
     machines = engine.machines
-    override.hold(engine.store, machines, "widget", "h", reason="look first", operator="alice")
+    override.hold(db(engine), machines, "widget", "h", reason="look first", operator="alice")
     time.sleep(2.5)  # the build finishes but its outcome waits for the release
     assert state(engine, "h") == "building"
-    override.release(engine.store, machines, "widget", "h", reason="fine", operator="alice")
+    override.release(db(engine), machines, "widget", "h", reason="fine", operator="alice")
     wait_for(lambda: state(engine, "h") == "done", what="h done after release")
-    plan = override.rerun_from(engine.store, machines, "widget", "h", "building", reason="redo", operator="bob")
+    plan = override.rerun_from(db(engine), machines, "widget", "h", "building", reason="redo", operator="bob")
     assert plan.redo == ["building", "checking"]
     wait_for(lambda: ledger(engine).count("done h") == 2, what="h rerun")
-    actors = [r["actor"] for r in engine.store.journal(engine.store.subject("widget", "h").id)]
+    actors = [r["actor"] for r in db(engine).journal(db(engine).subject("widget", "h").id)]
     assert actors.count("alice") == 2 and actors.count("bob") == 1
 
 
@@ -136,11 +150,11 @@ def test_operator_move_kills_the_running_step(engine_for):
     engine, inbox = engine_for()
     drop(inbox, "k-1.w", "sleep 30")
     wait_for(lambda: state(engine, "k") == "building")
-    s = engine.store.subject("widget", "k")
-    attempt = wait_for(lambda: [a for a in engine.store.attempts(s.id) if a["pgid"]], what="child started")[0]
+    s = db(engine).subject("widget", "k")
+    attempt = wait_for(lambda: [a for a in db(engine).attempts(s.id) if a["pgid"]], what="child started")[0]
     t0 = time.monotonic()
-    override.set_state(engine.store, engine.machines, "widget", "k", "failed", reason="wrong data", operator="carol")
-    wait_for(lambda: engine.store.attempt(attempt["id"])["status"] == "superseded", timeout=10)
+    override.set_state(db(engine), engine.machines, "widget", "k", "failed", reason="wrong data", operator="carol")
+    wait_for(lambda: db(engine).attempt(attempt["id"])["status"] == "superseded", timeout=10)
     assert time.monotonic() - t0 < 5
     import os
     with pytest.raises(ProcessLookupError):
@@ -151,41 +165,41 @@ def test_operator_move_kills_the_running_step(engine_for):
 def test_waiting_past_the_deadline_stalls(engine_for):
     engine, inbox = engine_for(deadlines={"widget.checking": 1.0})
     # `checking` waits for an output that never comes (the widget was never built).
-    s, _ = engine.store.ensure_subject("widget", "m", "checking", actor="test")
+    s, _ = db(engine).ensure_subject("widget", "m", "checking", actor="test")
     wait_for(lambda: state(engine, "m") == "stalled", what="m stalled")
-    polls = engine.store.attempts(s.id)
+    polls = db(engine).attempts(s.id)
     assert len(polls) == 1 and polls[0]["status"] == "waiting"  # one attempt row, polled in place
-    last = engine.store.journal(s.id)[-1]
+    last = db(engine).journal(s.id)[-1]
     assert last["trigger"] == "stall" and "more than 1 s" in last["reason"]
 
 
 def test_gadget_is_recovered_not_resubmitted(engine_for, tmp_path):
     engine, _ = engine_for(watch=[])
     root = Path(engine.config.root)
-    s, _ = engine.store.ensure_subject("gadget", "x", "submitting", actor="test")
+    s, _ = db(engine).ensure_subject("gadget", "x", "submitting", actor="test")
     # Simulate a crash after the external submission happened but before its outcome was stored.
     (root / "submitted").mkdir(parents=True, exist_ok=True)
     (root / "submitted" / "x").write_text("submitted\n")
-    attempt = engine.store.add_attempt(s, "submitting", try_number=1, status="interrupted")
+    attempt = db(engine).add_attempt(s, "submitting", try_number=1, status="interrupted")
     engine.events.put(lambda e: e.evaluate(s.id))
     wait_for(lambda: state(engine, "x", "gadget") == "done")
     assert (root / "submitted" / "x").read_text() == "submitted\n"  # not submitted a second time
-    attempts = engine.store.attempts(s.id)
+    attempts = db(engine).attempts(s.id)
     assert attempts[0]["id"] == attempt and attempts[-1]["step"] == "recover"
 
 
 def test_hold_from_recover_then_release_runs_the_step(engine_for):
     engine, _ = engine_for(watch=[])
     root = Path(engine.config.root)
-    s, _ = engine.store.ensure_subject("gadget", "y", "submitting", actor="test", data={"unsafe_to_resubmit": True})
-    engine.store.add_attempt(s, "submitting", try_number=1, status="interrupted")  # crashed, no evidence left
+    s, _ = db(engine).ensure_subject("gadget", "y", "submitting", actor="test", data={"unsafe_to_resubmit": True})
+    db(engine).add_attempt(s, "submitting", try_number=1, status="interrupted")  # crashed, no evidence left
     engine.events.put(lambda e: e.evaluate(s.id))
-    wait_for(lambda: engine.store.subject("gadget", "y").held, what="held for a person")
-    assert "not submitting again" in engine.store.subject("gadget", "y").held
+    wait_for(lambda: db(engine).subject("gadget", "y").held, what="held for a person")
+    assert "not submitting again" in db(engine).subject("gadget", "y").held
     assert not (root / "submitted" / "y").exists()
     time.sleep(0.5)
-    assert engine.store.subject("gadget", "y").held  # stays held: no loop, no submission
-    override.release(engine.store, engine.machines, "gadget", "y", reason="checked the grid: nothing there",
+    assert db(engine).subject("gadget", "y").held  # stays held: no loop, no submission
+    override.release(db(engine), engine.machines, "gadget", "y", reason="checked the grid: nothing there",
                      operator="erin")
     wait_for(lambda: state(engine, "y", "gadget") == "done", what="submitted after release")
     assert (root / "submitted" / "y").read_text() == "submitted\n"  # exactly once
@@ -193,16 +207,16 @@ def test_hold_from_recover_then_release_runs_the_step(engine_for):
 
 def test_operator_transitions_run_the_machines_callbacks(engine_for):
     engine, _ = engine_for(watch=[])
-    engine.store.ensure_subject("widget", "n", "checking", actor="test")  # waits: never built
-    wait_for(lambda: engine.store.attempts(engine.store.subject("widget", "n").id), what="polling")
-    override.set_state(engine.store, engine.machines, "widget", "n", "done", reason="checked by eye", operator="fay")
+    db(engine).ensure_subject("widget", "n", "checking", actor="test")  # waits: never built
+    wait_for(lambda: db(engine).attempts(db(engine).subject("widget", "n").id), what="polling")
+    override.set_state(db(engine), engine.machines, "widget", "n", "done", reason="checked by eye", operator="fay")
     wait_for(lambda: "done n" in ledger(engine), what="the `checked` transition's callback")
 
 
 def test_a_poke_wakes_a_polling_action(engine_for):
     engine, _ = engine_for(watch=[], poll_seconds=3600)  # left alone, it would look again in an hour
-    s, _ = engine.store.ensure_subject("widget", "p", "checking", actor="test")
-    wait_for(lambda: [a for a in engine.store.attempts(s.id) if a["status"] == "waiting"], what="polling")
+    s, _ = db(engine).ensure_subject("widget", "p", "checking", actor="test")
+    wait_for(lambda: [a for a in db(engine).attempts(s.id) if a["status"] == "waiting"], what="polling")
     out = Path(engine.config.root) / "built" / "p.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("made by hand")
@@ -212,9 +226,9 @@ def test_a_poke_wakes_a_polling_action(engine_for):
 
 def test_reaper_gives_up_on_an_action_hung_in_itself(engine_for):
     engine, _ = engine_for(watch=[])
-    s, _ = engine.store.ensure_subject("sloth", "z", "thinking", actor="test", data={"seconds": 600})
+    s, _ = db(engine).ensure_subject("sloth", "z", "thinking", actor="test", data={"seconds": 600})
     wait_for(lambda: state(engine, "z", "sloth") == "failed", timeout=40, what="given up after 2 hung tries")
-    attempts = engine.store.attempts(s.id)
+    attempts = db(engine).attempts(s.id)
     assert [a["status"] for a in attempts] == ["failed", "failed"]
     assert all("hung" in a["result"]["reason"] for a in attempts)
-    assert "gave up after 2 tries" in engine.store.journal(s.id)[-1]["reason"]
+    assert "gave up after 2 tries" in db(engine).journal(s.id)[-1]["reason"]

@@ -8,6 +8,7 @@ import pytest
 from autoproc.config import ExecutorConfig
 from autoproc.engine import Engine
 from autoproc.executor import build_parsl_config
+from autoproc.store import Store
 from conftest import TESTS, wait_for
 
 
@@ -47,9 +48,10 @@ def test_actions_run_on_a_local_htex(write_config, tmp_path, monkeypatch):
     try:
         (inbox / "a-1.w").write_text("ok")
         (inbox / "b-1.w").write_text("flaky")
-        wait_for(lambda: {s.key: s.state for s in engine.store.subjects("widget")} == {"a": "done", "b": "done"},
+        view = Store(config.db)  # the test thread's own connection
+        wait_for(lambda: {s.key: s.state for s in view.subjects("widget")} == {"a": "done", "b": "done"},
                  timeout=120, what="widgets done on HTEX")
-        pids = {a["pid"] for a in engine.store.attempts() if a["pid"]}
+        pids = {a["pid"] for a in view.attempts() if a["pid"]}
         assert pids  # read from the child.json files the HTEX worker wrote
     finally:
         engine.stop()

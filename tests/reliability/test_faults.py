@@ -335,14 +335,15 @@ def test_night_rollover_runs_a_reconcile(write_config, tmp_path):
     engine.watcher.reconcile = lambda **kw: (scans.append(engine.clock()), real_reconcile(**kw))[1]
     thread = threading.Thread(target=engine.run, daemon=True)
     thread.start()
+    view = Store(config.db)  # the test thread's own connection (the engine's belongs to its thread)
     try:
-        wait_for(lambda: (s := engine.store.find_subject("widget", "a")) and s.state == "done", what="a done")
+        wait_for(lambda: (s := view.find_subject("widget", "a")) and s.state == "done", what="a done")
         (inbox / "b-1.w").write_text("ok")  # no event will announce it
         time.sleep(0.5)
-        assert engine.store.find_subject("widget", "b") is None and not scans
+        assert view.find_subject("widget", "b") is None and not scans
         wait_for(lambda: scans, timeout=10, what="the rollover reconcile")
         assert scans[0] >= boundary and engine.night == "20240602"
-        wait_for(lambda: (s := engine.store.find_subject("widget", "b")) and s.state == "done", what="b done")
+        wait_for(lambda: (s := view.find_subject("widget", "b")) and s.state == "done", what="b done")
         time.sleep(1.0)
         assert len(scans) == 1  # once per rollover, not every turn
     finally:
