@@ -317,7 +317,10 @@ class Config(Section):
     poll_seconds: float = Field(default=30.0, gt=0, description="Seconds before an action that found nothing to "
                                 "do yet runs again, unless it says when (`Outcome(None, retry_after=…)`).")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
-    max_interruptions: int = Field(default=5, ge=1, description="Restarts an attempt may suffer before it counts as failed.")
+    max_interruptions: int = Field(
+        default=30, ge=1, description="Daemon crashes (not clean stops) one state's attempts may suffer before the "
+        "state counts as failed: the guard against a step that takes the daemon down with it. Outside kills count "
+        "too, so it is generous; systemd's start limits guard the service as a whole.")
     limits: dict[str, int] = Field(default_factory=dict, description="Actions running at once per concurrency group.")
     deadlines: dict[str, float] = Field(default_factory=dict, description="Seconds, by `kind.state`; overrides machines.")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)

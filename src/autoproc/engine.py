@@ -251,7 +251,8 @@ class Engine:
         process.kill_groups([g for a in self.running for g in _groups(self.store.attempt(a))], grace=2.0)
         for attempt_id in list(self.running):
             self.store.update_attempt(attempt_id, status="interrupted", ended=self.clock(),
-                                      result={"reason": "daemon stopped before the action returned"})
+                                      result={"reason": "daemon stopped before the action returned",
+                                              "clean_stop": True})
         self.running.clear()
         if self.executor is not None and not self.running:
             threading.Thread(target=self.executor.shutdown, daemon=True).start()
@@ -309,6 +310,7 @@ class Engine:
             fields["exit_status"] = exit_status
         if self.stopping.is_set() and kind != "outcome":
             fields["status"] = "interrupted"
+            fields["result"] = {**result, "clean_stop": True}
         elif kind == "outcome":
             fields["status"] = "succeeded" if result.get("trigger") else "waiting"
             if not result.get("trigger"):
@@ -380,7 +382,9 @@ class Engine:
         # A person released a hold the action asked for: they checked, so the step runs
         # again (not its recover action); holds and recover checks spend no retry budget.
         counted = [a for a in attempts if a["status"] == "failed" and a["step"] != "recover"]
-        interrupted = [a for a in attempts if a["status"] == "interrupted"]
+        # Only crashes count: a step that takes the daemon down with it must not loop forever,
+        # but a clean stop (SIGTERM, a reload of the service) says nothing about the step.
+        interrupted = [a for a in attempts if a["status"] == "interrupted" and not a["result"].get("clean_stop")]
         policy = self.config.retry
         max_tries = st.retry.max_tries or policy.max_tries
         if status == "failed":

@@ -10,6 +10,7 @@ import fcntl
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 
 from autoproc.config import Config
@@ -46,8 +47,22 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
     # What the systemd units set (UMask=0027), also when started by hand: everything the daemon and its
     # children create (state, work and attempt directories, logs, hook logs) is not world-readable.
     os.umask(os.umask(0o027) | 0o027)
+    # Signals first: a SIGTERM that arrives while the engine is still being built (imports,
+    # Parsl) must still give a clean stop, not kill the process half-way.
+    stop_requested = threading.Event()
+    engine: Engine | None = None
+
+    def stop(signum, frame) -> None:
+        stop_requested.set()
+        if engine is not None:
+            engine.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     lock = _lock(config)
     engine = Engine(config, config_path=config_path, watch=watch)
+    if stop_requested.is_set():
+        engine.stop()
     engine.on_started.append(lambda e: notifier.ready(e.status_line()))
     engine.on_loop.append(notifier.on_loop)
     # Waiting for another process's lock on the state database is not a hung loop: keep
@@ -57,17 +72,12 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
     engine.listeners.append(hooks)
     engine.on_loop.append(ReportWriter(lambda: engine.config, lambda: engine.machines).on_loop)
 
-    def stop(signum, frame) -> None:
-        engine.stop()
-
     def reload(signum, frame) -> None:
         notifier.reloading()
         engine.events.put(Reload())
         # Events are handled in order: READY=1 goes out once the reload is done.
         engine.events.put(lambda e: notifier.ready(e.status_line()))
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, reload)
     try:
         engine.start()
