@@ -78,7 +78,7 @@ def mock_get(butler, ref):
 
 
 def test_two_nights_to_done_with_borrowed_flat_and_diff(write_config, tmp_path, daemon_factory):
-    config, path, raws = deep_config(write_config, tmp_path, templates={"allSky": [N1, N2]})
+    config, path, raws = deep_config(write_config, tmp_path, templates={"allSky": [N1, N2]}, nightly_coadd=True)
     assert "template allSky: created" in deep_init(path)
     daemon = daemon_factory(path).start()
     science = ["--science", "VR:2", "--science", "g:1", "--n-bias", "2", "--flats", "2"]
@@ -131,6 +131,10 @@ def test_two_nights_to_done_with_borrowed_flat_and_diff(write_config, tmp_path, 
     for n in (N1, N2):
         diffs = b.query_datasets("deepDiff_differenceExp", collections=f"DEEP/{n}/allSky/diff_drp", explain=False)
         assert len(diffs) == 3 * 2
+        # The nightly coadd: made from that night's warps only.
+        nightly = b.query_datasets("deepCoadd", collections=f"DEEP/{n}/coadd", explain=False)
+        assert nightly
+        assert {i.run.split("/")[1] for ref in nightly for i in mock_get(b, ref).quantum.inputs["inputWarps"]} == {n}
     b.close()
 
     # What a person sees: the substitution journaled, the raws consumed, nothing bad.

@@ -413,33 +413,36 @@ def process_flat(ctx: ActionContext) -> Outcome:
 @action()
 def process_drp(ctx: ActionContext) -> Outcome:
     """drp: tag the science raws, run the configured DRP steps (to warps)."""
-    if (late := _late_raws(ctx)) is not None:
-        return late
-    cfg, night = ctx.config.deep, ctx.subject.key
-    n = names(cfg)
-    with open_butler(ctx.config) as butler:
-        tag = colls.tag_raws(butler, night, "drp", names=n)
-        steps = Steps(ctx, butler, "drp", n.parent("drp", night), n.fixed_inputs("drp", night))
-        if tag.total and (step := steps.advance()) is not None:
-            return step
-    return Outcome("drp_done", evidence={"raws": tag.to_json(), "steps": _step_summary(steps)},
-                   reason="DRP steps done" if tag.total else "no science exposures")
+    return _tag_then_steps(
+        ctx, "drp", lambda butler, n, night: colls.tag_raws(butler, night, "drp", names=n),
+        lambda n, night: n.parent("drp", night), done="drp_done", tagged="raws",
+        reasons=("DRP steps done", "no science exposures"))
 
 
 @action()
 def nightly_coadd(ctx: ActionContext) -> Outcome:
     """The night's own coadd: tag its warps, then the coadd steps over its coadd chain."""
+    return _tag_then_steps(
+        ctx, "coadd", lambda butler, n, night: colls.tag_warps(butler, [night], night, names=n),
+        lambda n, night: n.coadd(night), done="coadd_done", tagged="warps",
+        reasons=("nightly coadd done", "no warps to coadd"))
+
+
+def _tag_then_steps(ctx: ActionContext, proc: str, tag_inputs, parent_of, *, done: str, tagged: str,
+                    reasons: tuple[str, str]) -> Outcome:
+    """Tag a proc type's inputs into their collection, then run its next step with work
+    left (a `next_step` Outcome), or say the proc type is `done` (nothing tagged: nothing to do)."""
     if (late := _late_raws(ctx)) is not None:
         return late
-    cfg, night = ctx.config.deep, ctx.subject.key
-    n = names(cfg)
+    night = ctx.subject.key
+    n = names(ctx.config.deep)
     with open_butler(ctx.config) as butler:
-        warps = colls.tag_warps(butler, [night], night, names=n)
-        steps = Steps(ctx, butler, "coadd", n.coadd(night), n.fixed_inputs("coadd", night))
-        if warps.total and (step := steps.advance()) is not None:
+        tag = tag_inputs(butler, n, night)
+        steps = Steps(ctx, butler, proc, parent_of(n, night), n.fixed_inputs(proc, night))
+        if tag.total and (step := steps.advance()) is not None:
             return step
-    return Outcome("coadd_done", evidence={"warps": warps.to_json(), "steps": _step_summary(steps)},
-                   reason="nightly coadd done" if warps.total else "no warps to coadd")
+    return Outcome(done, evidence={tagged: tag.to_json(), "steps": _step_summary(steps)},
+                   reason=reasons[0] if tag.total else reasons[1])
 
 
 @action()
