@@ -94,16 +94,6 @@ def steps_by_launch(outdir: Path) -> list[list[int]]:
     return launches
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def leftover_processes(root: Path, pgids: set[int]) -> list[str]:
     """Live processes started under the demo directory, or in a group some attempt or daemon had."""
     found = []
