@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -232,3 +233,81 @@ def _is_bps_of(pid: str, tmp_path: Path) -> bool:
     except OSError:
         return False
     return any(Path(a).name in ("bps", "pipetask") for a in argv[:2]) and any(str(tmp_path) in a for a in argv)
+
+
+@pytest.mark.slow
+def test_one_bps_job_killed_under_a_running_daemon(write_config, tmp_path, daemon_factory):
+    """One Parsl job of the bias step1 `bps submit` (its `pipetask run-qbb`, not bps, not the
+    group) is SIGKILLed, as the OOM killer would, while the daemon keeps running: the attempt
+    is judged incomplete from the Butler, retried, and the next attempt runs only what is
+    missing. A night of zeros only, so bias is the only proc type that runs `bps`."""
+    night = "20240616"
+    config, path, raws = deep_config(write_config, tmp_path, mode="bps", cores=2)
+    deep_init(path)
+    daemon = daemon_factory(path).start()
+    assert stream(raws, night, "--science", "VR:0", "--flats", "0", "--n-bias", "4").wait(60) == 0
+
+    def bias_step1_job() -> tuple[int, list[str]] | None:
+        """A running job of the first bias step1 submission: a `pipetask run-qbb` below its `bps`."""
+        procs = _processes()
+        submits = [pid for pid, (_, argv) in procs.items() if _is_bps_of(str(pid), tmp_path)
+                   and Path(argv[1]).name == "bps" and "DEEP-bias_step1" in " ".join(argv)]
+        for pid, (_, argv) in procs.items():
+            if (_is_bps_of(str(pid), tmp_path) and "run-qbb" in argv
+                    and any(_descends(pid, s, procs) for s in submits)):
+                return pid, argv
+        return None
+
+    pid, argv = wait_for(bias_step1_job, timeout=120, interval=0.05, what="a bps job of bias step1")
+    os.kill(pid, signal.SIGKILL)
+    assert daemon.proc.poll() is None
+    wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=300, interval=0.5, what="done")
+    assert daemon.proc.poll() is None  # the daemon stayed up throughout
+
+    from lsst.daf.butler import Butler
+
+    b = Butler.from_config(str(config.root / "repo"))
+    chain = f"DEEP/{night}/bias"
+    for dtype, n in (("cpBiasIsr_metadata", 8), ("cpBiasIsrExp", 8), ("bias", 2)):
+        refs = b.query_datasets(dtype, collections=chain, find_first=False, explain=False)
+        assert len(refs) == n and len({r.dataId for r in refs}) == n, dtype  # none lost, none twice
+    b.close()
+
+    store = Store(config.db)
+    bias = [a for a in store.attempts(store.subject("night", night).id) if a["step"] == "bias"]
+    store.close()
+    runs = [(a["status"], a["result"].get("kind"), a["result"].get("evidence", {})) for a in bias]
+    step1 = [(status, kind, ev) for status, kind, ev in runs if ev.get("step") == "step1"]
+    # The submission whose job was killed: incomplete (its other jobs' quanta kept), retried.
+    (killed_status, killed_kind, killed), *later = step1
+    assert (killed_status, killed_kind, killed["status"]) == ("failed", "retry", "incomplete"), runs
+    assert killed["attempt_dir"] in " ".join(argv)
+    done = sum(killed["succeeded"].values())
+    assert 0 < done < 8 and killed["failed"] == {"cpBiasIsr": 0}, killed
+    # The next attempt ran exactly the quanta the killed job had left, and finished the step.
+    assert [(s, k) for s, k, _ in later] == [("succeeded", "outcome")], runs
+    assert later[0][2]["status"] == "succeeded" and sum(later[0][2]["expected"].values()) == 8 - done, runs
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_bps_of(p, tmp_path)]
+
+
+def _processes() -> dict[int, tuple[int, list[str]]]:
+    """pid -> (parent pid, argv) of every process we can read."""
+    out = {}
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+            argv = Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        out[int(p)] = (int(stat.rpartition(")")[2].split()[1]), argv)
+    return out
+
+
+def _descends(pid: int, ancestor: int, procs: dict[int, tuple[int, list[str]]]) -> bool:
+    while pid in procs and pid > 1:
+        pid = procs[pid][0]
+        if pid == ancestor:
+            return True
+    return False
