@@ -121,9 +121,10 @@ def test_kill9_during_actions_then_restart(write_config, tmp_path, daemon_factor
     for i in range(4):
         (inbox / f"q{i}-1.w").write_text("ok")
     wait_for(lambda: all(states(config).get(f"q{i}") == "done" for i in range(4)), what="first batch done")
-    (inbox / "s-1.w").write_text("sleep 3")
+    (inbox / "s-1.w").write_text("sleep 3 progress")
     (inbox / "t-1.w").write_text("sleep 3")
     wait_for(lambda: len(running_attempts(config)) == 2, what="two builds running")
+    wait_for(lambda: any(a["result"].get("progress") for a in running_attempts(config)), what="s's progress")
     pgids = [a["pgid"] for a in running_attempts(config)]
     d.kill9()
     # While the daemon is down, more files arrive: the restart's scan must find them.
@@ -140,6 +141,11 @@ def test_kill9_during_actions_then_restart(write_config, tmp_path, daemon_factor
     journal_consistent(store)
     statuses = {a["status"] for a in store.attempts()}
     assert statuses <= {"succeeded", "interrupted"}
-    assert len([a for a in store.attempts() if a["status"] == "interrupted"]) == 2
+    interrupted = {store.subject_by_id(a["subject_id"]).key: a for a in store.attempts()
+                   if a["status"] == "interrupted"}
+    assert set(interrupted) == {"s", "t"}
+    # The progress s reported before the kill survived it (it resets the crash count).
+    assert interrupted["s"]["result"]["progress"] == ["half built"]
+    assert "progress" not in interrupted["t"]["result"]
     assert store.file_counts() == {"consumed": 9}
     assert yaml.safe_load(path.read_text())["root"] == str(config.root)

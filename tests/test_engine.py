@@ -188,6 +188,29 @@ def test_gadget_is_recovered_not_resubmitted(engine_for, tmp_path):
     assert attempts[0]["id"] == attempt and attempts[-1]["step"] == "recover"
 
 
+def test_only_crashes_since_the_last_progress_count(engine_for):
+    engine, _ = engine_for(watch=[], max_interruptions=3)
+
+    def crashed(key: str, *results: dict) -> None:
+        s, _ = db(engine).ensure_subject("widget", key, "building", actor="test")
+        for result in results:
+            attempt = db(engine).add_attempt(s, "building", try_number=1, status="interrupted")
+            db(engine).update_attempt(attempt, result=result)
+        engine.events.put(lambda e: e.evaluate(s.id))
+
+    crash, stop, progress = {"reason": "the daemon stopped"}, {"clean_stop": True}, {"progress": ["1 quantum"]}
+    # Three crashes in a row, a clean stop among them: given up.
+    crashed("stuck", crash, stop, crash, crash)
+    # Three crashes, but the second moved forward: one crash since, so the build runs.
+    crashed("moving", crash, progress, crash)
+    wait_for(lambda: state(engine, "stuck") == "failed" and state(engine, "moving") == "done",
+             what="stuck failed, moving done")
+    assert db(engine).journal(db(engine).subject("widget", "stuck").id)[-1]["reason"] == (
+        "interrupted 3 times in a row with no progress")
+    assert "build moving try=1 adjust={}" in ledger(engine)
+    assert "build stuck try=1 adjust={}" not in ledger(engine)
+
+
 def test_hold_from_recover_then_release_runs_the_step(engine_for):
     engine, _ = engine_for(watch=[])
     root = Path(engine.config.root)

@@ -3,7 +3,8 @@
 A widget file (`<key>-<n>.w`) holds one instruction the build step obeys: `ok`,
 `fail`, `flaky` (fails on the first try), `sleep <seconds>`, `hold`, `crash` (the
 build's child exits 3), `hang` (the child and a grandchild ignore SIGTERM and never
-finish; their pids are appended to `<root>/hung.pids`). Every finished
+finish; their pids are appended to `<root>/hung.pids`). A `progress` word after an
+instruction makes the build report progress before its child starts. Every finished
 action appends a line to `<root>/ledger.txt`, so tests can tell how often each ran.
 """
 
@@ -69,6 +70,8 @@ def build(ctx) -> Outcome:
     seconds = max([float(i.split()[1]) for i in instructions if i.startswith("sleep")] or [0.0])
     out = Path(ctx.config.root) / "built" / f"{ctx.subject.key}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if any("progress" in i.split() for i in instructions):
+        ctx.progress("half built")
     script = "import sys, time; time.sleep(float(sys.argv[1])); open(sys.argv[2], 'w').write(sys.argv[3])"
     if "crash" in instructions:
         script = "raise SystemExit(3)"

@@ -87,10 +87,18 @@ class ActionContext:
     timed_out: list[str] = field(default_factory=list)  # children killed at their deadline (filled by run)
     # Not pickled: set only when the action runs in the daemon's own process.
     notify: Callable[[int, process.Child], None] | None = None
+    on_progress: Callable[[int, str], None] | None = None
     stopping: threading.Event | None = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "notify": None, "stopping": None}
+        return {**self.__dict__, "notify": None, "on_progress": None, "stopping": None}
+
+    def progress(self, note: str) -> None:
+        """Say that this attempt moved the subject forward (kept even if the daemon dies
+        later in the attempt): a crash after progress does not count towards
+        `max_interruptions`. Only heard when the action runs in the daemon's process."""
+        if self.on_progress is not None:
+            self.on_progress(self.attempt_id, note)
 
     def run(self, argv: Sequence[str], *, name: str = "child", cwd: Path | str | None = None,
             env: Mapping[str, str] | None = None, timeout: float | None = None) -> process.ChildResult:

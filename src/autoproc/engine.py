@@ -60,6 +60,12 @@ class ChildStarted:
 
 
 @dataclass(frozen=True)
+class Progress:
+    attempt_id: int
+    note: str
+
+
+@dataclass(frozen=True)
 class Reload:
     pass
 
@@ -245,14 +251,14 @@ class Engine:
                 event = self.events.get(timeout=0.1)
             except queue.Empty:
                 continue
-            if isinstance(event, AttemptDone | ChildStarted):
+            if isinstance(event, AttemptDone | ChildStarted | Progress):
                 self.handle(event)
         # Kill every still-running attempt's children at once: the stop must stay bounded.
         process.kill_groups([g for a in self.running for g in _groups(self.store.attempt(a))], grace=2.0)
         for attempt_id in list(self.running):
             self.store.update_attempt(attempt_id, status="interrupted", ended=self.clock(),
-                                      result={"reason": "daemon stopped before the action returned",
-                                              "clean_stop": True})
+                                      result=_with_progress(self.store.attempt(attempt_id), {
+                                          "reason": "daemon stopped before the action returned", "clean_stop": True}))
         self.running.clear()
         if self.executor is not None and not self.running:
             threading.Thread(target=self.executor.shutdown, daemon=True).start()
@@ -270,6 +276,11 @@ class Engine:
             c = event.child
             self.store.update_attempt(event.attempt_id, pid=c.pid, pgid=c.pgid, host=c.host, argv=list(c.argv),
                                       log=c.log)
+        elif isinstance(event, Progress):
+            # Kept in the running attempt's result, which a restart keeps (recover_attempts).
+            attempt = self.store.attempt(event.attempt_id)
+            notes = [*attempt["result"].get("progress", []), event.note]
+            self.store.update_attempt(event.attempt_id, result={**attempt["result"], "progress": notes})
         elif isinstance(event, tuple) and event and event[0] == "problem":
             self.store.add_problem(event[1], event[2])
         elif isinstance(event, Reload):
@@ -297,7 +308,7 @@ class Engine:
         result = done.result
         now = self.clock()
         kind = result.get("kind")
-        fields: dict[str, Any] = {"ended": now, "result": result}
+        fields: dict[str, Any] = {"ended": now, "result": _with_progress(attempt, result)}
         if not attempt.get("pid"):
             # The action ran in another process (HTEX): its children are known from disk.
             children = _children_on_disk(attempt)
@@ -310,7 +321,7 @@ class Engine:
             fields["exit_status"] = exit_status
         if self.stopping.is_set() and kind != "outcome":
             fields["status"] = "interrupted"
-            fields["result"] = {**result, "clean_stop": True}
+            fields["result"] = {**fields["result"], "clean_stop": True}
         elif kind == "outcome":
             fields["status"] = "succeeded" if result.get("trigger") else "waiting"
             if not result.get("trigger"):
@@ -382,9 +393,7 @@ class Engine:
         # A person released a hold the action asked for: they checked, so the step runs
         # again (not its recover action); holds and recover checks spend no retry budget.
         counted = [a for a in attempts if a["status"] == "failed" and a["step"] != "recover"]
-        # Only crashes count: a step that takes the daemon down with it must not loop forever,
-        # but a clean stop (SIGTERM, a reload of the service) says nothing about the step.
-        interrupted = [a for a in attempts if a["status"] == "interrupted" and not a["result"].get("clean_stop")]
+        interrupted = crashes_since_progress(attempts)
         policy = self.config.retry
         max_tries = st.retry.max_tries or policy.max_tries
         if status == "failed":
@@ -402,9 +411,9 @@ class Engine:
             if now < (last["not_before"] or 0):
                 self.schedule(last["not_before"], subject.id)
                 return
-        if len(interrupted) >= self.config.max_interruptions:
+        if interrupted >= self.config.max_interruptions:
             self.fire(subject, self.machines[subject.kind].spec.on_failure,
-                      reason=f"interrupted {len(interrupted)} times", evidence={"attempt": last["id"]})
+                      reason=f"interrupted {interrupted} times in a row with no progress", evidence={"attempt": last["id"]})
             return
         recover = st.recover if status == "interrupted" else None
         adjust = last["result"].get("adjust", {}) if status == "failed" else {}
@@ -467,7 +476,8 @@ class Engine:
         ctx = actions.ActionContext(
             subject=subject, stage=subject.state, attempt_id=attempt_id, try_number=try_number, workdir=workdir,
             config=self.config, adjust=adjust or {}, timeout=st.timeout, files=files, previous=previous or {},
-            notify=lambda aid, child: self.events.put(ChildStarted(aid, child)), stopping=self.stopping)
+            notify=lambda aid, child: self.events.put(ChildStarted(aid, child)),
+            on_progress=lambda aid, note: self.events.put(Progress(aid, note)), stopping=self.stopping)
         fn = actions.ACTIONS[recover or st.action]
         self.store.update_attempt(attempt_id, status="running", started=self.clock(), cwd=str(workdir),
                                   not_before=None)
@@ -693,6 +703,26 @@ def _groups(attempt: dict) -> set[int]:
     if attempt.get("pgid") and attempt.get("host") in (None, socket.gethostname()):
         groups.add(attempt["pgid"])
     return groups
+
+
+def crashes_since_progress(attempts: list[dict]) -> int:
+    """Attempts a crash interrupted since the last sign of progress (an attempt that
+    succeeded or reported progress). A step that takes the daemon down with it, and so
+    never gets anywhere, must not loop forever; one that moves forward between outside
+    kills must not be given up. A clean stop (SIGTERM, a reload) says nothing of the step."""
+    count = 0
+    for attempt in reversed(attempts):
+        if attempt["status"] == "succeeded" or attempt["result"].get("progress"):
+            break
+        if attempt["status"] == "interrupted" and not attempt["result"].get("clean_stop"):
+            count += 1
+    return count
+
+
+def _with_progress(attempt: dict, result: dict[str, Any]) -> dict[str, Any]:
+    """`result` keeping the progress the attempt reported while it ran."""
+    progress = attempt["result"].get("progress")
+    return {**result, "progress": progress} if progress else result
 
 
 def _result_of(future: Future) -> dict[str, Any]:

@@ -288,10 +288,13 @@ def test_killed_attempt_is_recovered_before_the_next(bias_repo, tmp_path):
     out = _run(b, repo, pipe, tmp_path, should_stop=stop, config_files={"cpBiasIsr": [str(slow)]})
     assert out.killed and out.status == "incomplete" and out.succeeded["cpBiasIsr"] >= 2
     assert R.pending_attempts(att, PARENT) == [att / out.run.replace("/", "_")]
-    nxt = _run(b, repo, pipe, tmp_path)
+    progress: list[str] = []
+    nxt = _run(b, repo, pipe, tmp_path, on_progress=progress.append)
     (rec,) = nxt.evidence["recovered_attempts"]
     assert rec["run"] == out.run and R.pending_attempts(att, PARENT) == []
     done_before = rec["succeeded"]["cpBiasIsr"]
+    # The engine hears of the kept quanta: this crash does not count against the step.
+    assert progress == [f"{done_before} quanta finished by the interrupted {out.run} were kept"]
     assert nxt.status == "succeeded" and nxt.succeeded["cpBiasIsr"] == 6 - done_before
     md = b.query_datasets("cpBiasIsr_metadata", collections=PARENT, find_first=False, explain=False)
     assert len(md) == 6 and len({r.dataId for r in md}) == 6

@@ -448,6 +448,7 @@ def run_step(
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
     on_start: Callable[[process.Child], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     now: dt.datetime | None = None,
     recover_pending: bool = True,
@@ -466,7 +467,8 @@ def run_step(
     memory failure. `attempt_root/<run with / as _>` is the attempt directory.
     `recover_pending`: first finish (`recover_attempt`) every earlier attempt of this
     parent under `attempt_root` that was left running or killed (raises RunnerError if
-    its child group is still alive on this host), so no finished quantum is redone.
+    its child group is still alive on this host), so no finished quantum is redone;
+    `on_progress` hears how many finished quanta that kept.
     """
     t0 = time.perf_counter()
     if mode not in ("bps", "pipetask"):
@@ -491,6 +493,9 @@ def run_step(
             rec = recover_attempt(butler, prev, run_child=run_child, env=env, rename_retryable=rename_retryable)
             recovered.append({"attempt_dir": str(prev), "run": rec.run, "status": rec.status,
                               "recovered": rec.recovered, "succeeded": rec.succeeded})
+            kept = sum(rec.succeeded.values())
+            if kept and on_progress is not None:
+                on_progress(f"{kept} quanta finished by the interrupted {rec.run} were kept")
         if recovered:
             outcome.evidence["recovered_attempts"] = recovered
     if fixed_inputs is not None:

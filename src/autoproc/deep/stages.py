@@ -264,6 +264,7 @@ class Steps:
                 clusters=_clusters(cfg, labels), env=cfg.env, timeout=cfg.step_timeout_seconds,
                 # The engine records the child's pid/pgid (to kill it after a restart) and stops it on SIGTERM.
                 on_start=(lambda child: notify(ctx.attempt_id, child)) if notify is not None else None,
+                on_progress=ctx.progress,
                 should_stop=stopping.is_set if stopping is not None else None)
         except runner.RunnerError as err:  # an earlier attempt's child is still running
             raise Wait(str(err), retry_after=10.0) from None
