@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from autoproc.engine import crashes_since_progress
 from autoproc.script import demo as scenario
 from autoproc.store import Store
 from conftest import journal_consistent
@@ -126,6 +127,16 @@ def progress(config) -> tuple[int, int]:
         return store.last_journal_id(), len(store.attempts(status=("queued", "running", "waiting")))
     finally:
         store.close()
+
+
+def longest_crash_streak(attempts: list[dict]) -> int:
+    """The most crashes one state entry suffered in a row with no progress between them
+    (what `max_interruptions` is compared with)."""
+    by_entry: dict[tuple[int, int], list[dict]] = {}
+    for a in sorted(attempts, key=lambda a: a["id"]):
+        by_entry.setdefault((a["subject_id"], a["entry"]), []).append(a)
+    return max((crashes_since_progress(chain[:i + 1]) for chain in by_entry.values() for i in range(len(chain))),
+               default=0)
 
 
 def settle(config, daemon: subprocess.Popen) -> bool:
@@ -299,6 +310,8 @@ def test_demo_survives_sigkills(tmp_path: Path):
                                             for k in kills for r in k["running"] if "state" in r)),
         "interrupted_attempts_in_store": len(interrupted),
         "interrupted_attempts_by_step": dict(Counter(a["step"] or a["stage"] for a in interrupted)),
+        "attempts_reporting_progress": sum(1 for a in attempts if a["result"].get("progress")),
+        "longest_crash_streak_without_progress": longest_crash_streak(attempts),
         "failures": failures,
         "postproc_launches": launches,
         "dag_submissions": dict(submissions),
