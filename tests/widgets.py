@@ -3,7 +3,9 @@
 A widget file (`<key>-<n>.w`) holds one instruction the build step obeys: `ok`,
 `fail`, `flaky` (fails on the first try), `sleep <seconds>`, `hold`, `crash` (the
 build's child exits 3), `hang` (the child and a grandchild ignore SIGTERM and never
-finish; their pids are appended to `<root>/hung.pids`). A `progress` word after an
+finish; their pids are appended to `<root>/hung.pids`), `spew <bytes>` (the child, a C
+tool, writes that much to its log), `bigfile <bytes>` (the child, Python, writes that much
+to a file in its working directory). A `progress` word after an
 instruction makes the build report progress before its child starts. Every finished
 action appends a line to `<root>/ledger.txt`, so tests can tell how often each ran.
 """
@@ -40,7 +42,7 @@ def widget_file(path: Path, config) -> FileInfo:
     if not text:
         raise ValueError(f"{path.name}: empty widget file")
     word = text.split()[0]
-    if word not in {"ok", "fail", "flaky", "sleep", "hold", "crash", "hang"}:
+    if word not in {"ok", "fail", "flaky", "sleep", "hold", "crash", "hang", "spew", "bigfile"}:
         raise ValueError(f"{path.name}: unknown instruction {word!r}")
     key = path.name.split("-", 1)[0]
     return FileInfo(subject=("widget", key), info={"instruction": text})
@@ -64,6 +66,13 @@ time.sleep(3600)
 """
 
 
+BIGFILE = """
+import sys
+with open("big.out", "wb") as f:
+    f.write(bytes(int(sys.argv[1])))
+"""
+
+
 @action()
 def build(ctx) -> Outcome:
     instructions = [f["info"]["instruction"] for f in ctx.files]
@@ -77,7 +86,14 @@ def build(ctx) -> Outcome:
         script = "raise SystemExit(3)"
     if "hang" in instructions:
         script = HANG
-    result = ctx.run([sys.executable, "-c", script, str(seconds), str(out), " ".join(instructions)], name="build")
+    argv = [sys.executable, "-c", script, str(seconds), str(out), " ".join(instructions)]
+    for i in instructions:
+        word, *arg = i.split()
+        if word in ("spew", "bigfile"):
+            argv_of = {"spew": ["head", "-c", *arg, "/dev/zero"], "bigfile": [sys.executable, "-c", BIGFILE, *arg]}
+            if not ctx.run(argv_of[word], name=word).ok:
+                raise Retry(f"{word} failed")
+    result = ctx.run(argv, name="build")
     if not result.ok:
         raise Retry(f"build child exited {result.returncode}", evidence={"log": str(result.log)})
     if "fail" in instructions:

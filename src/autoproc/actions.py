@@ -103,7 +103,9 @@ class ActionContext:
     def run(self, argv: Sequence[str], *, name: str = "child", cwd: Path | str | None = None,
             env: Mapping[str, str] | None = None, timeout: float | None = None) -> process.ChildResult:
         """Run a child process for this attempt: own process group, log under the attempt
-        directory, recorded so the daemon can find or kill it after a restart."""
+        directory, recorded so the daemon can find or kill it after a restart. A child that
+        failed because the disk or a file-size limit was full raises that OSError: the
+        attempt then waits for space instead of spending its retry budget."""
         log = self.workdir / f"{name}.log"
 
         def started(child: process.Child) -> None:
@@ -118,6 +120,9 @@ class ActionContext:
             on_start=started, should_stop=(stopping.is_set if stopping is not None else None))
         if result.timed_out:
             self.timed_out.append(f"{name} timed out after {limit:.0f} s; its process group was killed")
+        full = result.no_space()
+        if full is not None:
+            raise full
         return result
 
 

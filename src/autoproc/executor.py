@@ -8,7 +8,6 @@ picklable description of what happened, which the engine records.
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 import traceback
@@ -18,11 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from autoproc import actions
+from autoproc import actions, process
 from autoproc.config import ExecutorConfig
-
-# errno values that mean "the disk is full", whichever way it shows.
-NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def _with_timeouts(ctx: actions.ActionContext, reason: str) -> str:
@@ -53,7 +49,7 @@ def perform(fn: Callable[[actions.ActionContext], actions.Outcome], ctx: actions
     except actions.Fail as err:
         return {"kind": "fail", "reason": _with_timeouts(ctx, err.reason), "evidence": err.evidence}
     except OSError as err:
-        if err.errno in NO_SPACE:
+        if err.errno in process.NO_SPACE_ERRNOS:
             # The disk is full (or a file-size limit was hit): the environment's fault, not
             # the step's. Wait for space (no retry budget spent); the engine records a problem.
             return {"kind": "wait", "no_space": True, "retry_after": ctx.config.space_retry_seconds,

@@ -7,6 +7,7 @@ killed and restarted can still learn how a child it did not reap ended.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -16,8 +17,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# The wrapper's script is constant; argv reaches it only as positional parameters.
 KILL_GRACE_SECONDS = 3.0
+# errno values that mean "the disk is full", whichever way it shows (EFBIG: a file-size limit).
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# The wrapper's script is constant; argv reaches it only as positional parameters.
 # The status file is made 0640 whatever the child's umask (a subshell keeps it from the child).
 _WRAPPER = ('status="$1"; shift; "$@"; rc=$?; (umask 027; printf "%s\\n" "$rc" > "$status.tmp") '
             '&& mv "$status.tmp" "$status"; exit "$rc"')
@@ -56,6 +59,25 @@ class ChildResult:
 
     def tail(self, lines: int = 20) -> str:
         return log_tail(self.log, lines)
+
+    def no_space(self) -> OSError | None:
+        """Why this failed child looks like a victim of a full disk or a file-size limit
+        (then it is the environment's fault, not the step's), else None."""
+        if self.ok:
+            return None
+        if self.returncode in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ):  # direct, or through the wrapper's shell
+            return OSError(errno.EFBIG, f"{self.log.stem} was killed by SIGXFSZ: a file it wrote reached "
+                           "the file-size limit (ulimit -f, LimitFSIZE=)")
+        code = no_space_errno(self.tail(5))
+        if code is None:
+            return None
+        return OSError(code, f"{self.log.stem} failed with \"{os.strerror(code)}\" (see {self.log})")
+
+
+def no_space_errno(text: str) -> int | None:
+    """The no-space errno whose message `text` shows (as perror, Python's OSError and most
+    tools print it), else None."""
+    return next((code for code in NO_SPACE_ERRNOS if os.strerror(code) in text), None)
 
 
 def make_dirs(path: Path) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import calendar
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -212,6 +213,41 @@ def test_work_dir_full_then_space_back(write_config, tmp_path, daemon_factory):
         journal_in_order(config)
     finally:
         subprocess.run(["umount", "-l", str(work)], capture_output=True)  # noqa: S603,S607
+
+
+def test_file_size_limit_then_lifted(write_config, tmp_path, daemon_factory):
+    """The same fault without root: a file-size limit (`ulimit -f`, systemd's LimitFSIZE=)
+    on the daemon, which its children inherit. A C tool filling its log is killed by
+    SIGXFSZ; a Python child writing a big output file gets EFBIG. Both attempts wait for
+    space (no retry budget spent) and finish once the limit is lifted."""
+    limit, big = 16 << 20, 32 << 20
+    config, path, inbox = inbox_config(write_config, tmp_path, space_retry_seconds=0.5)
+    d = daemon_factory(path).start()
+    wait_for(lambda: daemon_up(config), what="daemon up")
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (limit, hard))
+    (inbox / "a-1.w").write_text("ok")
+    wait_for(lambda: all_done(config, ["a"]), what="a done under the limit")
+    (inbox / "log-1.w").write_text(f"spew {big}")
+    (inbox / "out-1.w").write_text(f"bigfile {big}")
+
+    def waiting_reasons(store):
+        return {store.subject_by_id(a["subject_id"]).key: a["result"].get("reason", "")
+                for a in store.attempts(status=("waiting",))}
+    reasons = wait_for(lambda: len(r := read(config, waiting_reasons)) == 2 and r, what="both attempts waiting")
+    assert "spew was killed by SIGXFSZ" in reasons["log"] and "file-size limit" in reasons["log"], reasons
+    assert 'bigfile failed with "File too large"' in reasons["out"], reasons
+    wait_for(lambda: sum("SIGXFSZ" in p or "File too large" in p for p in problems(config)) >= 2,
+             what="no-space problems")
+    st = states(config)
+    assert st["log"] == st["out"] == "building", st  # waiting: no budget spent, not failed
+    assert read(config, lambda s: [a for a in s.attempts() if a["status"] == "failed"]) == []
+    assert d.proc.poll() is None
+    resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))  # the limit is lifted
+    wait_for(lambda: all_done(config, ["log", "out"]), timeout=30, what="both done once the limit is lifted")
+    assert d.proc.poll() is None and "Traceback" not in d.output()
+    assert read(config, lambda s: s.file_counts()) == {"consumed": 3}
+    journal_in_order(config)
 
 
 # -- 3. a watched directory that disappears and comes back -----------------------------------
