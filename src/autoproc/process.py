@@ -63,15 +63,19 @@ class ChildResult:
     def no_space(self) -> OSError | None:
         """Why this failed child looks like a victim of a full disk or a file-size limit
         (then it is the environment's fault, not the step's), else None."""
-        if self.ok:
-            return None
-        if self.returncode in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ):  # direct, or through the wrapper's shell
-            return OSError(errno.EFBIG, f"{self.log.stem} was killed by SIGXFSZ: a file it wrote reached "
-                           "the file-size limit (ulimit -f, LimitFSIZE=)")
-        code = no_space_errno(self.tail(5))
-        if code is None:
-            return None
-        return OSError(code, f"{self.log.stem} failed with \"{os.strerror(code)}\" (see {self.log})")
+        return None if self.ok else no_space(f"{self.log.stem}", self.returncode, self.tail(5), self.log)
+
+
+def no_space(what: str, returncode: int, log_text: str, log: Path | str) -> OSError | None:
+    """The OSError a failed child `what` shows, by its exit status or the last lines of
+    its log, if a full disk or a file-size limit made it fail; else None."""
+    if returncode in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ):  # direct, or through the wrapper's shell
+        return OSError(errno.EFBIG, f"{what} was killed by SIGXFSZ: a file it wrote reached "
+                       "the file-size limit (ulimit -f, LimitFSIZE=)")
+    code = no_space_errno(log_text)
+    if code is None:
+        return None
+    return OSError(code, f"{what} failed with \"{os.strerror(code)}\" (see {log})")
 
 
 def no_space_errno(text: str) -> int | None:

@@ -5,6 +5,7 @@ log rename, and failure classification."""
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 
 import pytest
@@ -186,6 +187,21 @@ def test_fatal_failure_then_skip_failures_then_release(bias_repo, tmp_path):
     assert s2.status == "succeeded" and s2.succeeded == {"cpBiasCombine": 2}
     chain = list(b.collections.get_info(PARENT).children)
     assert chain[0] == s2.run and chain.index(fixed.run) < chain.index(out.run)
+
+
+def test_disk_full_quanta_wait_for_space_then_run_again(bias_repo, tmp_path):
+    b, repo, pipe = bias_repo
+    cfg = fail_config(tmp_path, "detector = 1", "autoproc.sim.deep.flaky.DiskFull", "full.py")
+    out = _run(b, repo, pipe, tmp_path, config_files={"cpBiasIsr": [str(cfg)]})
+    assert out.status == "failed" and out.failed == {"cpBiasIsr": 3}
+    assert all(f.no_space and f.retryable and "No space left on device" in f.message for f in out.failures)
+    assert out.renamed_logs == 3  # not "failed for good": skip-failures will not skip them
+    full = out.no_space()
+    assert full.errno == errno.ENOSPC and full.strerror.startswith('3 quanta failed with "No space left on device"')
+    assert _run(b, repo, pipe, tmp_path).no_space() is None  # space is back: the three run again
+    assert Q.check_step(b, pipe, "step1", PARENT).succeeded == {"cpBiasIsr": 6}
+    md = b.query_datasets("cpBiasIsr_metadata", collections=PARENT, find_first=False, explain=False)
+    assert len(md) == 6 and len({r.dataId for r in md}) == 6
 
 
 def test_memory_failure_is_retryable_and_log_renamed(bias_repo, tmp_path):

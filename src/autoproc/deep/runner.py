@@ -115,10 +115,12 @@ class FailedQuantum:
     retryable: bool
     log_id: str
     run: str
+    no_space: bool = False  # a full disk or a file-size limit: runs again once there is space
 
     def to_json(self) -> dict:
         return {"task": self.task, "data_id": dict(self.data_id), "exception_type": self.exception_type,
-                "message": self.message, "retryable": self.retryable, "log_id": self.log_id, "run": self.run}
+                "message": self.message, "retryable": self.retryable, "log_id": self.log_id, "run": self.run,
+                "no_space": self.no_space}
 
 
 @dataclass
@@ -162,6 +164,20 @@ class StepOutcome:
     @property
     def fatal_failures(self) -> list[FailedQuantum]:
         return [f for f in self.failures if not f.retryable]
+
+    def no_space(self) -> OSError | None:
+        """The full disk or file-size limit this attempt ran into, if it shows: in failed
+        quanta's exceptions, or the child's exit status and last log lines."""
+        if self.status not in ("failed", "incomplete"):
+            return None
+        full = [f for f in self.failures if f.no_space]
+        if full:
+            code = process.no_space_errno(full[0].message)
+            return OSError(code, f"{len(full)} quanta failed with \"{os.strerror(code)}\", e.g. {full[0].task} "
+                           f"{full[0].data_id}")
+        log = self.evidence.get("log", "")
+        tail = "\n".join(str(self.evidence.get("log_tail", "")).splitlines()[-5:])
+        return next((e for rc in self.returncodes if (e := process.no_space(Path(log).stem, rc, tail, log))), None)
 
     def to_json(self) -> dict:
         return {
@@ -225,9 +241,10 @@ def judge_run(butler, run: str, tasks: Sequence[str], expected: Mapping[str, int
             nfail += 1
             msgs = _log_messages(butler, ref)
             etype, emsg = _parse_exception(msgs)
+            full = process.no_space_errno(emsg) is not None
             failures.append(FailedQuantum(task=task, data_id=dict(ref.dataId.required), exception_type=etype,
-                                          message=emsg[:2000], retryable=is_memory_failure(msgs),
-                                          log_id=str(ref.id), run=run))
+                                          message=emsg[:2000], retryable=is_memory_failure(msgs) or full,
+                                          log_id=str(ref.id), run=run, no_space=full))
         succeeded[task] = len(md)
         failed[task] = nfail
         if expected is not None:

@@ -270,6 +270,9 @@ class Steps:
             raise Wait(str(err), retry_after=10.0) from None
         ev = _step_evidence(out)
         what = f"{self.parent} {step}"
+        full = out.no_space()
+        if full is not None:  # the engine waits for space; the failed quanta run again then
+            raise OSError(full.errno, f"{what}: {full.strerror}")
         fatal = [f.to_json() for f in out.fatal_failures]
         if out.status in ("succeeded", "nothing_to_do"):
             return Outcome("next_step", evidence=ev, reason=f"{what}: {sum(out.succeeded.values())} quanta "

@@ -10,12 +10,14 @@ Every task of the mock DEEP pipelines uses this class; with nothing switched on 
    ``$AUTOPROC_SIM_FAIL_DIR/<task label>.fail`` exists, quanta of that task fail. Line 1 of the file is
    a Butler where-expression on the quantum data ID (empty = every quantum), line 2 an optional
    exception type (default ``builtins.RuntimeError``; ``builtins.MemoryError`` makes the failure look
-   retryable to the DEEP retries.py regexes). The variable is inherited by ``pipetask`` and by bps job
+   retryable to the DEEP retries.py regexes; ``autoproc.sim.deep.flaky.DiskFull`` is what a write to a
+   full disk raises). The variable is inherited by ``pipetask`` and by bps job
    subprocesses, so a test can flip failures on and off between attempts.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,16 @@ from lsst.pipe.base.tests.mocks import (
 )
 from lsst.utils import doImportType
 
-__all__ = ["FAIL_DIR_ENV", "FlakyTestPipelineTask", "FlakyTestPipelineTaskConfig", "set_failure"]
+__all__ = ["FAIL_DIR_ENV", "DiskFull", "FlakyTestPipelineTask", "FlakyTestPipelineTaskConfig", "set_failure"]
 
 FAIL_DIR_ENV = "AUTOPROC_SIM_FAIL_DIR"
+
+
+class DiskFull(OSError):
+    """What a quantum's write to a full disk raises: `[Errno 28] No space left on device: '<what>'`."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), message)
 
 
 class FlakyTestPipelineTaskConfig(DynamicTestPipelineTaskConfig):
