@@ -1,10 +1,14 @@
 """Actions run through Parsl: threads by default, a HighThroughputExecutor from config."""
 
+import json
 import os
+import signal
 import threading
+from pathlib import Path
 
 import pytest
 
+from autoproc import process
 from autoproc.config import ExecutorConfig
 from autoproc.engine import Engine
 from autoproc.executor import build_parsl_config
@@ -57,3 +61,130 @@ def test_actions_run_on_a_local_htex(write_config, tmp_path, monkeypatch):
         engine.stop()
         thread.join(10)
         engine.shutdown()
+
+
+# A machine of its own for the lost-worker test: HTEX notices a dead worker only at its
+# watchdog's next tick (heartbeat_period, 30 s), so the first try's child must outlive that,
+# while the retry is quick. The child (not the action) appends to the ledger when it finishes.
+ORPHAN_MACHINE = """
+kind: orphan
+plugins: [htex_orphan_plugin]
+initial: working
+states:
+  working:
+    action: htex_orphan_work
+    step: work
+    retry: {max_tries: 3, backoff_seconds: 0.05}
+  done: {terminal: true}
+  failed: {terminal: true, attention: true}
+transitions:
+  - {trigger: worked, source: working, dest: done}
+  - {trigger: fail, source: working, dest: failed}
+"""
+ORPHAN_PLUGIN = """
+import sys
+from pathlib import Path
+from autoproc.actions import Outcome, Retry, action
+
+CHILD = "import sys, time; time.sleep(float(sys.argv[1])); open(sys.argv[2], 'a').write(sys.argv[3] + chr(10))"
+
+@action()
+def htex_orphan_work(ctx):
+    seconds = 90 if ctx.try_number == 1 else 0.5
+    ledger = Path(ctx.config.root) / "ledger.txt"
+    result = ctx.run([sys.executable, "-c", CHILD, str(seconds), str(ledger), f"work try={ctx.try_number}"],
+                     name="work")
+    if not result.ok:
+        raise Retry(f"work child exited {result.returncode}")
+    return Outcome("worked")
+"""
+
+
+@pytest.mark.slow
+def test_htex_worker_killed_under_an_action_retries_without_its_orphan(write_config, tmp_path, monkeypatch):
+    """The HTEX worker running an action is SIGKILLed (as the OOM killer would) while the
+    action's child runs: the attempt's future fails (WorkerLost), the subject is retried and
+    done, and the child group the dead worker started is killed before the attempt is
+    recorded, so it never runs beside the retry."""
+    plugins = tmp_path / "plugins"
+    machines = tmp_path / "machines"
+    plugins.mkdir()
+    machines.mkdir()
+    (plugins / "htex_orphan_plugin.py").write_text(ORPHAN_PLUGIN)
+    (machines / "orphan.yaml").write_text(ORPHAN_MACHINE)
+    monkeypatch.syspath_prepend(str(plugins))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")]))
+    config, _ = write_config(machines_dir=str(machines),
+                             executor={"kind": "htex", "max_workers": 2, "provider": {"kind": "local"}})
+    engine = Engine(config)
+    engine.start()
+    thread = threading.Thread(target=engine.run, daemon=True)
+    thread.start()
+    view = Store(config.db)  # the test thread's own connection
+    child: dict = {}
+    try:
+        subject, _ = view.ensure_subject("orphan", "o", "working", actor="test")
+        engine.events.put(lambda e: e.evaluate(subject.id))
+
+        def first_child() -> tuple[dict, dict] | None:
+            for a in view.attempts(subject.id):
+                path = Path(a["cwd"] or "/nonexistent") / "work.child.json"
+                if path.exists():
+                    return a, json.loads(path.read_text())
+            return None
+
+        first, child = wait_for(first_child, timeout=120, what="the work child started on an HTEX worker")
+        worker = _ppid(child["pid"])
+        assert any("process_worker_pool" in " ".join(_argv(p)) for p in _ancestors(worker)), _argv(worker)
+        assert not group_gone(child["pgid"])
+        os.kill(worker, signal.SIGKILL)
+
+        ended = wait_for(lambda: (a := view.attempt(first["id"]))["status"] != "running" and a,
+                         timeout=60, interval=0.02, what="the lost attempt recorded")
+        assert ended["status"] == "failed" and ended["result"]["kind"] == "retry", ended
+        assert "WorkerLost" in ended["result"]["reason"], ended
+        # Recorded (and so retried) only once the dead worker's child group is gone.
+        assert group_gone(child["pgid"]), f"the dead worker's child group {child['pgid']} is still running"
+        wait_for(lambda: view.subject("orphan", "o").state == "done", timeout=60, what="done after the retry")
+        assert [(a["try"], a["status"]) for a in view.attempts(subject.id)] == [
+            (1, "failed"), (2, "succeeded")]
+        assert (config.root / "ledger.txt").read_text().splitlines() == ["work try=2"]
+        assert not Path(child["status_file"]).exists()  # the first child never finished
+    finally:
+        view.close()
+        engine.stop()
+        thread.join(10)
+        engine.shutdown()
+        if child:  # whatever happened, no orphan outlives the test
+            process.kill_group(child["pgid"], grace=0.5)
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _ancestors(pid: int) -> list[int]:
+    out = []
+    while pid > 1:
+        out.append(pid)
+        pid = _ppid(pid)
+    return out
+
+
+def group_gone(pgid: int) -> bool:
+    """No live process in the group (a reparented orphan that is a zombie is not running)."""
+    for p in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except (OSError, NotADirectoryError):
+            continue
+        if int(stat[2]) == pgid and stat[0] != "Z":
+            return False
+    return True
