@@ -340,9 +340,8 @@ def process_bias(ctx: ActionContext) -> Outcome:
     cfg, night = ctx.config.deep, ctx.subject.key
     n = names(cfg)
     with open_butler(ctx.config) as butler:
-        tag = colls.tag_raws(butler, night, "bias", names=n)
-        steps = Steps(ctx, butler, "bias", n.parent("bias", night), n.fixed_inputs("bias", night))
-        if tag.total and (step := steps.advance()) is not None:
+        tag, steps, step = _tag_and_advance(ctx, butler, "bias", _tag_raws("bias"), n.parent("bias", night))
+        if step is not None:
             return step
         evidence: dict[str, Any] = {"raws": tag.to_json(), "steps": _step_summary(steps)}
         why = "no zeros" if not tag.total else ("failed quanta" if any(steps.failed.values()) else "")
@@ -373,9 +372,8 @@ def process_flat(ctx: ActionContext) -> Outcome:
     cfg, night = ctx.config.deep, ctx.subject.key
     n = names(cfg)
     with open_butler(ctx.config) as butler:
-        tag = colls.tag_raws(butler, night, "flat", names=n)
-        steps = Steps(ctx, butler, "flat", n.parent("flat", night), n.fixed_inputs("flat", night))
-        if tag.total and (step := steps.advance()) is not None:
+        tag, steps, step = _tag_and_advance(ctx, butler, "flat", _tag_raws("flat"), n.parent("flat", night))
+        if step is not None:
             return step
         evidence: dict[str, Any] = {"raws": tag.to_json(), "steps": _step_summary(steps)}
         own = _own_calibs(ctx)
@@ -418,8 +416,7 @@ def process_flat(ctx: ActionContext) -> Outcome:
 def process_drp(ctx: ActionContext) -> Outcome:
     """drp: tag the science raws, run the configured DRP steps (to warps)."""
     return _tag_then_steps(
-        ctx, "drp", lambda butler, n, night: colls.tag_raws(butler, night, "drp", names=n),
-        lambda n, night: n.parent("drp", night), done="drp_done", tagged="raws",
+        ctx, "drp", _tag_raws("drp"), lambda n, night: n.parent("drp", night), done="drp_done", tagged="raws",
         reasons=("DRP steps done", "no science exposures"))
 
 
@@ -432,18 +429,29 @@ def nightly_coadd(ctx: ActionContext) -> Outcome:
         reasons=("nightly coadd done", "no warps to coadd"))
 
 
+def _tag_raws(proc: str):
+    return lambda butler, n, night: colls.tag_raws(butler, night, proc, names=n)
+
+
+def _tag_and_advance(ctx: ActionContext, butler: Any, proc: str, tag_inputs, parent: str):
+    """Tag a proc type's inputs into its collection and run its next step with work left:
+    (the tagging, the Steps, that step's Outcome or None when there is none or nothing was tagged)."""
+    n, night = names(ctx.config.deep), ctx.subject.key
+    tag = tag_inputs(butler, n, night)
+    steps = Steps(ctx, butler, proc, parent, n.fixed_inputs(proc, night))
+    return tag, steps, (steps.advance() if tag.total else None)
+
+
 def _tag_then_steps(ctx: ActionContext, proc: str, tag_inputs, parent_of, *, done: str, tagged: str,
                     reasons: tuple[str, str]) -> Outcome:
     """Tag a proc type's inputs into their collection, then run its next step with work
     left (a `next_step` Outcome), or say the proc type is `done` (nothing tagged: nothing to do)."""
     if (late := _late_raws(ctx)) is not None:
         return late
-    night = ctx.subject.key
-    n = names(ctx.config.deep)
     with open_butler(ctx.config) as butler:
-        tag = tag_inputs(butler, n, night)
-        steps = Steps(ctx, butler, proc, parent_of(n, night), n.fixed_inputs(proc, night))
-        if tag.total and (step := steps.advance()) is not None:
+        tag, steps, step = _tag_and_advance(ctx, butler, proc, tag_inputs,
+                                            parent_of(names(ctx.config.deep), ctx.subject.key))
+        if step is not None:
             return step
     return Outcome(done, evidence={tagged: tag.to_json(), "steps": _step_summary(steps)},
                    reason=reasons[0] if tag.total else reasons[1])
