@@ -318,10 +318,11 @@ class Config(Section):
                                 "do yet runs again, unless it says when (`Outcome(None, retry_after=…)`).")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     max_interruptions: int = Field(
-        default=10, ge=1, description="Daemon crashes (not clean stops) in a row, with no sign of progress between "
+        default=30, ge=1, description="Daemon crashes (not clean stops) in a row, with no sign of progress between "
         "them, after which a state counts as failed: the guard against a step that takes the daemon down with it. "
         "An attempt that succeeds or reports progress (e.g. a DEEP step recovering finished quanta of the killed "
-        "one) starts the count again, so outside kills of a step that moves forward never exhaust it.")
+        "one) starts the count again, so outside kills of a step that moves forward never exhaust it; generous, "
+        "because kills that come faster than a step can finish anything also count.")
     limits: dict[str, int] = Field(default_factory=dict, description="Actions running at once per concurrency group.")
     deadlines: dict[str, float] = Field(default_factory=dict, description="Seconds, by `kind.state`; overrides machines.")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
