@@ -306,6 +306,10 @@ class Engine:
         if group:
             self.running_groups[group] = max(0, self.running_groups.get(group, 1) - 1)
         result = done.result
+        if result.get("executor_lost"):
+            # The process that ran the action is gone (e.g. a lost HTEX worker), but the children it
+            # started live on in their own groups: stop them first, so a retry never runs beside them.
+            process.kill_groups(_groups(attempt), grace=2.0)
         now = self.clock()
         kind = result.get("kind")
         fields: dict[str, Any] = {"ended": now, "result": _with_progress(attempt, result)}
@@ -729,7 +733,8 @@ def _result_of(future: Future) -> dict[str, Any]:
     try:
         return future.result()
     except Exception as err:  # the executor itself failed (e.g. a lost HTEX worker)
-        return {"kind": "retry", "reason": f"executor: {type(err).__name__}: {err}", "evidence": {}}
+        return {"kind": "retry", "reason": f"executor: {type(err).__name__}: {err}", "evidence": {},
+                "executor_lost": True}
 
 
 def subject_ref(store: Store, attempt: dict) -> str:
