@@ -32,6 +32,26 @@ def wait_for(condition: Callable[[], object], timeout: float = 20.0, interval: f
         time.sleep(interval)
 
 
+def _stat(pid: int | str) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (state first), or None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except (OSError, NotADirectoryError):
+        return None
+
+
+def pid_gone(pid: int) -> bool:
+    """Dead or a zombie (a reparented orphan not reaped yet is no longer running)."""
+    stat = _stat(pid)
+    return stat is None or stat[0] == "Z"
+
+
+def group_gone(pgid: int) -> bool:
+    """No running process left in the process group."""
+    return all(stat is None or stat[0] == "Z" or int(stat[2]) != pgid
+               for stat in (_stat(p) for p in os.listdir("/proc") if p.isdigit()))
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH", "")) if p)

@@ -1,6 +1,5 @@
 """`autoproc daemon` as a real process: signals, kill -9, restarts, overrides from the CLI."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from autoproc.store import Store
-from conftest import child_env, journal_consistent, states, wait_for
+from conftest import child_env, group_gone, journal_consistent, states, wait_for
 
 
 def config_with_inbox(write_config, tmp_path, **extra):
@@ -31,14 +30,6 @@ def running_attempts(config):
         return [a for a in store.attempts(status=("running",)) if a["pgid"]]
     finally:
         store.close()
-
-
-def group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def test_sigterm_stops_within_ten_seconds_and_kills_children(write_config, tmp_path, daemon_factory):

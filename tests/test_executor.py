@@ -13,7 +13,7 @@ from autoproc.config import ExecutorConfig
 from autoproc.engine import Engine
 from autoproc.executor import build_parsl_config
 from autoproc.store import Store
-from conftest import TESTS, wait_for
+from conftest import TESTS, group_gone, wait_for
 
 
 def test_threads_by_default(tmp_path):
@@ -176,15 +176,3 @@ def _ancestors(pid: int) -> list[int]:
         out.append(pid)
         pid = _ppid(pid)
     return out
-
-
-def group_gone(pgid: int) -> bool:
-    """No live process in the group (a reparented orphan that is a zombie is not running)."""
-    for p in os.listdir("/proc"):
-        try:
-            stat = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
-        except (OSError, NotADirectoryError):
-            continue
-        if int(stat[2]) == pgid and stat[0] != "Z":
-            return False
-    return True

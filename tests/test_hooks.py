@@ -18,7 +18,7 @@ from autoproc.config import parse_config
 from autoproc.hooks import Hooks, RuleError, discover, hook_environment, parse_rule
 from autoproc.machines import Change
 from autoproc.store import Store, Subject
-from conftest import states, wait_for
+from conftest import pid_gone, states, wait_for
 
 REPO_HOOKS = Path(__file__).resolve().parents[1] / "hooks"
 
@@ -35,14 +35,6 @@ def problems(config, source: str) -> list[str]:
         return [p["message"] for p in store.problems(limit=100) if p["source"] == source]
     finally:
         store.close()
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def test_daemon_runs_hooks_on_failed(write_config, tmp_path, daemon_factory, monkeypatch):

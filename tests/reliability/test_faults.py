@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from autoproc.store import Store
-from conftest import MACHINES, child_env, states, wait_for
+from conftest import MACHINES, child_env, group_gone, pid_gone, states, wait_for
 
 LOCK_SECONDS = float(os.environ.get("AUTOPROC_LOCK_SECONDS", "30"))
 
@@ -79,30 +79,6 @@ def journal_in_order(config) -> None:
                 assert after["from_state"] == before["to_state"], (before, after)
             assert store.subject_by_id(subject_id).state == chain[-1]["to_state"]
     read(config, check)
-
-
-def pid_gone(pid: int) -> bool:
-    """Dead or a zombie (a reparented orphan not reaped yet is no longer running)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-def group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return all(pid_gone(int(p)) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pgid)
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
 
 
 # -- 1. the state database locked by another process --------------------------------------
