@@ -29,6 +29,7 @@ def test_htex_on_slurm_is_built_from_config(tmp_path):
                      "walltime": "04:00:00", "worker_init": "source /opt/setup.sh"}}), tmp_path)
     (executor,) = cfg.executors
     assert type(executor).__name__ == "HighThroughputExecutor"
+    assert (executor.heartbeat_period, executor.heartbeat_threshold) == (30, 120)
     provider = executor.provider
     assert type(provider).__name__ == "SlurmProvider"
     assert (provider.partition, provider.account, provider.max_blocks, provider.walltime) == (
@@ -64,8 +65,8 @@ def test_actions_run_on_a_local_htex(write_config, tmp_path, monkeypatch):
 
 
 # A machine of its own for the lost-worker test: HTEX notices a dead worker only at its
-# watchdog's next tick (heartbeat_period, 30 s), so the first try's child must outlive that,
-# while the retry is quick. The child (not the action) appends to the ledger when it finishes.
+# watchdog's next tick (executor.heartbeat_seconds), so the first try's child must outlive
+# that, while the retry is quick. The child (not the action) appends to the ledger when it finishes.
 ORPHAN_MACHINE = """
 kind: orphan
 plugins: [htex_orphan_plugin]
@@ -115,7 +116,8 @@ def test_htex_worker_killed_under_an_action_retries_without_its_orphan(write_con
     monkeypatch.syspath_prepend(str(plugins))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")]))
     config, _ = write_config(machines_dir=str(machines),
-                             executor={"kind": "htex", "max_workers": 2, "provider": {"kind": "local"}})
+                             executor={"kind": "htex", "max_workers": 2, "provider": {"kind": "local"},
+                                       "heartbeat_seconds": 2})
     engine = Engine(config)
     engine.start()
     thread = threading.Thread(target=engine.run, daemon=True)

@@ -90,6 +90,10 @@ class ExecutorConfig(Section):
         default="threads", description="`threads`: Parsl ThreadPoolExecutor in the daemon; `htex`: HighThroughputExecutor.")
     max_workers: int = Field(default=4, ge=1, description="Actions running at once.")
     provider: ProviderConfig = Field(default_factory=ProviderConfig, description="HTEX only.")
+    heartbeat_seconds: int = Field(
+        default=30, ge=1, description="HTEX only: how often worker pools check their workers and talk to the "
+        "interchange. A killed worker's action is retried (its children killed first) within about this long; "
+        "a silent pool is given up after four heartbeats.")
 
 
 class HooksConfig(Section):

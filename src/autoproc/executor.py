@@ -84,7 +84,9 @@ def build_parsl_config(cfg: ExecutorConfig, run_dir: Path):
 
             provider = LocalProvider(init_blocks=p.init_blocks or 1, min_blocks=p.min_blocks,
                                      max_blocks=p.max_blocks, worker_init=p.worker_init)
-        executor = HighThroughputExecutor(label="actions", provider=provider, max_workers_per_node=cfg.max_workers)
+        executor = HighThroughputExecutor(label="actions", provider=provider, max_workers_per_node=cfg.max_workers,
+                                          heartbeat_period=cfg.heartbeat_seconds,
+                                          heartbeat_threshold=4 * cfg.heartbeat_seconds)
     return Config(executors=[executor], run_dir=str(run_dir), retries=0, app_cache=False,
                   strategy="none" if cfg.kind == "threads" else "simple", initialize_logging=False)
 
