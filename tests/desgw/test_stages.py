@@ -22,6 +22,7 @@ from autoproc.desgw.stages import (
     exposure_key,
     exposure_list_file,
     find_dag_submission,
+    find_postprocessing_result,
     resume_point,
     split_exposure_key,
     write_dagmaker_rc,
@@ -223,6 +224,27 @@ def test_resume_point_only_for_the_same_exposures(tmp_path: Path) -> None:
     post_processed(outdir, cwd, [941225, 941226], truth_age=60)
     stale = resume_point(outdir, S, cwd, [941225, 941226])
     assert stale.skipto == 1 and "predate step 0" in stale.reason
+
+
+@pytest.mark.parametrize(("launched", "progress"), [
+    (0, ["post-processing got from step 0 to 5 before it was interrupted"]),
+    (5, []),  # killed again before step 5 finished: no progress
+])
+def test_recover_of_postprocessing_reports_steps_done(tmp_path: Path, launched: int, progress: list[str]) -> None:
+    pp = tmp_path / "postproc"
+    pp.mkdir()
+    ctx = make_ctx(tmp_path, "season", str(S), "postprocessing", postproc_dir=str(pp), attempt_id=20)
+    store = Store(ctx.config.db)
+    for e in (941225, 941226):
+        store.ensure_subject("exposure", exposure_key(S, e), "ready", actor="test")
+    store.close()
+    post_processed(pp / "outputs" / f"season{S}", pp, [941225, 941226])  # steps 0..4 finished
+    interrupted(ctx, {"launch.json": json.dumps({"skipto": launched, "plusname": "truthplus.tab"})})
+    heard: list[str] = []
+    ctx.on_progress = lambda attempt_id, note: heard.append(note)
+    with pytest.raises(Retry, match="did not complete"):
+        find_postprocessing_result(ctx)
+    assert heard == progress
 
 
 # ---------------------------------------------------------------- season requests and dagmaker.rc

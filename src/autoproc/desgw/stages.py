@@ -11,6 +11,7 @@ per attempt) and turns what it finds into Outcomes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -497,6 +498,9 @@ def run_postprocessing(ctx: ActionContext) -> Outcome:
     launch = postproc.build_postproc_launch(
         pp, outdir, number, decision.skipto, update_links=cfg.postproc_update_links,
         nite=new_nites.pop() if len(new_nites) == 1 else None, python=cfg.postproc_python)
+    # Where this launch starts: after a crash, `find_postprocessing_result` compares it with
+    # where the outputs now say to resume, to tell the engine whether the run got anywhere.
+    process.write_private(ctx.workdir / "launch.json", json.dumps({"skipto": decision.skipto, "plusname": plusname}))
     result = ctx.run(launch.argv, name="postproc", cwd=launch.cwd)
     status = postproc.read_postproc_status(pp, number)
     run = {"expnums": expnums, "skipto": decision.skipto, "skipto_reason": decision.reason,
@@ -516,6 +520,20 @@ def run_postprocessing(ctx: ActionContext) -> Outcome:
                 f"{result.tail(3)}", evidence=run)
 
 
+def _report_postproc_progress(ctx: ActionContext, outdir: Path, number: int, expnums: list[int]) -> None:
+    """Tell the engine when the interrupted run finished steps (its SKIPTO moves on)."""
+    where = _interrupted_attempt_dir(ctx)
+    try:
+        launch = json.loads((where / "launch.json").read_text()) if where else None
+    except (OSError, ValueError):
+        launch = None
+    if not launch:
+        return
+    now = resume_point(outdir, number, postproc_dir(ctx.config.desgw), expnums, launch["plusname"]).skipto
+    if now > launch["skipto"]:
+        ctx.progress(f"post-processing got from step {launch['skipto']} to {now} before it was interrupted")
+
+
 @action()
 def find_postprocessing_result(ctx: ActionContext) -> Outcome:
     """After a crash: a run over these exposures that completed is taken as done; otherwise
@@ -526,6 +544,7 @@ def find_postprocessing_result(ctx: ActionContext) -> Outcome:
     expnums = [split_exposure_key(s.key)[1] for s in postproc_exposures(ctx.config, number)]
     status = _run_finished(cfg, number, outdir, expnums)
     if status is None:
+        _report_postproc_progress(ctx, outdir, number, expnums)
         raise Retry("the interrupted post-processing run did not complete: run it again")
     return _finished_outcome(ctx, {"expnums": expnums, "recovered": True, "status": _status_flags(status)},
                              expnums, outdir, "the interrupted post-processing run had completed")
