@@ -63,7 +63,7 @@ class ChildResult:
     def no_space(self) -> OSError | None:
         """Why this failed child looks like a victim of a full disk or a file-size limit
         (then it is the environment's fault, not the step's), else None."""
-        return None if self.ok else no_space(f"{self.log.stem}", self.returncode, self.tail(5), self.log)
+        return None if self.ok else no_space(self.log.stem, self.returncode, self.tail(5), self.log)
 
 
 def no_space(what: str, returncode: int, log_text: str, log: Path | str) -> OSError | None:
