@@ -433,7 +433,8 @@ def _tag_raws(proc: str):
     return lambda butler, n, night: colls.tag_raws(butler, night, proc, names=n)
 
 
-def _tag_and_advance(ctx: ActionContext, butler: Any, proc: str, tag_inputs, parent: str):
+def _tag_and_advance(ctx: ActionContext, butler: Any, proc: str, tag_inputs, parent: str
+                     ) -> tuple[Any, Steps, Outcome | None]:
     """Tag a proc type's inputs into its collection and run its next step with work left:
     (the tagging, the Steps, that step's Outcome or None when there is none or nothing was tagged)."""
     n, night = names(ctx.config.deep), ctx.subject.key
