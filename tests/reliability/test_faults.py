@@ -213,8 +213,11 @@ def test_file_size_limit_then_lifted(write_config, tmp_path, daemon_factory):
     reasons = wait_for(lambda: len(r := read(config, waiting_reasons)) == 2 and r, what="both attempts waiting")
     assert "spew was killed by SIGXFSZ" in reasons["log"] and "file-size limit" in reasons["log"], reasons
     assert 'bigfile failed with "File too large"' in reasons["out"], reasons
-    wait_for(lambda: sum("SIGXFSZ" in p or "File too large" in p for p in problems(config)) >= 2,
-             what="no-space problems")
+    def full_problems() -> int:
+        return sum("SIGXFSZ" in p or "File too large" in p for p in problems(config))
+    wait_for(lambda: full_problems() >= 2, what="no-space problems")
+    time.sleep(2.0)  # a few more tries each (every 0.5 s): still one problem row per attempt
+    assert full_problems() == 2, problems(config)
     st = states(config)
     assert st["log"] == st["out"] == "building", st  # waiting: no budget spent, not failed
     assert read(config, lambda s: [a for a in s.attempts() if a["status"] == "failed"]) == []
