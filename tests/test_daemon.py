@@ -7,7 +7,10 @@ import time
 from pathlib import Path
 
 import yaml
+from rich.console import Console
 
+from autoproc.cli.render import subject_view
+from autoproc.script.inspect import show as show_info
 from autoproc.store import Store
 from conftest import child_env, group_gone, journal_consistent, states, wait_for
 
@@ -138,5 +141,8 @@ def test_kill9_during_actions_then_restart(write_config, tmp_path, daemon_factor
     # The progress s reported before the kill survived it (it resets the crash count).
     assert interrupted["s"]["result"]["progress"] == ["half built"]
     assert "progress" not in interrupted["t"]["result"]
+    console = Console(width=400, record=True)  # what `autoproc show widget s` prints
+    console.print(subject_view(show_info(store, "widget", "s")))
+    assert "[progress: half built]" in console.export_text()
     assert store.file_counts() == {"consumed": 9}
     assert yaml.safe_load(path.read_text())["root"] == str(config.root)

@@ -85,6 +85,8 @@ def subject_view(info: dict[str, Any]) -> Group:
         attempts.add_column(col)
     for a in info["attempts"]:
         reason = a["result"].get("reason") or a["result"].get("trigger") or ""
+        if a["result"].get("progress"):  # what an interrupted attempt got done (see max_interruptions)
+            reason = f"{reason} [progress: {'; '.join(a['result']['progress'])}]".strip()
         attempts.add_row(str(a["id"]), a["stage"], a["step"], str(a["try"]), a["status"], _when(a["started"]),
                          "" if a["exit_status"] is None else str(a["exit_status"]), Text(a["log"] or a["cwd"] or ""),
                          Text(str(reason)[:200]))
