@@ -17,6 +17,7 @@ from steps_support import NIGHT, bias_pipeline, fail_config, make_repo  # noqa: 
 from autoproc.deep import collections as C  # noqa: E402
 from autoproc.deep import quanta as Q  # noqa: E402
 from autoproc.deep import runner as R  # noqa: E402
+from autoproc.sim.deep.flaky import DIE_AFTER_OUTPUTS, FAIL_DIR_ENV, set_failure  # noqa: E402
 
 PARENT = f"DEEP/{NIGHT}/bias"
 
@@ -202,6 +203,20 @@ def test_disk_full_quanta_wait_for_space_then_run_again(bias_repo, tmp_path):
     assert Q.check_step(b, pipe, "step1", PARENT).succeeded == {"cpBiasIsr": 6}
     md = b.query_datasets("cpBiasIsr_metadata", collections=PARENT, find_first=False, explain=False)
     assert len(md) == 6 and len({r.dataId for r in md}) == 6
+
+
+def test_outputs_of_a_quantum_killed_before_its_metadata_are_not_kept_twice(bias_repo, tmp_path):
+    b, repo, pipe = bias_repo
+    switch = set_failure(tmp_path / "fail", "cpBiasIsr", "detector = 3", DIE_AFTER_OUTPUTS)
+    out = _run(b, repo, pipe, tmp_path, env={FAIL_DIR_ENV: str(tmp_path / "fail")})
+    assert out.status == "incomplete" and out.returncodes[0] != 0 and not out.failures
+    assert out.evidence["pruned_unfinished_outputs"] == 1  # the dead quantum's cpBiasIsrExp
+    switch.unlink()
+    nxt = _run(b, repo, pipe, tmp_path)
+    assert nxt.status == "succeeded" and nxt.succeeded == {"cpBiasIsr": 6 - out.succeeded["cpBiasIsr"]}
+    for dtype in ("cpBiasIsr_metadata", "cpBiasIsrExp"):
+        refs = b.query_datasets(dtype, collections=PARENT, find_first=False, explain=False)
+        assert len(refs) == 6 and len({r.dataId for r in refs}) == 6, dtype  # none lost, none twice
 
 
 def test_memory_failure_is_retryable_and_log_renamed(bias_repo, tmp_path):

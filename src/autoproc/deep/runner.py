@@ -18,7 +18,10 @@ One attempt:
 6. Failures whose logs match the memory regexes (retries.py) are *retryable*: their
    `<task>_log` is copied to `<task>_log_retry` and purged, so the next check sees them
    as never run. Anything else is fatal and stays visible (skip-failures).
-7. `fixup_chain(parent)`: the new RUN becomes the newest child.
+7. Outputs of quanta that did not finish (no `_metadata`: killed mid-write, or failed
+   after writing some) are removed from the RUN; their `_log` stays. The next attempt
+   writes them again, so the chain never holds two copies.
+8. `fixup_chain(parent)`: the new RUN becomes the newest child.
 
 `attempt.json` in the attempt directory records the attempt before the child starts and
 its outcome after, so a daemon restarted after a kill can `recover_attempt()` it.
@@ -250,6 +253,34 @@ def judge_run(butler, run: str, tasks: Sequence[str], expected: Mapping[str, int
         if expected is not None:
             blocked[task] = max(0, int(expected.get(task, 0)) - len(md) - nfail)
     return succeeded, failed, blocked, failures
+
+
+def prune_unfinished_outputs(butler, qgraph: Path | str, run: str) -> int:
+    """Remove from `run` what quanta of the graph `qgraph` wrote without finishing (no
+    `<task>_metadata`), except their `<task>_log`; returns how many datasets went. Dataset
+    ids are fixed in the graph, so a quantum's outputs are known without guessing."""
+    from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
+
+    _import_mocks()
+    with PredictedQuantumGraph.open(str(qgraph)) as reader:
+        reader.read_thin_graph()
+        reader.read_quantum_datasets()
+        graph = reader.finish()
+    xgraph = graph.bipartite_xgraph
+    unfinished = []
+    for quantum in graph:
+        label = xgraph.nodes[quantum]["task_label"]
+        outputs = [(xgraph.nodes[d]["dataset_type_name"], d) for d in xgraph.successors(quantum)]
+        metadata = [d for name, d in outputs if name == f"{label}_metadata"]
+        if not metadata or butler.get_dataset(metadata[0]) is not None:
+            continue
+        for name, dataset_id in outputs:
+            ref = butler.get_dataset(dataset_id) if name != f"{label}_log" else None
+            if ref is not None and ref.run == run:
+                unfinished.append(ref)
+    if unfinished:
+        butler.pruneDatasets(unfinished, disassociate=True, unstore=True, purge=True)
+    return len(unfinished)
 
 
 def rename_retry_logs(butler, failures: Sequence[FailedQuantum]) -> int:
@@ -664,6 +695,8 @@ def _finish(butler, outcome: StepOutcome, record: Mapping, *, run_child: RunChil
     outcome.retryable = bool(retryable)
     if retryable and rename_retryable:
         outcome.renamed_logs = rename_retry_logs(butler, retryable)
+    if run_exists and n_ok < n_exp:
+        outcome.evidence["pruned_unfinished_outputs"] = prune_unfinished_outputs(butler, record["qgraph"], run)
     if n_ok >= n_exp:
         outcome.status = "succeeded"
     elif n_fail:

@@ -11,7 +11,8 @@ Every task of the mock DEEP pipelines uses this class; with nothing switched on 
    a Butler where-expression on the quantum data ID (empty = every quantum), line 2 an optional
    exception type (default ``builtins.RuntimeError``; ``builtins.MemoryError`` makes the failure look
    retryable to the DEEP retries.py regexes; ``autoproc.sim.deep.flaky.DiskFull`` is what a write to a
-   full disk raises). The variable is inherited by ``pipetask`` and by bps job
+   full disk raises; ``die-after-outputs`` makes the process exit at once after the quantum wrote
+   its outputs and before its metadata, as a kill at that moment would). The variable is inherited by ``pipetask`` and by bps job
    subprocesses, so a test can flip failures on and off between attempts.
 """
 
@@ -30,9 +31,10 @@ from lsst.pipe.base.tests.mocks import (
 )
 from lsst.utils import doImportType
 
-__all__ = ["FAIL_DIR_ENV", "DiskFull", "FlakyTestPipelineTask", "FlakyTestPipelineTaskConfig", "set_failure"]
+__all__ = ["DIE_AFTER_OUTPUTS", "FAIL_DIR_ENV", "DiskFull", "FlakyTestPipelineTask", "FlakyTestPipelineTaskConfig", "set_failure"]
 
 FAIL_DIR_ENV = "AUTOPROC_SIM_FAIL_DIR"
+DIE_AFTER_OUTPUTS = "die-after-outputs"
 
 
 class DiskFull(OSError):
@@ -51,7 +53,7 @@ class FlakyTestPipelineTask(DynamicTestPipelineTask):
     ConfigClass = FlakyTestPipelineTaskConfig
     _DefaultName = "flakyTest"
 
-    def _env_failure(self, data_id: Any) -> type[BaseException] | None:
+    def _env_failure(self, data_id: Any) -> type[BaseException] | str | None:
         fail_dir = os.environ.get(FAIL_DIR_ENV)
         if not fail_dir:
             return None
@@ -64,14 +66,20 @@ class FlakyTestPipelineTask(DynamicTestPipelineTask):
         exc_name = lines[1].strip() if len(lines) > 1 and lines[1].strip() else "builtins.RuntimeError"
         if expr and not DataIdMatch(expr).match(data_id):
             return None
-        return doImportType(exc_name)
+        return exc_name if exc_name == DIE_AFTER_OUTPUTS else doImportType(exc_name)
 
     def runQuantum(self, butlerQC: Any, inputRefs: Any, outputRefs: Any) -> None:
         data_id = butlerQC.quantum.dataId
         exc = self._env_failure(data_id)
+        if exc == DIE_AFTER_OUTPUTS:
+            self._run_quantum(butlerQC, inputRefs, outputRefs)  # the outputs are written...
+            os._exit(137)  # ...and the process dies before the task's metadata is
         if exc is not None:
             raise exc(f"Simulated failure: task={self.getName()} dataId={data_id} "
                       f"(switched on by ${FAIL_DIR_ENV}/{self.getName()}.fail)")
+        return self._run_quantum(butlerQC, inputRefs, outputRefs)
+
+    def _run_quantum(self, butlerQC: Any, inputRefs: Any, outputRefs: Any) -> None:
         if self.config.fail_marker and not os.path.exists(self.config.fail_marker):
             saved, self.data_id_match = self.data_id_match, None
             try:
