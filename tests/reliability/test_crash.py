@@ -84,6 +84,26 @@ def raws_in_butler(repo: str) -> list[tuple[int, int]]:
         butler.close()
 
 
+def outputs_twice(repo: str) -> dict[str, int]:
+    """Quantum outputs (logs aside) written more than once into one chain's attempt RUNs
+    (`{chain}/{pipeline}/{step}/{stamp}`): a retry redoing what a killed attempt kept."""
+    from lsst.daf.butler import Butler, CollectionType
+
+    butler = Butler.from_config(repo, writeable=False)
+    try:
+        runs: dict[str, list[str]] = {}
+        for run in butler.collections.query("DEEP/*", collection_types={CollectionType.RUN}):
+            runs.setdefault(run.rsplit("/", 3)[0], []).append(run)
+        seen: Counter[tuple[str, str, str]] = Counter()
+        for chain, members in runs.items():
+            for ref in butler.query_all_datasets(members, find_first=False, limit=None):
+                if not ref.datasetType.name.endswith(("_log", "_log_retry")):
+                    seen[(chain, ref.datasetType.name, str(ref.dataId.required))] += 1
+        return {" ".join(k): n for k, n in seen.items() if n > 1}
+    finally:
+        butler.close()
+
+
 def steps_by_launch(outdir: Path) -> list[list[int]]:
     """steps_run.log split into launches: every launch of run_postproc.py logs step -1 first."""
     log = outdir / "steps_run.log"
@@ -259,6 +279,8 @@ def test_demo_survives_sigkills(tmp_path: Path):
     # Raws: one per (exposure, detector), as many as files written, each file consumed once.
     written = sorted(p for p in (root / "raws").iterdir() if p.name.endswith((".fits", ".fits.fz")))
     in_butler = raws_in_butler(str(config.deep.repo))
+    if twice_written := outputs_twice(str(config.deep.repo)):
+        problems["quantum outputs written twice"] = twice_written
     twice = {k: n for k, n in Counter(in_butler).items() if n > 1}
     intake_info = {f["path"]: f["info"] for f in raw_files if f["kind"] == "raw"}
     should_be = sorted((int(i["expnum"]), int(d)) for i in intake_info.values() for d in i["detectors"])
