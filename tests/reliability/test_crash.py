@@ -86,7 +86,8 @@ def raws_in_butler(repo: str) -> list[tuple[int, int]]:
 
 def outputs_twice(repo: str) -> dict[str, int]:
     """Quantum outputs (logs aside) written more than once into one chain's attempt RUNs
-    (`{chain}/{pipeline}/{step}/{stamp}`): a retry redoing what a killed attempt kept."""
+    (`{chain}/{pipeline}/{step}/{stamp}`): a retry redoing what a killed attempt kept.
+    Init-outputs (configs, schemas: no dimensions) are written once per RUN by design."""
     from lsst.daf.butler import Butler, CollectionType
 
     butler = Butler.from_config(repo, writeable=False)
@@ -97,7 +98,7 @@ def outputs_twice(repo: str) -> dict[str, int]:
         seen: Counter[tuple[str, str, str]] = Counter()
         for chain, members in runs.items():
             for ref in butler.query_all_datasets(members, find_first=False, limit=None):
-                if not ref.datasetType.name.endswith(("_log", "_log_retry")):
+                if ref.datasetType.dimensions and not ref.datasetType.name.endswith(("_log", "_log_retry")):
                     seen[(chain, ref.datasetType.name, str(ref.dataId.required))] += 1
         return {" ".join(k): n for k, n in seen.items() if n > 1}
     finally:
