@@ -40,6 +40,23 @@ def _stat(pid: int | str) -> list[str] | None:
         return None
 
 
+def argv_of(pid: int | str) -> list[str]:
+    """A process's argv ([] if gone or unreadable)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def ancestors(pid: int) -> list[int]:
+    """`pid`, its parent, its parent's parent, … up to (not including) init."""
+    out = []
+    while pid > 1 and (stat := _stat(pid)) is not None:
+        out.append(pid)
+        pid = int(stat[1])
+    return out
+
+
 def pid_gone(pid: int) -> bool:
     """Dead or a zombie (a reparented orphan not reaped yet is no longer running)."""
     stat = _stat(pid)

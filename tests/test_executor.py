@@ -13,7 +13,7 @@ from autoproc.config import ExecutorConfig
 from autoproc.engine import Engine
 from autoproc.executor import build_parsl_config
 from autoproc.store import Store
-from conftest import TESTS, group_gone, wait_for
+from conftest import TESTS, ancestors, argv_of, group_gone, wait_for
 
 
 def test_threads_by_default(tmp_path):
@@ -136,8 +136,8 @@ def test_htex_worker_killed_under_an_action_retries_without_its_orphan(write_con
             return None
 
         first, child = wait_for(first_child, timeout=120, what="the work child started on an HTEX worker")
-        worker = _ppid(child["pid"])
-        assert any("process_worker_pool" in " ".join(_argv(p)) for p in _ancestors(worker)), _argv(worker)
+        worker = ancestors(child["pid"])[1]
+        assert any("process_worker_pool" in " ".join(argv_of(p)) for p in ancestors(worker)), argv_of(worker)
         assert not group_gone(child["pgid"])
         os.kill(worker, signal.SIGKILL)
 
@@ -159,22 +159,3 @@ def test_htex_worker_killed_under_an_action_retries_without_its_orphan(write_con
         engine.shutdown()
         if child:  # whatever happened, no orphan outlives the test
             process.kill_group(child["pgid"], grace=0.5)
-
-
-def _ppid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-
-
-def _argv(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def _ancestors(pid: int) -> list[int]:
-    out = []
-    while pid > 1:
-        out.append(pid)
-        pid = _ppid(pid)
-    return out

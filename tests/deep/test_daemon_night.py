@@ -22,7 +22,7 @@ pytest.importorskip("lsst.daf.butler")
 
 from autoproc.sim.deep.flaky import FAIL_DIR_ENV, set_failure  # noqa: E402
 from autoproc.store import Store  # noqa: E402
-from conftest import child_env, states, wait_for  # noqa: E402
+from conftest import ancestors, argv_of, child_env, states, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 N1, N2 = "20240601", "20240602"
@@ -228,10 +228,7 @@ def test_kill9_during_bps_submit_then_restart(write_config, tmp_path, daemon_fac
 
 def _is_bps_of(pid: str, tmp_path: Path) -> bool:
     """A `bps` process (or its job's pipetask) working under this test's directory."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return False
+    argv = argv_of(pid)
     return any(Path(a).name in ("bps", "pipetask") for a in argv[:2]) and any(str(tmp_path) in a for a in argv)
 
 
@@ -250,12 +247,11 @@ def test_one_bps_job_killed_under_a_running_daemon(write_config, tmp_path, daemo
 
     def bias_step1_job() -> tuple[int, list[str]] | None:
         """A running job of the first bias step1 submission: a `pipetask run-qbb` below its `bps`."""
-        procs = _processes()
-        submits = [pid for pid, (_, argv) in procs.items() if _is_bps_of(str(pid), tmp_path)
-                   and Path(argv[1]).name == "bps" and "DEEP-bias_step1" in " ".join(argv)]
-        for pid, (_, argv) in procs.items():
-            if (_is_bps_of(str(pid), tmp_path) and "run-qbb" in argv
-                    and any(_descends(pid, s, procs) for s in submits)):
+        procs = {int(p): argv_of(p) for p in os.listdir("/proc") if p.isdigit() and _is_bps_of(p, tmp_path)}
+        submits = {pid for pid, argv in procs.items()
+                   if Path(argv[1]).name == "bps" and "DEEP-bias_step1" in " ".join(argv)}
+        for pid, argv in procs.items():
+            if "run-qbb" in argv and submits & set(ancestors(pid)[1:]):
                 return pid, argv
         return None
 
@@ -289,26 +285,3 @@ def test_one_bps_job_killed_under_a_running_daemon(write_config, tmp_path, daemo
     assert [(s, k) for s, k, _ in later] == [("succeeded", "outcome")], runs
     assert later[0][2]["status"] == "succeeded" and sum(later[0][2]["expected"].values()) == 8 - done, runs
     assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_bps_of(p, tmp_path)]
-
-
-def _processes() -> dict[int, tuple[int, list[str]]]:
-    """pid -> (parent pid, argv) of every process we can read."""
-    out = {}
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{p}/stat").read_text()
-            argv = Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        out[int(p)] = (int(stat.rpartition(")")[2].split()[1]), argv)
-    return out
-
-
-def _descends(pid: int, ancestor: int, procs: dict[int, tuple[int, list[str]]]) -> bool:
-    while pid in procs and pid > 1:
-        pid = procs[pid][0]
-        if pid == ancestor:
-            return True
-    return False
