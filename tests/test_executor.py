@@ -1,5 +1,6 @@
 """Actions run through Parsl: threads by default, a HighThroughputExecutor from config."""
 
+import itertools
 import json
 import os
 import signal
@@ -8,18 +9,38 @@ from pathlib import Path
 
 import pytest
 
-from autoproc import process
+from autoproc import actions, process
 from autoproc.config import ExecutorConfig
 from autoproc.engine import Engine
-from autoproc.executor import build_parsl_config
+from autoproc.executor import Executor, build_parsl_config
 from autoproc.store import Store
 from conftest import TESTS, ancestors, argv_of, group_gone, wait_for
+
+pytestmark = pytest.mark.middleware
 
 
 def test_threads_by_default(tmp_path):
     cfg = build_parsl_config(ExecutorConfig(), tmp_path)
     (executor,) = cfg.executors
     assert type(executor).__name__ == "ThreadPoolExecutor" and executor.max_threads == 4
+
+
+_calls = itertools.count()
+
+
+def _count_call(ctx) -> actions.Outcome:
+    return actions.Outcome("counted", evidence={"call": next(_calls)})
+
+
+def test_the_same_action_submitted_twice_runs_twice(tmp_path):
+    """Parsl's app cache is off with either parsl API (the memoizer since 2025.12.8,
+    `app_cache` before): an action for the same context must run again, not be replayed."""
+    executor = Executor(ExecutorConfig(), tmp_path / "parsl")
+    try:
+        results = [executor.submit(_count_call, "same context").result(timeout=30) for _ in range(2)]
+    finally:
+        executor.shutdown()
+    assert [r["evidence"]["call"] for r in results] == [0, 1]
 
 
 def test_htex_on_slurm_is_built_from_config(tmp_path):

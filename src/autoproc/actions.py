@@ -6,7 +6,9 @@ trigger to fire, evidence, data) or raises one of the exceptions below, and the 
 the single writer, records it. A *condition* is `fn(subject, env) -> bool`, checked by
 the state machine before a transition. A *callback* is `fn(change, env) -> None`, run
 after a transition has been committed. A *file kind* validates an intake file and says
-which subject it feeds.
+which subject it feeds. An *environment check* is `fn() -> None` that raises when the
+installed software cannot run the stage correctly; the daemon runs every check at start
+and `config check` reports them, so a stage never runs silently wrong.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Protocol
 
 from autoproc import process
 from autoproc.config import Config
+from autoproc.errors import AutoprocError
 from autoproc.store import Subject
 
 
@@ -161,6 +164,7 @@ ACTIONS: dict[str, Callable[[ActionContext], Outcome]] = {}
 CONDITIONS: dict[str, Callable[[Subject, Env], bool]] = {}
 CALLBACKS: dict[str, Callable[[dict, Env], None]] = {}
 FILE_KINDS: dict[str, FileKind] = {}
+ENVIRONMENT_CHECKS: dict[str, Callable[[], None]] = {}
 
 
 def _register(table: dict, name: str | None):
@@ -188,3 +192,23 @@ def callback(name: str | None = None):
 def file_kind(name: str):
     return _register(FILE_KINDS, name)
 
+
+
+def environment_check(name: str | None = None):
+    return _register(ENVIRONMENT_CHECKS, name)
+
+
+class EnvironmentProblem(AutoprocError):
+    """The installed software cannot run a loaded stage correctly."""
+
+
+def check_environment() -> None:
+    """Run every registered environment check; raise one error naming all that failed."""
+    problems = []
+    for name, check in ENVIRONMENT_CHECKS.items():
+        try:
+            check()
+        except Exception as err:
+            problems.append(f"{name}: {err}")
+    if problems:
+        raise EnvironmentProblem("the installed software cannot run these stages: " + "; ".join(problems))

@@ -17,10 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from autoproc.errors import AutoprocError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# The machines live at the top of the source tree (`statemachines/`); an installed copy
-# falls back to the one shipped inside the package.
-_SOURCE_MACHINES = PACKAGE_DIR.parents[1] / "statemachines"
-DEFAULT_MACHINES_DIR = _SOURCE_MACHINES if _SOURCE_MACHINES.is_dir() else PACKAGE_DIR / "statemachines"
+# What an installed site needs from the repository's top level (the machines, the example
+# hooks, the systemd units) is package data: in a checkout `data/<name>` links to the
+# top-level directory, and the wheel and sdist carry copies. One copy, one lookup.
+DATA_DIR = PACKAGE_DIR / "data"
+DEFAULT_MACHINES_DIR = DATA_DIR / "statemachines"
 
 Seconds = Annotated[float, Field(ge=0)]
 

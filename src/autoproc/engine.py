@@ -89,6 +89,7 @@ class Engine:
         self.on_busy: list[Callable[[Engine, float], None]] = []  # while waiting for the lock (watchdog)
         self._busy_waited = 0.0
         self.machines: dict[str, StateMachine] = self._load_machines(config)
+        actions.check_environment()
         self.events: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
         self.listeners: list[Callable[[Change], None]] = []   # after every committed change (hooks)

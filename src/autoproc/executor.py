@@ -87,8 +87,24 @@ def build_parsl_config(cfg: ExecutorConfig, run_dir: Path):
         executor = HighThroughputExecutor(label="actions", provider=provider, max_workers_per_node=cfg.max_workers,
                                           heartbeat_period=cfg.heartbeat_seconds,
                                           heartbeat_threshold=4 * cfg.heartbeat_seconds)
-    return Config(executors=[executor], run_dir=str(run_dir), retries=0, app_cache=False,
-                  strategy="none" if cfg.kind == "threads" else "simple", initialize_logging=False)
+    return Config(executors=[executor], run_dir=str(run_dir), retries=0,
+                  strategy="none" if cfg.kind == "threads" else "simple", initialize_logging=False,
+                  **no_memoization())
+
+
+def no_memoization() -> dict[str, Any]:
+    """Config arguments that turn Parsl's app cache off, for the installed parsl: an action
+    must run every time it is submitted. parsl 2025.12.8 replaced `Config(app_cache=…)` by
+    a pluggable memoizer."""
+    import inspect
+
+    from parsl.config import Config
+
+    if "memoizer" in inspect.signature(Config).parameters:
+        from parsl.dataflow.memoization import BasicMemoizer
+
+        return {"memoizer": BasicMemoizer(memoize=False)}
+    return {"app_cache": False}
 
 
 def _venv_bin_on_path() -> None:

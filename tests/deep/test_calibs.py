@@ -12,6 +12,8 @@ from steps_support import make_repo  # noqa: E402
 from autoproc.deep import calibs as K  # noqa: E402
 from autoproc.deep import collections as C  # noqa: E402
 
+pytestmark = pytest.mark.middleware
+
 VR = "VR DECam c0007 6300.0 2600.0"
 G = "g DECam SDSS c0001 4720.0 1520.0"
 

@@ -24,6 +24,8 @@ from autoproc.sim.deep.flaky import FAIL_DIR_ENV, set_failure  # noqa: E402
 from autoproc.store import Store  # noqa: E402
 from conftest import ancestors, argv_of, child_env, states, wait_for  # noqa: E402
 
+pytestmark = pytest.mark.middleware
+
 ROOT = Path(__file__).resolve().parents[2]
 N1, N2 = "20240601", "20240602"
 FAST_STEPS = {"bias": ["step1", "step2"], "flat": ["step1", "step2", "step3"],

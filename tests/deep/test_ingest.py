@@ -18,6 +18,8 @@ from autoproc.deep.ingest import (
 from autoproc.sim.deep.instrument import SimDECam
 from autoproc.sim.deep.raws import plan_night, write_exposures_ecsv, write_night
 
+pytestmark = pytest.mark.middleware
+
 pytest.importorskip("lsst.daf.butler")
 
 

@@ -14,6 +14,8 @@ from autoproc.sim.deep.bps_site import pipeline_labels, render_submit
 from autoproc.sim.deep.flaky import FAIL_DIR_ENV, set_failure
 from autoproc.sim.deep.scenario import build_night_repo, certify, pipeline_path, run_step_inprocess
 
+pytestmark = pytest.mark.middleware
+
 VENV_BIN = Path(sys.executable).parent
 PIPETASK = VENV_BIN / "pipetask"
 BPS = VENV_BIN / "bps"

@@ -10,6 +10,8 @@ from astropy.table import Table
 from autoproc.deep import repo as R
 from autoproc.sim.deep.raws import plan_night, write_night
 
+pytestmark = pytest.mark.middleware
+
 
 @pytest.fixture
 def setup(tmp_path):

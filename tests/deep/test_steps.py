@@ -19,7 +19,49 @@ from autoproc.deep import quanta as Q  # noqa: E402
 from autoproc.deep import runner as R  # noqa: E402
 from autoproc.sim.deep.flaky import DIE_AFTER_OUTPUTS, FAIL_DIR_ENV, set_failure  # noqa: E402
 
+pytestmark = pytest.mark.middleware
+
 PARENT = f"DEEP/{NIGHT}/bias"
+
+
+# --- the skip-failures hook of the installed pipe_base -------------------------------------
+
+SKIP_HOOKS = ("_compute_skip_decision", "_apply_skip_decision", "_skip_quantum_if_metadata_exists")
+
+
+def test_skip_rule_hook_is_detected_for_either_pipe_base():
+    class Decision:
+        def _compute_skip_decision(self): ...
+        def _apply_skip_decision(self): ...
+
+    class Single:
+        def _skip_quantum_if_metadata_exists(self): ...
+
+    assert (Q._skip_hook_api(Decision), Q._skip_hook_api(Single)) == ("decision", "single")
+    assert Q.skip_rule_api() in ("decision", "single")  # the installed one has one of them
+    with pytest.raises(Q.SkipRuleUnavailable, match="will not run without it"):
+        Q._skip_hook_api(type("Neither", (), {}))
+
+
+def test_a_pipe_base_without_either_hook_stops_config_check_and_the_daemon(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from lsst.pipe.base.all_dimensions_quantum_graph_builder import AllDimensionsQuantumGraphBuilder
+
+    from autoproc.actions import EnvironmentProblem
+    from autoproc.cli import main
+    from autoproc.config import Config
+    from autoproc.engine import Engine
+
+    for cls in AllDimensionsQuantumGraphBuilder.__mro__:
+        for name in SKIP_HOOKS:
+            if name in vars(cls):
+                monkeypatch.delattr(cls, name)
+    monkeypatch.setenv("AUTOPROC_ROOT", str(tmp_path / "root"))
+    checked = CliRunner().invoke(main, ["config", "check"])
+    assert checked.exit_code == 2, checked.output
+    assert "deep skip-failures rule" in checked.output and "will not run without it" in checked.output
+    with pytest.raises(EnvironmentProblem, match="skip-failures"):
+        Engine(Config(root=tmp_path / "root"))
 
 
 # --- names (no butler) --------------------------------------------------------------------

@@ -18,7 +18,7 @@ from autoproc.deep import quanta as Q  # noqa: E402
 from autoproc.deep import runner as R  # noqa: E402
 
 PARENT = f"DEEP/{NIGHT}/bias"
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.middleware]
 
 
 @pytest.fixture

@@ -28,6 +28,8 @@ from autoproc.script import demo as scenario
 from autoproc.store import Store
 from conftest import journal_consistent
 
+pytestmark = pytest.mark.middleware
+
 KILLS = int(os.environ.get("AUTOPROC_CRASH_KILLS", "4"))
 SEED = int(os.environ.get("AUTOPROC_CRASH_SEED", "1"))
 INTERVAL = tuple(float(x) for x in os.environ.get("AUTOPROC_CRASH_INTERVAL", "2,12").split(","))  # seconds, uniform

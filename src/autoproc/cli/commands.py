@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from autoproc import actions
 from autoproc.config import Config, load_config
 from autoproc.errors import AutoprocError
 
@@ -301,6 +302,7 @@ def config_check(obj: Context, path: Path | None) -> None:
     cfg = load_config(path)
     obj._config = cfg
     machines = obj.machines()
+    actions.check_environment()
     click.echo(f"{path or '<defaults>'}: OK ({len(machines)} machines: {', '.join(sorted(machines)) or 'none'};"
                f" {len(cfg.watch)} watched roots; state in {cfg.db})")
 

@@ -1,14 +1,16 @@
 """The in-process "anything left to do?" check, and the graph the runner executes.
 
 Both build the quantum graph for `pipeline#step` with inputs = the chain and
-skip-existing-in = the chain, with the skip-failures rule of SPEC §A.7: a quantum whose
-`<task>_log` exists without `<task>_metadata` counts as *failed*, not as work to redo
-(DEEP_processing's SkipFailuresQuantumGraphBuilder, ported to this pipe_base: it
-overrides `_skip_quantum_if_metadata_exists` of `AllDimensionsQuantumGraphBuilder`).
+skip-existing-in = the chain, with the skip-failures rule: a quantum whose `<task>_log`
+exists without `<task>_metadata` counts as *failed*, not as work to redo (the DEEP
+scripts' SkipFailuresQuantumGraphBuilder). pipe_base has no public hook for that rule,
+so the builder overrides the private per-quantum skip hook, whichever of its two
+generations the installed pipe_base has (`skip_rule_api`), and refuses to run if it
+finds neither: silently running without the rule would redo every failed quantum.
 
-The check builds only the graph skeleton, without datastore records, so it costs a
-few hundred milliseconds in a process that has the middleware imported, against
-2-3 s for a `pipetask qgraph` child (measured in tests/deep and the report).
+Graphs are built with the builder's public `finish()`; the check asks for no datastore
+records, so it costs a few hundred milliseconds in a process that has the middleware
+imported, against 2-3 s for a `pipetask qgraph` child.
 """
 
 from __future__ import annotations
@@ -94,9 +96,42 @@ def _ensure_mocks() -> None:
         pass
 
 
+class SkipRuleUnavailable(RuntimeError):
+    """The installed pipe_base offers neither hook the skip-failures rule needs.
+
+    Running without the rule would silently re-run every failed quantum, so autoproc
+    refuses to start instead (the daemon and `config check` report this)."""
+
+
+def _skip_hook_api(builder_base: type) -> str:
+    """Which per-quantum skip hook `builder_base` has: pipe_base split the old single
+    hook in two (w.2026.26); both are private, so we detect rather than assume."""
+    if hasattr(builder_base, "_compute_skip_decision") and hasattr(builder_base, "_apply_skip_decision"):
+        return "decision"
+    if hasattr(builder_base, "_skip_quantum_if_metadata_exists"):
+        return "single"
+    import lsst.pipe.base
+
+    raise SkipRuleUnavailable(
+        f"lsst.pipe.base {getattr(lsst.pipe.base, '__version__', '?')} has neither "
+        "_compute_skip_decision/_apply_skip_decision nor _skip_quantum_if_metadata_exists on "
+        f"{builder_base.__name__}: autoproc cannot apply its skip-failures rule (a quantum with a log and "
+        "no metadata is failed, not work to redo) and will not run without it. Install a supported "
+        "lsst-pipe-base (see README, 'Supported environments').")
+
+
+def skip_rule_api() -> str:
+    """The skip hook in force with the installed middleware; raises SkipRuleUnavailable."""
+    from lsst.pipe.base.all_dimensions_quantum_graph_builder import AllDimensionsQuantumGraphBuilder
+
+    return _skip_hook_api(AllDimensionsQuantumGraphBuilder)
+
+
 def _builder_class():
     from lsst.pipe.base.all_dimensions_quantum_graph_builder import AllDimensionsQuantumGraphBuilder
     from lsst.pipe.base.quantum_graph_skeleton import DatasetKey
+
+    api = _skip_hook_api(AllDimensionsQuantumGraphBuilder)
 
     class SkipFailuresQuantumGraphBuilder(AllDimensionsQuantumGraphBuilder):
         """Skip quanta whose metadata exists (base rule) and, with skip_failures, also
@@ -118,28 +153,49 @@ def _builder_class():
                     pass
             return skeleton
 
-        def _skip_quantum_if_metadata_exists(self, task_node, quantum_key, skeleton) -> bool:
-            if super()._skip_quantum_if_metadata_exists(task_node, quantum_key, skeleton):
-                self.prev_succeeded[task_node.label] += 1
-                return True
+        def _failed_log(self, task_node, quantum_key, skeleton):
+            """The log of an earlier failed try of this quantum, if the rule applies."""
             if not self.skip_failures:
-                return False
+                return None
             log_key = DatasetKey(task_node.log_output.parent_dataset_type_name, quantum_key.data_id_values)
-            log_ref = skeleton.get_output_for_skip(log_key)
-            if log_ref is None:
-                return False
-            # Same as the metadata branch of the base class, keyed on the log.
-            for output_key in list(skeleton.iter_outputs_of(quantum_key)):
-                skeleton.discard_output_in_the_way(output_key)
-                if (output_ref := skeleton.get_output_for_skip(output_key)) is not None:
-                    skeleton.set_dataset_ref(output_ref, output_key)
-                else:
-                    skeleton.remove_dataset_nodes([output_key])
+            return skeleton.get_output_for_skip(log_key)
+
+        def _record_skip(self, task_node, quantum_key, skeleton, succeeded: bool) -> None:
+            if succeeded:
+                self.prev_succeeded[task_node.label] += 1
+                return
+            log_ref = self._failed_log(task_node, quantum_key, skeleton)
             data_id = skeleton[quantum_key]["data_id"]
             self.prev_failed[task_node.label].append(
-                {"data_id": {k: v for k, v in data_id.required.items()}, "log_run": log_ref.run,
-                 "log_id": str(log_ref.id)})
-            return True
+                {"data_id": dict(data_id.required.items()), "log_run": log_ref.run, "log_id": str(log_ref.id)})
+
+        if api == "decision":
+            def _compute_skip_decision(self, task_node, quantum_key, skeleton) -> bool:
+                return (super()._compute_skip_decision(task_node, quantum_key, skeleton)
+                        or self._failed_log(task_node, quantum_key, skeleton) is not None)
+
+            def _apply_skip_decision(self, task_node, quantum_key, skeleton) -> None:
+                # Recorded here, not in the decision: decisions may be revised before
+                # they are applied (retained-output "unskipping").
+                succeeded = super()._compute_skip_decision(task_node, quantum_key, skeleton)
+                self._record_skip(task_node, quantum_key, skeleton, succeeded)
+                super()._apply_skip_decision(task_node, quantum_key, skeleton)
+        else:
+            def _skip_quantum_if_metadata_exists(self, task_node, quantum_key, skeleton) -> bool:
+                if super()._skip_quantum_if_metadata_exists(task_node, quantum_key, skeleton):
+                    self._record_skip(task_node, quantum_key, skeleton, succeeded=True)
+                    return True
+                if self._failed_log(task_node, quantum_key, skeleton) is None:
+                    return False
+                self._record_skip(task_node, quantum_key, skeleton, succeeded=False)
+                # What the base class does for a quantum it skips, keyed on the log.
+                for output_key in list(skeleton.iter_outputs_of(quantum_key)):
+                    skeleton.discard_output_in_the_way(output_key)
+                    if (output_ref := skeleton.get_output_for_skip(output_key)) is not None:
+                        skeleton.set_dataset_ref(output_ref, output_key)
+                    else:
+                        skeleton.remove_dataset_nodes([output_key])
+                return True
 
     return SkipFailuresQuantumGraphBuilder
 
@@ -186,12 +242,13 @@ def make_builder(butler, pipeline: str | Path, step: str | None, chain: str, *, 
         raise StepCheckError(str(err), "missing_input") from err
 
 
-def _status_from(builder, skeleton, pipeline, step, chain, where, skip_failures, t0) -> StepStatus:
+def _status_from(builder, components, pipeline, step, chain, where, skip_failures, t0) -> StepStatus:
     remaining: dict[str, int] = defaultdict(int)
-    for qk in skeleton.iter_all_quanta():
-        remaining[qk.task_label] += 1
+    for quantum in components.quantum_datasets.values():
+        remaining[quantum.task_label] += 1
+    pipeline_graph = components.pipeline_graph
     st = StepStatus(pipeline=str(pipeline), step=step, chain=chain, where=where, skip_failures=skip_failures)
-    for label in builder._pipeline_graph.tasks:
+    for label in pipeline_graph.tasks:
         st.to_run[label] = remaining.get(label, 0)
         st.succeeded[label] = builder.prev_succeeded.get(label, 0)
         st.failed[label] = list(builder.prev_failed.get(label, []))
@@ -199,7 +256,7 @@ def _status_from(builder, skeleton, pipeline, step, chain, where, skip_failures,
                                 - len(st.failed[label]))
     st.mock_storage_classes = any(
         (getattr(node, "storage_class_name", None) or "").startswith("_mock_")
-        for node in builder._pipeline_graph.dataset_types.values()
+        for node in pipeline_graph.dataset_types.values()
     )
     st.seconds = time.perf_counter() - t0
     return st
@@ -233,8 +290,8 @@ def check_step(butler, pipeline: str | Path, step: str | None, chain: str, where
     dummy = f"{chain}/_autoproc_check"
     builder = make_builder(butler, path, step, chain, output_run=dummy, where=where, inputs=inputs,
                            skip_failures=skip_failures, config_files=config_files)
-    skeleton = _wrap_build_errors(lambda: builder._build_skeleton(attach_datastore_records=False))
-    return _status_from(builder, skeleton, path, step, chain, where, skip_failures, t0)
+    components = _wrap_build_errors(lambda: builder.finish(attach_datastore_records=False))
+    return _status_from(builder, components, path, step, chain, where, skip_failures, t0)
 
 
 def build_graph_file(butler, pipeline: str | Path, step: str | None, chain: str, output_run: str,
@@ -249,13 +306,13 @@ def build_graph_file(butler, pipeline: str | Path, step: str | None, chain: str,
     check_collection(output_run)
     builder = make_builder(butler, ppath, step, chain, output_run=output_run, where=where, inputs=inputs,
                            skip_failures=skip_failures, config_files=config_files)
-    skeleton = _wrap_build_errors(lambda: builder._build_skeleton(attach_datastore_records=True))
-    st = _status_from(builder, skeleton, ppath, step, chain, where, skip_failures, t0)
-    if st.empty:
-        return st
     meta = {"input": list(inputs or [chain]), "output_run": output_run, "skip_existing_in": [chain],
             "data_query": where, "skip_failures": skip_failures, **(metadata or {})}
-    components = builder._construct_components(skeleton, output=None, metadata=meta)
+    components = _wrap_build_errors(
+        lambda: builder.finish(output=None, metadata=meta, attach_datastore_records=True))
+    st = _status_from(builder, components, ppath, step, chain, where, skip_failures, t0)
+    if st.empty:
+        return st
     components.write(str(path))
     st.seconds = time.perf_counter() - t0
     return st

@@ -40,6 +40,7 @@ from autoproc.actions import (
     action,
     callback,
     condition,
+    environment_check,
     file_kind,
 )
 from autoproc.config import Config, DeepConfig
@@ -64,6 +65,11 @@ DEFAULT_PIPELINES = {"bias": "DEEP-bias", "flat": "DEEP-flat", "drp": "DEEP-DRP"
 PAST_DRP = ("coadd", "waiting_template", "diff", "done")
 MAX_FAILURES_SHOWN = 20
 MISSING_INPUT_WAIT = 60.0
+
+
+@environment_check("deep skip-failures rule")
+def _skip_rule_in_force() -> None:
+    quanta.skip_rule_api()
 
 
 # --- configuration helpers ------------------------------------------------------------
