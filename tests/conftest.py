@@ -19,6 +19,8 @@ from autoproc.store import Store
 TESTS = Path(__file__).resolve().parent
 MACHINES = TESTS / "machines"
 
+pytest_plugins = ["postgres_server"]  # the private PostgreSQL server fixtures
+
 
 def wait_for(condition: Callable[[], object], timeout: float = 20.0, interval: float = 0.05, what: str = ""):
     """Poll `condition` until it returns something true; fail the test after `timeout`."""

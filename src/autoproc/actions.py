@@ -58,11 +58,15 @@ class Retry(ActionError):
 
 
 class Wait(ActionError):
-    """Inputs are missing: look again later, without spending the retry budget."""
+    """Inputs are missing, or something outside the step is (a database, a disk): look again
+    later, without spending the retry budget. `problem` names an outside cause a person may
+    need to see; it is recorded as a problem once per attempt."""
 
-    def __init__(self, reason: str, *, retry_after: float = 30.0, evidence: dict | None = None):
+    def __init__(self, reason: str, *, retry_after: float = 30.0, evidence: dict | None = None,
+                 problem: str | None = None):
         super().__init__(reason, evidence=evidence)
         self.retry_after = retry_after
+        self.problem = problem
 
 
 class Hold(ActionError):

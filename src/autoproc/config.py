@@ -128,8 +128,13 @@ class DeepConfig(Section):
 
     repo: Path | None = Field(default=None, description="Butler repository; default: <root>/repo.")
     registry_db: str | None = Field(
-        default=None, description="Registry database URL (e.g. `postgresql://butler@host:5432/deep`); "
-        "default: SQLite inside the repo. Used by `autoproc deep init`.")
+        default=None, pattern=r"^(postgresql(\+\w+)?|postgres|sqlite)://",
+        description="Registry database URL (e.g. `postgresql://butler@host:5432/deep`); "
+        "default: SQLite inside the repo. Used by `autoproc deep init` (see README, 'PostgreSQL registry').")
+    registry_namespace: str | None = Field(
+        default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL schema holding this repository's registry tables (the Butler's "
+        "`namespace`); several repositories can share one database, one schema each. Default: `public`.")
     instrument: str = Field(default="DECam", pattern=r"^[A-Za-z0-9_]+$", description="Butler instrument name.")
     instrument_class: str = Field(
         default="autoproc.sim.deep.instrument.SimDECam",
@@ -182,6 +187,9 @@ class DeepConfig(Section):
     memory_factor: float = Field(default=2.0, ge=1.0, description="A memory-class failure retries the step "
                                  "with this many times the memory (within the state's retry budget).")
     max_memory: int = Field(default=65536, ge=1, description="Upper bound (MB) of the memory escalation.")
+    registry_retry_seconds: Seconds = Field(
+        default=15.0, description="A step that found the Butler registry unreachable waits this long, "
+        "spending no retry, then tries again.")
     step_timeout_seconds: Seconds | None = Field(
         default=None, description="Kill a step's bps/pipetask process group after this long (then recover it).")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for bps/pipetask children.")

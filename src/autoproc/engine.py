@@ -334,10 +334,12 @@ class Engine:
         elif kind == "wait":
             fields["status"] = "waiting"
             fields["not_before"] = now + float(result.get("retry_after") or 30)
-            if result.get("no_space") and not attempt["result"].get("no_space"):
-                # The disk is full: a person must free space (the attempt tries again by itself,
-                # in place; one problem row per attempt, however long the disk stays full).
-                self.store.add_problem("no_space", f"{subject_ref(self.store, attempt)}: {result['reason']}")
+            problem = result.get("problem")
+            if problem and attempt["result"].get("problem") != problem:
+                # The environment's fault (a full disk, a database away): a person may need to
+                # act; the attempt tries again by itself, in place. One problem row per attempt
+                # and cause, however long it lasts.
+                self.store.add_problem(problem, f"{subject_ref(self.store, attempt)}: {result['reason']}")
         elif kind == "hold":
             fields["status"] = "held"
         else:

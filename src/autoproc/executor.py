@@ -43,7 +43,8 @@ def perform(fn: Callable[[actions.ActionContext], actions.Outcome], ctx: actions
         return {"kind": "retry", "reason": _with_timeouts(ctx, err.reason), "evidence": err.evidence,
                 "adjust": err.adjust}
     except actions.Wait as err:
-        return {"kind": "wait", "reason": err.reason, "evidence": err.evidence, "retry_after": err.retry_after}
+        return {"kind": "wait", "reason": err.reason, "evidence": err.evidence, "retry_after": err.retry_after,
+                "problem": err.problem}
     except actions.Hold as err:
         return {"kind": "hold", "reason": err.reason, "evidence": err.evidence}
     except actions.Fail as err:
@@ -52,7 +53,7 @@ def perform(fn: Callable[[actions.ActionContext], actions.Outcome], ctx: actions
         if err.errno in process.NO_SPACE_ERRNOS:
             # The disk is full (or a file-size limit was hit): the environment's fault, not
             # the step's. Wait for space (no retry budget spent); the engine records a problem.
-            return {"kind": "wait", "no_space": True, "retry_after": ctx.config.space_retry_seconds,
+            return {"kind": "wait", "problem": "no_space", "retry_after": ctx.config.space_retry_seconds,
                     "reason": _with_timeouts(ctx, f"no space: {err}"), "evidence": {}}
         return _unexpected(ctx, err)
     except Exception as err:  # an action's bug or an unforeseen failure: needs a person

@@ -8,6 +8,7 @@ until then a two-task mock bias pipeline with the same labels and steps is writt
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import autoproc.sim.deep as simdeep
@@ -125,3 +126,24 @@ def bps_site(tmp: Path) -> tuple[str, dict[str, str]]:
 def submit_template(tmp: Path) -> Path | None:
     p = SIM_DIR / "bps" / "submit.yaml"
     return p if p.exists() else None
+
+
+def outputs_twice(repo: str) -> dict[str, int]:
+    """Quantum outputs (logs aside) written more than once into one chain's attempt RUNs
+    (`{chain}/{pipeline}/{step}/{stamp}`): a retry redoing what a killed attempt kept.
+    Init-outputs (configs, schemas: no dimensions) are written once per RUN by design."""
+    from lsst.daf.butler import Butler, CollectionType
+
+    butler = Butler.from_config(repo, writeable=False)
+    try:
+        runs: dict[str, list[str]] = {}
+        for run in butler.collections.query("DEEP/*", collection_types={CollectionType.RUN}):
+            runs.setdefault(run.rsplit("/", 3)[0], []).append(run)
+        seen: Counter[tuple[str, str, str]] = Counter()
+        for chain, members in runs.items():
+            for ref in butler.query_all_datasets(members, find_first=False, limit=None):
+                if ref.datasetType.dimensions and not ref.datasetType.name.endswith(("_log", "_log_retry")):
+                    seen[(chain, ref.datasetType.name, str(ref.dataId.required))] += 1
+        return {" ".join(k): n for k, n in seen.items() if n > 1}
+    finally:
+        butler.close()

@@ -93,11 +93,16 @@ def test_refcats_command(setup, tmp_path):
 
 
 def test_registry_config():
-    assert R.registry_config(None) == {}
+    from autoproc.deep.registry import RegistryError, registry_config
+
+    assert registry_config(None) == {}
     url = "postgresql://butler:lsst@localhost:5432/deep"
-    assert R.registry_config(url) == {"registry": {"db": url}}
-    with pytest.raises(ValueError):
-        R.registry_config("mysql://x")
+    assert registry_config(url) == {"registry": {"db": url}}
+    assert registry_config(url, "deep_main") == {"registry": {"db": url, "namespace": "deep_main"}}
+    with pytest.raises(RegistryError, match="unsupported registry database URL 'mysql://x:\\*\\*\\*@h/d'"):
+        registry_config("mysql://x:secret@h/d")
+    with pytest.raises(RegistryError, match="not a plain PostgreSQL schema name"):
+        registry_config(url, "drop table; --")
 
 
 def test_skymap_covers_visits(setup, tmp_path):

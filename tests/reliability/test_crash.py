@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from steps_support import outputs_twice
 
 from autoproc.engine import crashes_since_progress
 from autoproc.script import demo as scenario
@@ -82,27 +83,6 @@ def raws_in_butler(repo: str) -> list[tuple[int, int]]:
     try:
         refs = butler.query_datasets("raw", collections=RAW_RUN, find_first=False, explain=False)
         return [(int(r.dataId["exposure"]), int(r.dataId["detector"])) for r in refs]
-    finally:
-        butler.close()
-
-
-def outputs_twice(repo: str) -> dict[str, int]:
-    """Quantum outputs (logs aside) written more than once into one chain's attempt RUNs
-    (`{chain}/{pipeline}/{step}/{stamp}`): a retry redoing what a killed attempt kept.
-    Init-outputs (configs, schemas: no dimensions) are written once per RUN by design."""
-    from lsst.daf.butler import Butler, CollectionType
-
-    butler = Butler.from_config(repo, writeable=False)
-    try:
-        runs: dict[str, list[str]] = {}
-        for run in butler.collections.query("DEEP/*", collection_types={CollectionType.RUN}):
-            runs.setdefault(run.rsplit("/", 3)[0], []).append(run)
-        seen: Counter[tuple[str, str, str]] = Counter()
-        for chain, members in runs.items():
-            for ref in butler.query_all_datasets(members, find_first=False, limit=None):
-                if ref.datasetType.dimensions and not ref.datasetType.name.endswith(("_log", "_log_retry")):
-                    seen[(chain, ref.datasetType.name, str(ref.dataId.required))] += 1
-        return {" ".join(k): n for k, n in seen.items() if n > 1}
     finally:
         butler.close()
 

@@ -63,9 +63,19 @@ class Group(click.Group):
             fail(str(err))
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from autoproc.script.install import version_text
+
+        click.echo(version_text())
+        ctx.exit()
+
+
 @click.group(cls=Group)
 @click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), envvar="AUTOPROC_CONFIG",
               help="autoproc.yaml (default: embedded defaults; env AUTOPROC_CONFIG).")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print autoproc's version and the middleware versions it runs with.")
 @click.pass_context
 def main(ctx: click.Context, config_path: Path | None) -> None:
     """autoproc: drive DEEP and DESGW processing forward as data arrives."""
@@ -319,3 +329,32 @@ def report_(obj: Context, out: Path | None) -> None:
     from autoproc.script.report import report as write
 
     click.echo(write(obj.config, obj.machines(), out))
+
+
+@main.command("install-unit")
+@click.option("--user", is_flag=True, help="The user unit (systemctl --user), not the system one.")
+@click.option("--print", "print_only", is_flag=True, help="Print the unit instead of writing it.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where autoproc.service goes (default: /etc/systemd/system, or "
+                   "~/.config/systemd/user with --user).")
+@click.option("--force", is_flag=True, help="Replace an existing unit file.")
+def install_unit(user: bool, print_only: bool, directory: Path | None, force: bool) -> None:
+    """Install (or print) the systemd unit shipped with autoproc."""
+    from autoproc.script import install
+
+    if print_only:
+        click.echo(install.unit_text(user), nl=False)
+        return
+    path = install.install_unit(user, directory, force)
+    click.echo(f"wrote {path}; then: systemctl {'--user ' if user else ''}daemon-reload")
+
+
+@main.command("install-hooks")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace hooks of the same name.")
+def install_hooks(directory: Path, force: bool) -> None:
+    """Copy the example hooks (mail, slack-webhook, event-log) into DIRECTORY."""
+    from autoproc.script import install
+
+    for path in install.install_hooks(directory, force):
+        click.echo(f"wrote {path}")

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoproc.deep.registry import create_error, registry_config
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -43,7 +45,6 @@ __all__ = [
     "ingest_fakes",
     "ingest_refcats",
     "init_repo",
-    "registry_config",
     "register_instrument",
     "register_skymap",
     "skymap_tracts_for",
@@ -80,32 +81,46 @@ def _butler(repo: Any, writeable: bool = True) -> Any:
 # repo + instrument
 
 
-def registry_config(registry_db: str | None) -> dict[str, Any]:
-    """The ``Butler.makeRepo`` config for a registry database URL (None = embedded SQLite)."""
-    if not registry_db:
-        return {}
-    if registry_db.startswith(("postgresql://", "postgresql+", "postgres://")):
-        return {"registry": {"db": registry_db.replace("postgres://", "postgresql://", 1)}}
-    if registry_db.startswith("sqlite:"):
-        return {"registry": {"db": registry_db}}
-    raise ValueError(f"unsupported registry database URL {registry_db!r} (postgresql://... or sqlite:...)")
-
-
-def create_repo(root: str | os.PathLike[str], *, registry_db: str | None = None) -> str:
-    """Create the repo unless ``root/butler.yaml`` exists. PostgreSQL needs the server (and the
-    ``btree_gist`` extension, SPEC §A.1) to be up already."""
+def create_repo(root: str | os.PathLike[str], *, registry_db: str | None = None,
+                registry_namespace: str | None = None) -> str:
+    """Create the repo unless ``root/butler.yaml`` exists. A PostgreSQL registry needs the
+    server up, the database made and its ``btree_gist`` extension created; when any is
+    missing this raises `RegistryError` saying which, and leaves nothing behind, so the
+    next try works once the cause is fixed."""
     from lsst.daf.butler import Butler, Config
 
     root = Path(root)
     if (root / "butler.yaml").exists():
         msg = f"repo {root}: already exists"
     else:
+        cfg = registry_config(registry_db, registry_namespace)
+        existing = root
+        while not existing.exists():
+            existing = existing.parent
         root.mkdir(parents=True, exist_ok=True)
-        cfg = registry_config(registry_db)
-        Butler.makeRepo(str(root), config=Config(cfg) if cfg else None)
+        try:
+            Butler.makeRepo(str(root), config=Config(cfg) if cfg else None)
+        except Exception as err:
+            _remove_made(root, existing)
+            if registry_db:
+                raise create_error(err, registry_db) from err
+            raise
         msg = f"repo {root}: created ({'SQLite' if not registry_db else registry_db.split(':', 1)[0]})"
     log.info(msg)
     return msg
+
+
+def _remove_made(root: Path, existed: Path) -> None:
+    """Undo a failed `makeRepo`: its butler.yaml, and the (empty) directories below
+    `existed` that were made for it."""
+    (root / "butler.yaml").unlink(missing_ok=True)
+    for level in [root, *root.parents]:
+        if level == existed:
+            return
+        try:
+            level.rmdir()
+        except OSError:
+            return
 
 
 def register_instrument(repo: Any, instrument_class: str = DEFAULT_INSTRUMENT_CLASS, *,
@@ -507,6 +522,7 @@ class RepoSetup:
 
     root: Path
     registry_db: str | None = None
+    registry_namespace: str | None = None
     instrument_class: str = DEFAULT_INSTRUMENT_CLASS
     skymap_name: str = DEFAULT_SKYMAP
     fields: list[tuple[float, float]] = field(default_factory=list)
@@ -519,7 +535,7 @@ class RepoSetup:
 
 def init_repo(setup: RepoSetup) -> list[str]:
     """create → instrument → skymap → defects → fakes → refcats; returns one message per step."""
-    msgs = [create_repo(setup.root, registry_db=setup.registry_db)]
+    msgs = [create_repo(setup.root, registry_db=setup.registry_db, registry_namespace=setup.registry_namespace)]
     butler = _butler(setup.root)
     try:
         msgs.append(register_instrument(butler, setup.instrument_class))

@@ -47,7 +47,7 @@ import yaml
 
 from autoproc import process
 from autoproc.deep import collections as colls
-from autoproc.deep import quanta
+from autoproc.deep import quanta, registry
 
 _LOG = logging.getLogger(__name__)
 
@@ -119,11 +119,12 @@ class FailedQuantum:
     log_id: str
     run: str
     no_space: bool = False  # a full disk or a file-size limit: runs again once there is space
+    registry_lost: bool = False  # the registry database went away under it: runs again when it is back
 
     def to_json(self) -> dict:
         return {"task": self.task, "data_id": dict(self.data_id), "exception_type": self.exception_type,
                 "message": self.message, "retryable": self.retryable, "log_id": self.log_id, "run": self.run,
-                "no_space": self.no_space}
+                "no_space": self.no_space, "registry_lost": self.registry_lost}
 
 
 @dataclass
@@ -181,6 +182,20 @@ class StepOutcome:
         log = self.evidence.get("log", "")
         tail = "\n".join(str(self.evidence.get("log_tail", "")).splitlines()[-5:])
         return next((e for rc in self.returncodes if (e := process.no_space(Path(log).stem, rc, tail, log))), None)
+
+    def registry_lost(self) -> str | None:
+        """Why this attempt looks like a victim of a lost registry connection (quanta that
+        failed on it, or a child whose last log lines say so), else None."""
+        if self.status not in ("failed", "incomplete"):
+            return None
+        lost = [f for f in self.failures if f.registry_lost]
+        if lost:
+            return f"{len(lost)} quanta lost the registry connection, e.g. {lost[0].task}: {lost[0].message[:300]}"
+        tail = str(self.evidence.get("log_tail", ""))
+        if any(rc != 0 for rc in self.returncodes) and registry.lost_connection(tail):
+            line = next(ln for ln in reversed(tail.splitlines()) if registry.lost_connection(ln))
+            return f"{Path(str(self.evidence.get('log', ''))).name}: {line.strip()[:300]}"
+        return None
 
     def to_json(self) -> dict:
         return {
@@ -245,9 +260,10 @@ def judge_run(butler, run: str, tasks: Sequence[str], expected: Mapping[str, int
             msgs = _log_messages(butler, ref)
             etype, emsg = _parse_exception(msgs)
             full = process.no_space_errno(emsg) is not None
+            lost = registry.lost_connection(emsg)
             failures.append(FailedQuantum(task=task, data_id=dict(ref.dataId.required), exception_type=etype,
-                                          message=emsg[:2000], retryable=is_memory_failure(msgs) or full,
-                                          log_id=str(ref.id), run=run, no_space=full))
+                                          message=emsg[:2000], retryable=is_memory_failure(msgs) or full or lost,
+                                          log_id=str(ref.id), run=run, no_space=full, registry_lost=lost))
         succeeded[task] = len(md)
         failed[task] = nfail
         if expected is not None:

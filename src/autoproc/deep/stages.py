@@ -44,7 +44,7 @@ from autoproc.actions import (
     file_kind,
 )
 from autoproc.config import Config, DeepConfig
-from autoproc.deep import calibs, ingest, quanta, runner
+from autoproc.deep import calibs, ingest, quanta, registry, runner
 from autoproc.deep import collections as colls
 from autoproc.store import Subject
 
@@ -107,16 +107,33 @@ def templates_of(cfg: DeepConfig, night: str) -> list[str]:
     return sorted(name for name, spec in cfg.templates.items() if template_members(spec, [night]))
 
 
+def registry_wait(config: Config, why: str) -> Wait:
+    """The registry database is not answering: not the step's failure, so no retry is spent."""
+    return Wait(f"Butler registry unreachable: {why}", retry_after=config.deep.registry_retry_seconds,
+                problem="registry_unreachable")
+
+
 @contextmanager
 def open_butler(config: Config) -> Iterator[Any]:
+    """A fresh Butler on the night's repo. A registry that does not answer (here or in the
+    middle of the action) makes the action wait, not fail."""
     from lsst.daf.butler import Butler
 
     repo = repo_path(config)
     if not (repo / "butler.yaml").exists():
         raise Hold(f"no Butler repository at {repo}: run `autoproc deep init` first")
-    butler = Butler.from_config(str(repo), writeable=True)
+    try:
+        butler = Butler.from_config(str(repo), writeable=True)
+    except Exception as err:
+        if (why := registry.unreachable(err)) is not None:
+            raise registry_wait(config, why) from err
+        raise
     try:
         yield butler
+    except Exception as err:
+        if not isinstance(err, Wait | Hold | Fail | Retry) and (why := registry.unreachable(err)) is not None:
+            raise registry_wait(config, why) from err
+        raise
     finally:
         butler.close()
 
@@ -279,6 +296,9 @@ class Steps:
         full = out.no_space()
         if full is not None:  # the engine waits for space; the failed quanta run again then
             raise OSError(full.errno, f"{what}: {full.strerror}")
+        lost = out.registry_lost()
+        if lost is not None:  # its unfinished quanta run again once the server answers
+            raise registry_wait(ctx.config, f"{what}: {lost}")
         fatal = [f.to_json() for f in out.fatal_failures]
         if out.status in ("succeeded", "nothing_to_do"):
             return Outcome("next_step", evidence=ev, reason=f"{what}: {sum(out.succeeded.values())} quanta "

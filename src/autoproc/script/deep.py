@@ -19,7 +19,8 @@ def init(config: Config, store: Store, machines: dict[str, StateMachine], *, ope
 
     cfg = config.deep
     messages = init_repo(RepoSetup(
-        root=repo_path(config), registry_db=cfg.registry_db, instrument_class=cfg.instrument_class,
+        root=repo_path(config), registry_db=cfg.registry_db,
+        registry_namespace=cfg.registry_namespace, instrument_class=cfg.instrument_class,
         skymap_name=cfg.skymap, fields=list(cfg.fields), bpm_dir=cfg.bpm_dir, fakes_table=cfg.fakes_table,
         refcat_command=cfg.refcat_command))
     template = machines.get("template")
