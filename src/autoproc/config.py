@@ -320,7 +320,8 @@ class Config(Section):
     )
     db: Path | None = Field(default=None, description="SQLite state database; default: <root>/autoproc.db.")
     work_dir: Path | None = Field(default=None, description="Per-attempt working directories; default: <root>/work.")
-    machines_dir: Path = Field(default=DEFAULT_MACHINES_DIR, description="Directory of <kind>.yaml machines.")
+    machines_dir: Path = Field(default=DEFAULT_MACHINES_DIR, description="Directory of <kind>.yaml machines; default: the ones shipped "
+                             "with autoproc (the repository's `statemachines/`).")
     kinds: list[str] = Field(default_factory=list, description="Machines to load; default: every YAML file there.")
     plugins: list[str] = Field(
         default_factory=list, description="Extra modules that register actions, conditions and file kinds."

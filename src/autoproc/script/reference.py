@@ -43,9 +43,9 @@ def _default(field) -> str:
     if value is None:
         return "—"
     if isinstance(value, Path) and value.is_absolute():
-        # Shown relative to the source tree, so the reference reads the same everywhere.
+        # Data shipped inside the package, shown so the reference reads the same everywhere.
         try:
-            value = value.relative_to(PACKAGE_DIR.parents[1])
+            value = f"<package>/{value.relative_to(PACKAGE_DIR).as_posix()}"
         except ValueError:
             pass
     return f"`{json.dumps(value, default=str)}`"
