@@ -1,6 +1,7 @@
 """One simulated DEEP night, processed by autoproc and the seed's way, timed.
 
     .venv/bin/python benchmarks/deep_night.py [--exposures-science 10] [--detectors 1,2,3,4] [--out DIR]
+                                              [--registry sqlite|postgres|both] [--no-seed]
 
 The night: 5 zeros, 5 VR dome flats, 10 VR science exposures (20 exposures) × 4 CCDs, bias →
 flat → DRP with the DEEP step lists (bias step1-2, flat step0-3, DRP step0-step3a), the
@@ -20,6 +21,11 @@ calls of the same functions autoproc uses (`butler define-visits` needs obs_base
 
 Reported: wall time of both, the ratio, and autoproc's overhead over pure quantum execution
 (Σ endUtc − prepUtc over every `<task>_metadata` of the night).
+
+`--registry postgres` puts autoproc's Butler registry on a private PostgreSQL server started
+for the run (tests/postgres_server.py; the server binaries of Debian's postgresql package);
+`--registry both` runs the autoproc night on SQLite and then on PostgreSQL, same raws, same
+run, and reports the two wall times and their ratio.
 """
 
 from __future__ import annotations
@@ -51,11 +57,11 @@ def make_night(raw_dir: Path, n_science: int, detectors: list[int]) -> list[Path
     return write_night(exps, raw_dir)
 
 
-def init_repo(repo: Path) -> None:
+def init_repo(repo: Path, registry_db: str | None = None, namespace: str | None = None) -> None:
     from autoproc.deep.repo import RepoSetup, init_repo
     from autoproc.sim.deep.raws import DEFAULT_FIELD
 
-    init_repo(RepoSetup(root=repo, fields=[DEFAULT_FIELD]))
+    init_repo(RepoSetup(root=repo, fields=[DEFAULT_FIELD], registry_db=registry_db, registry_namespace=namespace))
 
 
 def quantum_seconds(repo: Path, chains: list[str]) -> tuple[float, int]:
@@ -77,19 +83,22 @@ def quantum_seconds(repo: Path, chains: list[str]) -> tuple[float, int]:
 # --- autoproc ---------------------------------------------------------------------------
 
 
-def run_autoproc(work: Path, raw_dir: Path) -> float:
+def run_autoproc(work: Path, raw_dir: Path, name: str = "autoproc", registry_db: str | None = None) -> float:
     from autoproc.store import Store
 
-    root = work / "autoproc"
+    root = work / name
+    deep = {"mode": "pipetask", "ingest_quiet_seconds": 0.3}
+    if registry_db:
+        deep.update(registry_db=registry_db, registry_namespace=name)
     cfg = {"root": str(root), "kinds": ["night", "template"], "poll_seconds": 0.2,
            "watch": [{"name": "raws", "path": str(raw_dir), "kind": "raw", "patterns": ["*.fits"],
                       "mode": "inotify", "quiet_seconds": 0.2}],
-           "deep": {"mode": "pipetask", "ingest_quiet_seconds": 0.3}}
-    path = work / "autoproc.yaml"
+           "deep": deep}
+    path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    init_repo(root / "repo")
+    init_repo(root / "repo", registry_db, name if registry_db else None)
     t0 = time.perf_counter()
-    log = open(work / "daemon.log", "w")
+    log = open(work / f"{name}-daemon.log", "w")
     daemon = subprocess.Popen([str(BIN / "autoproc"), "-c", str(path), "daemon"], stdout=log,  # noqa: S603
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -102,9 +111,9 @@ def run_autoproc(work: Path, raw_dir: Path) -> float:
                 if s is not None and s.state in ("waiting_template", "done"):
                     return time.perf_counter() - t0
                 if s is not None and s.state == "failed":
-                    raise SystemExit(f"autoproc: the night failed; see {work / 'daemon.log'}")
+                    raise SystemExit(f"autoproc: the night failed; see {log.name}")
             if daemon.poll() is not None:
-                raise SystemExit(f"autoproc daemon exited {daemon.returncode}; see {work / 'daemon.log'}")
+                raise SystemExit(f"autoproc daemon exited {daemon.returncode}; see {log.name}")
     finally:
         daemon.terminate()
         daemon.wait(30)
@@ -217,11 +226,27 @@ def run_seed(work: Path, raws: list[Path]) -> tuple[float, int]:
     return time.perf_counter() - t0, seed.commands
 
 
+def postgres_server(work: Path):
+    """A private PostgreSQL server for this run (the tests' own, see tests/postgres_server.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from postgres_server import DATABASE, PostgresServer, _bin_dir
+
+    server = PostgresServer(_bin_dir(), Path(tempfile.mkdtemp(prefix="deep-night-bench-pg-")))
+    server.init()
+    server.start()
+    server.execute(f"CREATE DATABASE {DATABASE}", "postgres")
+    server.execute("CREATE EXTENSION btree_gist")
+    return server
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--exposures-science", type=int, default=10)
     ap.add_argument("--detectors", default="1,2,3,4")
     ap.add_argument("--out", type=Path, default=None, help="work directory (default: a temporary one)")
+    ap.add_argument("--registry", choices=["sqlite", "postgres", "both"], default="sqlite",
+                    help="autoproc's Butler registry; both: the night on each, in this run")
+    ap.add_argument("--no-seed", action="store_true", help="skip the seed's way")
     args = ap.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="deep-night-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -229,26 +254,40 @@ def main() -> int:
     raws = make_night(work / "raws", args.exposures_science, dets)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     n_exp = len(raws)
-
-    t_auto = run_autoproc(work, work / "raws")
-    q_auto, n_q = quantum_seconds(work / "autoproc" / "repo", [f"DEEP/{NIGHT}/{p}" for p in STEPS])
-    t_seed, n_cmd = run_seed(work, raws)
-    q_seed, _ = quantum_seconds(work / "seed-repo", [f"DEEP/{NIGHT}/{p}" for p in STEPS])
     steps = sum(len(s) for s in STEPS.values())
-    result = {
-        "night": f"{n_exp} exposures x {len(dets)} detectors, {steps} steps, {n_q} quanta",
-        "autoproc_seconds": round(t_auto, 1), "seed_seconds": round(t_seed, 1),
-        "ratio_autoproc_over_seed": round(t_auto / t_seed, 3),
-        "seed_processes": n_cmd,
-        "quantum_seconds_autoproc": round(q_auto, 2), "quantum_seconds_seed": round(q_seed, 2),
-        "autoproc_overhead_seconds": round(t_auto - q_auto, 1),
-        "autoproc_overhead_per_step_seconds": round((t_auto - q_auto) / steps, 2),
-        "work_dir": str(work),
-    }
+    server = postgres_server(work) if args.registry != "sqlite" else None
+    try:
+        walls, quanta = {}, {}
+        for registry in (["sqlite", "postgres"] if args.registry == "both" else [args.registry]):
+            name = f"autoproc-{registry}"
+            walls[registry] = run_autoproc(work, work / "raws", name, server.url() if registry == "postgres" else None)
+            quanta[registry] = quantum_seconds(work / name / "repo", [f"DEEP/{NIGHT}/{p}" for p in STEPS])
+    finally:
+        if server is not None:
+            server.stop()
+    first = next(iter(walls))  # the overhead and the seed ratio are of the first registry run
+    t_auto, (q_auto, n_q) = walls[first], quanta[first]
+    result = {"night": f"{n_exp} exposures x {len(dets)} detectors, {steps} steps, {n_q} quanta",
+              "autoproc_seconds": {r: round(t, 1) for r, t in walls.items()},
+              "quantum_seconds_autoproc": {r: round(q, 2) for r, (q, _) in quanta.items()},
+              "autoproc_overhead_seconds": round(t_auto - q_auto, 1),
+              "autoproc_overhead_per_step_seconds": round((t_auto - q_auto) / steps, 2), "work_dir": str(work)}
+    if len(walls) == 2:
+        result["ratio_postgres_over_sqlite"] = round(walls["postgres"] / walls["sqlite"], 3)
+    if not args.no_seed:
+        t_seed, n_cmd = run_seed(work, raws)
+        q_seed, _ = quantum_seconds(work / "seed-repo", [f"DEEP/{NIGHT}/{p}" for p in STEPS])
+        result.update({"seed_seconds": round(t_seed, 1), "ratio_autoproc_over_seed": round(t_auto / t_seed, 3),
+                       "seed_processes": n_cmd, "quantum_seconds_seed": round(q_seed, 2)})
     print(json.dumps(result, indent=1))
-    print(f"autoproc {t_auto:.1f} s vs seed {t_seed:.1f} s ({n_cmd} processes): ratio {t_auto / t_seed:.2f} "
-          f"(goal <= 0.5); autoproc overhead over quantum execution {t_auto - q_auto:.1f} s "
-          f"({(t_auto - q_auto) / steps:.2f} s per step, pure quanta {q_auto:.1f} s)")
+    for registry, wall in walls.items():
+        print(f"autoproc on {registry}: {wall:.1f} s")
+    if len(walls) == 2:
+        print(f"PostgreSQL / SQLite: {result['ratio_postgres_over_sqlite']:.2f}")
+    if not args.no_seed:
+        print(f"autoproc {t_auto:.1f} s vs seed {t_seed:.1f} s ({n_cmd} processes): ratio {t_auto / t_seed:.2f} "
+              f"(goal <= 0.5); autoproc overhead over quantum execution {t_auto - q_auto:.1f} s "
+              f"({(t_auto - q_auto) / steps:.2f} s per step, pure quanta {q_auto:.1f} s)")
     print("reproduce: .venv/bin/python benchmarks/deep_night.py " + shlex.join(sys.argv[1:]))
     return 0
 
