@@ -57,7 +57,7 @@ test-tools:
 test: $(BIN)/.installed $(OLDEST_BIN)/.installed test-tools
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest
-	$(OLDEST_BIN)/pytest -m middleware -p no:cacheprovider
+	$(OLDEST_BIN)/pytest -m "middleware and not postgres" -p no:cacheprovider
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks
