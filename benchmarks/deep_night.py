@@ -88,15 +88,16 @@ def run_autoproc(work: Path, raw_dir: Path, name: str = "autoproc", registry_db:
 
     root = work / name
     deep = {"mode": "pipetask", "ingest_quiet_seconds": 0.3}
+    namespace = name.replace("-", "_") if registry_db else None  # a PostgreSQL schema name
     if registry_db:
-        deep.update(registry_db=registry_db, registry_namespace=name)
+        deep.update(registry_db=registry_db, registry_namespace=namespace)
     cfg = {"root": str(root), "kinds": ["night", "template"], "poll_seconds": 0.2,
            "watch": [{"name": "raws", "path": str(raw_dir), "kind": "raw", "patterns": ["*.fits"],
                       "mode": "inotify", "quiet_seconds": 0.2}],
            "deep": deep}
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    init_repo(root / "repo", registry_db, name if registry_db else None)
+    init_repo(root / "repo", registry_db, namespace)
     t0 = time.perf_counter()
     log = open(work / f"{name}-daemon.log", "w")
     daemon = subprocess.Popen([str(BIN / "autoproc"), "-c", str(path), "daemon"], stdout=log,  # noqa: S603
