@@ -296,8 +296,12 @@ class Engine:
         trigger = self.machines[subject.kind].spec.on_intake
         if trigger and not subject.held and trigger in self.machines[subject.kind].triggers_from[subject.state]:
             self.fire(subject, trigger, reason=f"new file {arrival.path}")
-        # A polling action (e.g. waiting for a file to complete) looks again now, not at its next poll.
-        self._poke(subject.kind, subject.key)
+        if accepted.changed:
+            # A file seen before changed (e.g. an incomplete raw got the rest): a polling action
+            # waiting for it looks again now, not at its next poll.
+            self._poke(subject.kind, subject.key)
+        else:
+            self.evaluate(subject.id)
 
     def on_attempt_done(self, done: AttemptDone) -> None:
         if self.running.pop(done.attempt_id, None) is None:

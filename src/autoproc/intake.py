@@ -35,6 +35,7 @@ class Accepted:
     subject: Subject
     created: bool
     path: str
+    changed: bool = False  # the path was recorded before with another size or mtime
 
 
 def accept(store: Store, config: Config, machines: dict[str, StateMachine], arrival: Arrival) -> Accepted | None:
@@ -72,4 +73,4 @@ def accept(store: Store, config: Config, machines: dict[str, StateMachine], arri
     store.record_file(path=arrival.path, root=arrival.root, kind=arrival.kind, size=arrival.size,
                       mtime=arrival.mtime, status="waiting" if found.waiting else "ready", reason=found.waiting,
                       subject_id=subject.id, info=found.info)
-    return Accepted(subject, created, arrival.path)
+    return Accepted(subject, created, arrival.path, changed=known is not None)
