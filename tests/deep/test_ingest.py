@@ -304,6 +304,21 @@ def test_night_waits_for_incomplete_raw_then_grace_then_replacement(tmp_path):
     (row,) = store.files(status="waiting")
     assert row["reason"] == "1 of the 4 CCDs of an OBSTYPE 'object' raw (no NEXTEND); missing CCDNUM 3-5"
     assert row["info"]["missing"] == [3, 4, 5]
+    # What an operator sees: `status` (its JSON and its table) and the report list it with why.
+    from rich.console import Console
+
+    from autoproc.cli.render import status_view
+    from autoproc.report import write_report
+    from autoproc.script.inspect import status
+
+    listed = status(store)["waiting_files"]
+    assert [(f["path"], f["reason"]) for f in listed] == [(str(path), row["reason"])]
+    console = Console(file=io.StringIO(), width=400)
+    console.print(status_view(status(store)))
+    shown = console.file.getvalue()
+    assert "waiting files (incomplete)" in shown and row["reason"] in shown
+    page = write_report(store, machines, config, tmp_path / "report").read_text()
+    assert "Waiting files (incomplete)" in page and "missing CCDNUM 3-5" in page
     waited = run(config, subject)
     assert waited.trigger is None and 3590 < waited.retry_after <= 3600.05
     assert f"1 incomplete raw(s) wait up to 3600 s for the rest: {path.name}: 1 of the 4 CCDs" in waited.reason
