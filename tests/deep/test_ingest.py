@@ -345,3 +345,20 @@ def test_night_waits_for_incomplete_raw_then_grace_then_replacement(tmp_path):
     with Butler.from_config(str(root / "repo")) as b:
         assert _raws_and_regions(b, exp.expnum) == ([1, 3, 4, 5], [1, 3, 4, 5])
     store.close()
+
+
+def test_other_file_with_other_ccds_of_an_ingested_exposure_is_bad(butler, tmp_path):
+    """Only the file an exposure was ingested from replaces it: another file with the same EXPNUM and
+    other CCDs is refused, naming both sets (the same CCDs: an ordinary skip)."""
+    exp = _science(tmp_path)
+    first = write_raw(exp, tmp_path / "a")
+    assert not ingest_raws(butler, [first]).bad
+    fewer = _cut(dataclasses.replace(exp, detectors=(1, 3)), tmp_path / "b" / exp.basename, 2)
+    r = ingest_raws(butler, [fewer])
+    assert r.bad[fewer] == (f"exposure {exp.expnum} is already ingested from another file with CCDs 1, 3-5; "
+                            "this one has CCDs 1, 3")
+    assert _raws_and_regions(butler, exp.expnum) == ([1, 3, 4, 5], [1, 3, 4, 5])
+    copy = tmp_path / "c" / exp.basename
+    copy.parent.mkdir()
+    shutil.copy(first, copy)
+    assert set(ingest_raws(butler, [copy]).skipped) == {copy}

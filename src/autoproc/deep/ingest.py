@@ -575,6 +575,15 @@ def _existing(butler: Any, run: str, expnums: Sequence[int]) -> dict[int, dict[i
     return out
 
 
+def _same_file(butler: Any, have: Mapping[int, Any], path: Path) -> bool:
+    """Whether the raws in `have` were ingested from `path` (their datastore URI is it, or links to it)."""
+    try:
+        uri = butler.getURI(next(iter(have.values())))
+        return Path(uri.ospath).resolve() == path.resolve()
+    except Exception:  # not a local file (e.g. a remote datastore): cannot tell, so not the same
+        return False
+
+
 def _read_batch(paths: list[Path], result: IngestResult, *, manifest: Manifest | None, day_obs_rule: str,
                 expected: Mapping[str, Sequence[int]] | None) -> list[RawInfo]:
     """Headers of a batch; damaged files, md5 mismatches and EXPNUMs twice in it go to ``result.bad``,
@@ -615,9 +624,13 @@ def _ingest_headers(butler: Any, paths: list[Path], result: IngestResult, *, tra
     renew: list[tuple[RawInfo, dict[int, Any]]] = []
     for info in infos:
         have = existing.get(info.expnum, {})
-        # The file changed since its exposure was ingested (the caller says so, or its CCDs differ from
-        # the raws in the run): everything ingested from it is replaced, the exposure record included.
+        # The file changed since its exposure was ingested from it (the caller says so, or its CCDs differ
+        # from the raws in the run): everything ingested from it is replaced.
         changed = bool(have) and (info.path in replace or set(have) != set(info.detectors))
+        if changed and info.path not in replace and not _same_file(butler, have, info.path):
+            result.bad[info.path] = (f"exposure {info.expnum} is already ingested from another file with CCDs "
+                                     f"{_ranges(have)}; this one has CCDs {_ranges(info.detectors)}")
+            continue
         # Dimension records first, also for exposures already ingested: a later file with the same
         # EXPNUM but a different DATE-OBS, filter or type is a conflict (bad), not "already ingested".
         try:
