@@ -74,3 +74,16 @@ def test_config_check_reports_bad_machines(write_config, tmp_path):
     res = CliRunner().invoke(main, ["config", "check", str(path)])
     assert res.exit_code == 2
     assert "unknown dest state 'b'" in res.output and str(Path(machines / "thing.yaml")) in res.output
+
+
+def test_expected_detectors_are_decam_ccds(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text("deep:\n  expected_detectors: {object: [1, 2, 63]}\n")
+    with pytest.raises(ConfigError, match=r"deep: .*expected_detectors.object: CCDNUM \[63\] not DECam's \(1-62\)"):
+        load_config(path)
+    path.write_text("deep:\n  expected_detectors: {zero: []}\n")
+    with pytest.raises(ConfigError, match="expected_detectors.zero: an empty list"):
+        load_config(path)
+    path.write_text("deep:\n  expected_detectors: {'*': [1, 3]}\n  incomplete_grace_seconds: 30\n")
+    cfg = load_config(path)
+    assert cfg.deep.expected_detectors == {"*": [1, 3]} and cfg.deep.incomplete_grace_seconds == 30

@@ -89,7 +89,7 @@ class ActionContext:
     config: Config
     adjust: dict[str, Any] = field(default_factory=dict)
     timeout: float | None = None
-    files: list[dict] = field(default_factory=list)  # ready intake files of this subject
+    files: list[dict] = field(default_factory=list)  # ready and waiting (incomplete) intake files of this subject
     previous: dict[str, Any] = field(default_factory=dict)  # result of the last try in this state
     timed_out: list[str] = field(default_factory=list)  # children killed at their deadline (filled by run)
     # Not pickled: set only when the action runs in the daemon's own process.
@@ -157,6 +157,9 @@ class FileInfo:
 
     subject: tuple[str, str]  # (kind, key)
     info: dict[str, Any] = field(default_factory=dict)
+    # Why the file is not complete yet (e.g. HDUs missing): it is recorded `waiting` with this
+    # reason instead of `ready`; the stage's action decides how long to wait for the rest.
+    waiting: str = ""
 
 
 class FileKind(Protocol):

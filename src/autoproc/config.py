@@ -161,10 +161,16 @@ class DeepConfig(Section):
         default="night", description="The night of a raw from DATE-OBS: `night` = date of TAI − 12 h (the local "
         "night at CTIO), `obs_decam` = TAI date. A manifest's `night` column wins.")
     manifest: Path | None = Field(
-        default=None, description="`exposures.ecsv` (SPEC §A.2): gives each file's night, and a file is ready "
+        default=None, description="`exposures.ecsv` (SPEC §A.2): gives each file's night, and a file is complete "
         "only once its md5 matches.")
     ingest_quiet_seconds: Seconds = Field(
         default=5.0, description="A night ingests its new raws in one batch once none arrived for this long.")
+    expected_detectors: dict[str, list[int]] = Field(
+        default_factory=dict, description="CCDNUMs a complete raw carries, per OBSTYPE (`zero`, `dome flat`, "
+        "`object`, or `*` for any), where a file has no NEXTEND; unset: every DECam CCD (1-62).")
+    incomplete_grace_seconds: Seconds = Field(
+        default=600.0, description="A raw short of HDUs (or of its manifest md5) waits this long after its last "
+        "change; then it is ingested with its missing CCDs recorded (an md5 mismatch is then a bad file).")
     pipelines: dict[str, str] = Field(
         default_factory=dict, description="Pipeline YAML per proc type (`bias`, `flat`, `drp`, `coadd`, "
         "`diff_drp`, `template`); unset ones are the simulator's DEEP-*.yaml.")
@@ -213,6 +219,13 @@ class DeepConfig(Section):
         for name in self.templates:
             if not _TEMPLATE_NAME.match(name):
                 raise ValueError(f"templates: name {name!r} must match {_TEMPLATE_NAME.pattern}")
+        from autoproc.deep.decam import DETECTORS
+
+        for obstype, ccds in self.expected_detectors.items():
+            unknown = sorted(set(ccds) - set(DETECTORS))
+            if unknown or not ccds:
+                raise ValueError(f"expected_detectors.{obstype}: "
+                                 + (f"CCDNUM {unknown} not DECam's (1-62)" if unknown else "an empty list"))
         return self
 
 

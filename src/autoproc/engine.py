@@ -297,7 +297,12 @@ class Engine:
         trigger = self.machines[subject.kind].spec.on_intake
         if trigger and not subject.held and trigger in self.machines[subject.kind].triggers_from[subject.state]:
             self.fire(subject, trigger, reason=f"new file {arrival.path}")
-        self.evaluate(subject.id)
+        if accepted.changed:
+            # A file seen before changed (e.g. an incomplete raw got the rest): a polling action
+            # waiting for it looks again now, not at its next poll.
+            self._poke(subject.kind, subject.key)
+        else:
+            self.evaluate(subject.id)
 
     def on_attempt_done(self, done: AttemptDone) -> None:
         if self.running.pop(done.attempt_id, None) is None:
@@ -480,7 +485,8 @@ class Engine:
             self.store.add_problem("work_dir", reason)
             self.schedule(self.clock() + self.config.space_retry_seconds, subject.id)
             return
-        files = self.store.files(subject_id=subject.id, status="ready")
+        # Waiting files (valid but incomplete) too: the action decides how long they may wait.
+        files = self.store.files(subject_id=subject.id, status=("ready", "waiting"))
         ctx = actions.ActionContext(
             subject=subject, stage=subject.state, attempt_id=attempt_id, try_number=try_number, workdir=workdir,
             config=self.config, adjust=adjust or {}, timeout=st.timeout, files=files, previous=previous or {},

@@ -2,7 +2,9 @@
 
 Watchers only say "this file looks finished". Intake dedupes on (path, size, mtime)
 against the store, runs the file kind's validator, records bad files with their reason
-(nothing is moved or deleted), and creates the subject the file feeds.
+(nothing is moved or deleted), and creates the subject the file feeds. A valid file the
+validator finds incomplete (e.g. a raw short of HDUs) is recorded `waiting`, with why;
+its subject's action sees it beside the `ready` ones and decides when to take it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Accepted:
     subject: Subject
     created: bool
     path: str
+    changed: bool = False  # the path was recorded before with another size or mtime
 
 
 def accept(store: Store, config: Config, machines: dict[str, StateMachine], arrival: Arrival) -> Accepted | None:
@@ -68,5 +71,6 @@ def accept(store: Store, config: Config, machines: dict[str, StateMachine], arri
     subject, created = store.ensure_subject(kind, key, machine.spec.initial, actor="daemon",
                                             reason=f"first file: {arrival.path}")
     store.record_file(path=arrival.path, root=arrival.root, kind=arrival.kind, size=arrival.size,
-                      mtime=arrival.mtime, status="ready", subject_id=subject.id, info=found.info)
-    return Accepted(subject, created, arrival.path)
+                      mtime=arrival.mtime, status="waiting" if found.waiting else "ready", reason=found.waiting,
+                      subject_id=subject.id, info=found.info)
+    return Accepted(subject, created, arrival.path, changed=known is not None)

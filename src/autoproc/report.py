@@ -160,6 +160,7 @@ def collect(store: Store, machines: dict[str, StateMachine], config: Config, *, 
         "journal": store.journal(limit=limits.journal_rows, newest_first=True),
         "problems": store.problems(limit=50),
         "bad_files": store.files(status="bad", limit=200),
+        "waiting_files": store.files(status="waiting", limit=200),
         "subject_names": {s.id: s.ref for k in kinds.values() for s in (r["subject"] for r in k["rows"])},
     }
 
@@ -215,6 +216,8 @@ def data_summary(data: dict[str, Any], limit: int = 5) -> str:
         parts.append("raws: " + ", ".join(f"{v} {k}" for k, v in data["raws"].items()))
     if isinstance(data.get("bad_raws"), dict) and data["bad_raws"]:
         parts.append(f"bad raws: {len(data['bad_raws'])}")
+    if isinstance(data.get("missing_detectors"), dict) and data["missing_detectors"]:
+        parts.append(f"exposures missing CCDs: {len(data['missing_detectors'])}")
     missing = data.get("missing_calibs")
     if isinstance(missing, dict):
         flat = missing.get("flat") or []
@@ -507,11 +510,15 @@ def render_journal(info: dict) -> str:
 def render_problems(info: dict) -> str:
     problems = "".join(f"<tr><td>{esc(when(p['time']))}</td><td>{esc(p['source'])}</td><td>{esc(p['message'])}"
                        "</td></tr>" for p in info["problems"])
-    bad = "".join(f"<tr><td>{esc(f['path'])}</td><td>{esc(f['reason'])}</td><td>{esc(when(f['updated']))}</td></tr>"
-                  for f in info["bad_files"])
+    def files(rows: list[dict]) -> str:
+        return "".join(f"<tr><td>{esc(f['path'])}</td><td>{esc(f['reason'])}</td><td>{esc(when(f['updated']))}"
+                       "</td></tr>" for f in rows)
+
     return ('<h2 id="problems">Problems</h2><table id="problems-table"><tr><th>when</th><th>source</th>'
             f'<th>message</th></tr>{problems}</table><h3>Bad files</h3><table id="bad-files"><tr><th>path</th>'
-            f'<th>reason</th><th>seen</th></tr>{bad}</table>')
+            f'<th>reason</th><th>seen</th></tr>{files(info["bad_files"])}</table>'
+            '<h3>Waiting files (incomplete)</h3><table id="waiting-files"><tr><th>path</th><th>why</th>'
+            f'<th>since</th></tr>{files(info.get("waiting_files", []))}</table>')
 
 
 def write_report(store: Store, machines: dict[str, StateMachine], config: Config, out: Path | None = None) -> Path:

@@ -475,15 +475,16 @@ class Store:
                 " info = excluded.info, updated = excluded.updated",
                 (path, root, kind, size, mtime, subject_id, status, reason, _json(info or {}), now, now))
 
-    def files(self, *, subject_id: int | None = None, status: str | None = None,
+    def files(self, *, subject_id: int | None = None, status: str | Sequence[str] | None = None,
               limit: int | None = None) -> list[dict]:
         where, params = [], []
         if subject_id is not None:
             where.append("subject_id = ?")
             params.append(subject_id)
         if status:
-            where.append("status = ?")
-            params.append(status)
+            statuses = [status] if isinstance(status, str) else list(status)
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params.extend(statuses)
         sql = "SELECT * FROM files" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY path"
         if limit:
             sql += f" LIMIT {int(limit)}"

@@ -41,7 +41,11 @@ EXPECTED_RAWS = {
     "not_fits.fits": "not a FITS file (no SIMPLE card at the start)",
     "headerless.fits": "not a FITS file (no SIMPLE card at the start)",
     "truncated_mid_block.fits": "truncated FITS file: 4000 bytes is not a multiple of 2880",
-    "truncated_at_block.fits": "truncated FITS file:",
+    # Ends on an HDU boundary, NEXTEND=2 but 1 extension: not damaged but incomplete. It waits
+    # `deep.incomplete_grace_seconds`, then goes in with its missing CCD recorded.
+    "truncated_at_block.fits": "ingested",
+    # CCDNUM 3 labelled as DECam's N4 (CCDNUM 35): a mislabelled file.
+    "detpos_mismatch.fits": "HDU 2: CCDNUM 3 but DETPOS 'N4' (DECam's CCDNUM 3 is S31; DECam's N4 is CCDNUM 35)",
     "missing_keys.fits": "missing header key(s): EXPNUM, DATE-OBS",
     "bad_value.fits": "bad header value:",
     "wrong_instrument.fits": "INSTRUME is 'Mosaic3', not DECam",
@@ -75,7 +79,6 @@ def make_raws(out: Path) -> None:
     (out / "not_fits.fits").write_text("this is a text file named .fits\n")
     (out / "headerless.fits").write_bytes(good[2880 * 3:2880 * 5])  # pixel blocks without any header
     (out / "truncated_mid_block.fits").write_bytes(good[:4000])
-    (out / "truncated_at_block.fits").write_bytes(good[:2880 * 3])
 
     # Every exposure its own DATE-OBS (so its own OBSID, unique in the Butler), from 17:00 local on:
     # the streamed night's zeros are at 16:00.
@@ -103,6 +106,9 @@ def make_raws(out: Path) -> None:
     variant("huge_header.fits", huge)
     for name in HOSTILE_NAMES:
         variant(name, lambda h: None)
+    variant("detpos_mismatch.fits", lambda h: h[2].header.set("DETPOS", "N4"))
+    # A copy cut after its first CCD (its own EXPNUM and DATE-OBS: once complete enough, it is ingested).
+    (out / "truncated_at_block.fits").write_bytes(_bytes(_zero(next(expnum), next(minute)).hdulist())[:2880 * 3])
     (out / SCRIPT_DIR).mkdir()
     (out / SCRIPT_NAME).write_text("<script>alert(1)</script>\n")
 

@@ -287,3 +287,110 @@ def test_one_bps_job_killed_under_a_running_daemon(write_config, tmp_path, daemo
     assert [(s, k) for s, k, _ in later] == [("succeeded", "outcome")], runs
     assert later[0][2]["status"] == "succeeded" and sum(later[0][2]["expected"].values()) == 8 - done, runs
     assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_bps_of(p, tmp_path)]
+
+
+# --- a copy that stalls after its first CCD (issue 10) ----------------------------------------------------
+
+STALL_CCDS = "1,3,4,5"
+
+
+def stalled_science(raws: Path, night: str, stall: float, expnum: int) -> subprocess.Popen:
+    """One science raw without NEXTEND, copied like a network copy that stalls for `stall` s after the
+    primary HDU and its first CCD HDU (the simulator's writer, in its own process)."""
+    return stream(raws, night, "--n-bias", "0", "--flats", "0", "--science", "g:1", "--detectors", STALL_CCDS,
+                  "--no-nextend", "--stall", str(stall), "--start-expnum", str(expnum))
+
+
+def raws_and_regions(config, expnum: int) -> tuple[list[int], list[int]]:
+    from lsst.daf.butler import Butler
+
+    with Butler.from_config(str(config.root / "repo")) as b:
+        raws = [int(r.dataId["detector"]) for r in b.query_datasets(
+            "raw", collections="DECam/raw/all", where=f"instrument = 'DECam' AND exposure = {expnum}",
+            find_first=False, explain=False)]
+        regions = [int(r.detector) for r in b.query_dimension_records(
+            "visit_detector_region", where=f"instrument = 'DECam' AND visit = {expnum}", explain=False)]
+    return sorted(raws), sorted(regions)
+
+
+@pytest.mark.slow
+def test_stalled_copy_waits_for_its_other_ccds(write_config, tmp_path, daemon_factory):
+    """The stall (6 s) is far longer than quiet_seconds (0.5 s): the watcher offers the half file,
+    intake records it `waiting` (status says why), and the night ingests it only once complete."""
+    night, expnum = "20240620", 1_500_000
+    config, path, raws = deep_config(write_config, tmp_path, expected_detectors={"object": [1, 3, 4, 5]},
+                                     incomplete_grace_seconds=120)
+    deep_init(path)
+    daemon = daemon_factory(path).start()
+    writer = stalled_science(raws, night, 6.0, expnum)
+    store = Store(config.db)
+    (waiting,) = wait_for(lambda: store.files(status="waiting"), timeout=30, interval=0.05,
+                          what="the half-copied raw waiting")
+    assert waiting["reason"] == "1 of the 4 CCDs of an OBSTYPE 'object' raw (no NEXTEND); missing CCDNUM 3-5"
+    status = subprocess.run([sys.executable, "-m", "autoproc.cli", "-c", str(path), "status", "--json"],  # noqa: S603
+                            capture_output=True, text=True, env=child_env(), check=True)
+    listed = json.loads(status.stdout)["waiting_files"]
+    assert writer.poll() is None, "the copy finished before status was read: the stall is too short here"
+    assert [(f["path"], f["reason"]) for f in listed] == [(waiting["path"], waiting["reason"])]
+    assert writer.wait(60) == 0
+    wait_for(lambda: settled(config, {night: "waiting_calibs"}, daemon=daemon), timeout=60, interval=0.2,
+             what="the night ingested (then waiting: it has no zeros)")
+    assert raws_and_regions(config, expnum) == ([1, 3, 4, 5], [1, 3, 4, 5])
+    journal = store.journal(store.subject("night", night).id)
+    (ingest,) = [r for r in journal if r["trigger"] == "ingested"]
+    assert ingest["evidence"]["ingested"] == 1 and "incomplete" not in ingest["evidence"]
+    assert "replaced" not in ingest["evidence"]
+    assert [f["status"] for f in store.files()] == ["consumed"]
+    store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_stalled_copy_ingested_half_first_is_replaced_and_rechecked(write_config, tmp_path, daemon_factory):
+    """The grace (0.5 s) runs out during the stall (25 s): the half file goes in with its missing CCDs
+    recorded and the night processes it. When the copy completes, the exposure is replaced whole,
+    journaled, and the night walks its steps again: DRP then has every CCD of it, each once."""
+    night, expnum = "20240621", 1_600_000
+    config, path, raws = deep_config(write_config, tmp_path, expected_detectors={"object": [1, 3, 4, 5]},
+                                     incomplete_grace_seconds=0.5, steps={**FAST_STEPS, "drp": ["step1"]})
+    deep_init(path)
+    daemon = daemon_factory(path).start()
+    calibs = stream(raws, night, "--n-bias", "1", "--flats", "1", "--science", "g:0", "--detectors", STALL_CCDS)
+    assert calibs.wait(60) == 0
+    writer = stalled_science(raws, night, 25.0, expnum)
+    store = Store(config.db)
+
+    def half_ingested():
+        s = store.find_subject("night", night)
+        return s is not None and str(expnum) in (s.data.get("missing_detectors") or {})
+
+    wait_for(half_ingested, timeout=60, interval=0.1, what="the half file ingested after the grace")
+    assert writer.poll() is None, "the copy finished before the half file was ingested: stall too short here"
+    missing = store.subject("night", night).data["missing_detectors"][str(expnum)]
+    assert missing["missing"] == [3, 4, 5] and "missing CCDNUM 3-5" in missing["reason"]
+    assert raws_and_regions(config, expnum) == ([1], [1])
+    assert writer.wait(60) == 0
+    wait_for(lambda: settled(config, {night: "done"}, daemon=daemon) and not store.files(status=("ready", "waiting")),
+             timeout=480, interval=0.5, what="the night done after the replacement")
+
+    # Every CCD's raw once, visit regions for every CCD; nothing missing any more.
+    assert raws_and_regions(config, expnum) == ([1, 3, 4, 5], [1, 3, 4, 5])
+    subject = store.subject("night", night)
+    assert subject.data["missing_detectors"] == {} and subject.data["raws"]["replaced"] == 1
+    journal = store.journal(subject.id)
+    ingests = [r["evidence"] for r in journal if r["trigger"] == "ingested"]
+    first = next(i for i, ev in enumerate(ingests) if "incomplete" in ev)
+    (replaced,) = [ev["replaced"] for ev in ingests[first + 1:] if "replaced" in ev]
+    assert list(replaced.values()) == [{"exposure": expnum, "before": [1], "after": [1, 3, 4, 5]}]
+    assert not subject.data.get("bad_raws")
+
+    # The steps were checked again: DRP ran the new CCDs of that exposure, each once in the chain.
+    from lsst.daf.butler import Butler
+
+    with Butler.from_config(str(config.root / "repo")) as b:
+        post = b.query_datasets("postISRCCD", collections=f"DEEP/{night}/drp", find_first=False, explain=False,
+                                where=f"instrument = 'DECam' AND exposure = {expnum}")
+        assert sorted(int(r.dataId["detector"]) for r in post) == [1, 3, 4, 5]
+        tagged = b.query_datasets("raw", collections=f"DEEP/{night}/drp/raw", explain=False)
+        assert sorted(int(r.dataId["detector"]) for r in tagged) == [1, 3, 4, 5]
+    store.close()

@@ -72,7 +72,7 @@ def test_bad_raws_through_the_daemon_night_proceeds(write_config, tmp_path, requ
         machines_dir=str(ROOT / "statemachines"), kinds=["night", "template"],
         watch=[{"name": "raws", "path": str(raws), "kind": "raw", "patterns": ["*.fits"], "mode": "inotify",
                 "quiet_seconds": 0.5}],
-        deep={"mode": "pipetask", "ingest_quiet_seconds": 1.0, "steps": FAST_STEPS})
+        deep={"mode": "pipetask", "ingest_quiet_seconds": 1.0, "steps": FAST_STEPS, "incomplete_grace_seconds": 1.0})
     assert cli(path, "deep", "init").returncode == 0
     # The corpus, plus what git cannot hold: a symlink loop, a directory loop, an unreadable raw.
     shutil.copytree(BAD / "raws", raws)
@@ -113,8 +113,12 @@ def test_bad_raws_through_the_daemon_night_proceeds(write_config, tmp_path, requ
     # The loops are watch problems, said once, with the path (not files).
     problems = " ".join(p["message"] for p in store.problems(limit=100))
     assert "loop.fits" in problems and "loopdir" in problems, problems
-    # Every good raw of the night (2 zeros, 1 flat, 1 science) and the valid odd-named ones went through.
-    assert sum(f["status"] == "consumed" for f in files.values()) == 4 + len(HOSTILE_NAMES) + 2
+    # Every good raw of the night (2 zeros, 1 flat, 1 science), the valid odd-named ones, one of the
+    # duplicates and the incomplete one (after its grace) went through.
+    assert sum(f["status"] == "consumed" for f in files.values()) == 4 + len(HOSTILE_NAMES) + 3
+    short = store.subject("night", N).data["missing_detectors"]
+    assert short == {"990017": {"path": str(raws / "truncated_at_block.fits"), "missing": [],
+                                "reason": "1 of NEXTEND=2 extensions (CCDs present: 1)"}}
     tried = len(EXPECTED_RAWS) + 3
     store.close()
 

@@ -51,6 +51,14 @@ def status_view(info: dict[str, Any]) -> Group:
         for f in info["bad_files"]:
             t.add_row(Text(f["path"]), Text(f["reason"]))
         parts.append(t)
+    if info.get("waiting_files"):
+        t = Table(title="waiting files (incomplete)")
+        t.add_column("path")
+        t.add_column("for")
+        t.add_column("why")
+        for f in info["waiting_files"]:
+            t.add_row(Text(f["path"]), _age(f["since"]), Text(f["reason"]))
+        parts.append(t)
     if info["problems"]:
         t = Table(title="recent problems")
         t.add_column("when")

@@ -37,17 +37,20 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from astropy.time import Time, TimeDelta
 
+from autoproc.deep.decam import CCDNUM_OF_DETPOS, DETECTORS, FILTERS, OPAQUE_FILTER
+
 log = logging.getLogger(__name__)
 
 __all__ = [
     "RAW_RUN",
+    "Completeness",
     "IngestResult",
     "IngestedFile",
     "Manifest",
@@ -55,8 +58,11 @@ __all__ = [
     "RawFileError",
     "RawInfo",
     "define_visits",
+    "completeness",
+    "expected_detectors",
     "ingest_raws",
     "load_manifest",
+    "manifest_row",
     "observing_night",
     "read_raw_header",
     "register_raw_type",
@@ -67,7 +73,6 @@ INSTRUMENT = "DECam"
 RAW_FORMATTER = "autoproc.sim.deep.instrument.FitsRawFormatter"
 REQUIRED_KEYS = ("EXPNUM", "DATE-OBS", "OBSTYPE", "EXPTIME")
 OBSTYPE_TO_BUTLER = {"object": "science"}
-OPAQUE_FILTER = "solid plate 0.0 0.0"
 VISIT_SYSTEMS = {0: "one-to-one"}
 _MD5_PREFIX = re.compile(r"^[0-9a-f]{32}_")
 
@@ -135,6 +140,8 @@ class RawInfo:
     dec: float | None = None
     zenith_angle: float | None = None
     azimuth: float | None = None
+    nextend: int | None = None  # the primary's NEXTEND, when it has one
+    n_extensions: int = 0  # extensions actually in the file
 
     @property
     def is_science(self) -> bool:
@@ -149,13 +156,12 @@ class RawInfo:
         return str(self.expnum)
 
 
-def _check_complete(path: Path, hdul: Any) -> None:
+def _check_intact(path: Path, hdul: Any) -> None:
+    """Every HDU's data lies inside the file. A file that ends on an HDU boundary passes: whether
+    HDUs are missing after it is `completeness`'s question, not damage."""
     size = path.stat().st_size
     if size % 2880:
         raise RawFileError(path, f"truncated FITS file: {size} bytes is not a multiple of 2880")
-    nextend = hdul[0].header.get("NEXTEND")
-    if isinstance(nextend, int) and len(hdul) - 1 < nextend:
-        raise RawFileError(path, f"truncated FITS file: NEXTEND={nextend} but {len(hdul) - 1} extension(s)")
     for i in range(len(hdul)):
         info = hdul.fileinfo(i)
         if info is None:
@@ -169,14 +175,14 @@ def read_raw_header(path: str | os.PathLike[str], *, day_obs_rule: str = "night"
                     known_filters: Iterable[str] | None = None) -> RawInfo:
     """Open a raw's headers and check it is ingestible; raises `RawFileError` (a `ValueError`) if not.
 
-    Checks: a readable, complete FITS file (every HDU's data fits in the file), ``INSTRUME`` is DECam when
+    Checks: a readable, intact FITS file (every HDU's data fits in the file), ``INSTRUME`` is DECam when
     present, the required keys ``EXPNUM``, ``DATE-OBS``, ``OBSTYPE``, ``EXPTIME`` (and ``FILTER`` unless a
-    zero), a known physical filter, and at least one image extension with ``CCDNUM``.
+    zero), a known physical filter, at least one image extension with ``CCDNUM``, each CCDNUM once, and
+    each HDU's ``DETPOS`` (when present) the DECam name of its ``CCDNUM``. Whether the file has all the
+    HDUs it should is `completeness`.
     """
     from astropy.io import fits
     from astropy.io.fits.verify import VerifyWarning
-
-    from autoproc.sim.deep.instrument import DETECTORS, FILTERS
 
     path = Path(path)
     filters = set(known_filters) if known_filters is not None else set(FILTERS)
@@ -198,7 +204,8 @@ def read_raw_header(path: str | os.PathLike[str], *, day_obs_rule: str = "night"
             warnings.simplefilter("error", VerifyWarning)
             hdul = fits.open(path, memmap=False, lazy_load_hdus=False, ignore_missing_end=False)
         with hdul:
-            _check_complete(path, hdul)
+            _check_intact(path, hdul)
+            n_extensions = len(hdul) - 1
             primary = hdul[0].header
             ext = [(i, h.header) for i, h in enumerate(hdul) if i > 0 and "CCDNUM" in h.header]
             if not ext and "CCDNUM" in primary:
@@ -233,15 +240,19 @@ def read_raw_header(path: str | os.PathLike[str], *, day_obs_rule: str = "night"
         raise RawFileError(path, f"bad header value: {err}") from None
     if not ext:
         raise RawFileError(path, "no image extension with CCDNUM")
-    detectors = []
-    for _i, h in ext:
+    detectors: dict[int, int] = {}  # CCDNUM -> HDU
+    for i, h in ext:
         try:
             ccd = int(h["CCDNUM"])
         except (TypeError, ValueError):
-            raise RawFileError(path, f"bad CCDNUM {h.get('CCDNUM')!r}") from None
+            raise RawFileError(path, f"HDU {i}: bad CCDNUM {h.get('CCDNUM')!r}") from None
         if ccd not in DETECTORS:
-            raise RawFileError(path, f"unknown CCDNUM {ccd}")
-        detectors.append(ccd)
+            raise RawFileError(path, f"HDU {i}: unknown CCDNUM {ccd}")
+        if ccd in detectors:
+            raise RawFileError(path, f"CCDNUM {ccd} twice, in HDUs {detectors[ccd]} and {i}")
+        _check_detpos(path, i, ccd, h.get("DETPOS"))
+        detectors[ccd] = i
+    nextend = primary.get("NEXTEND")
     ra = primary.get("RA_DEG")
     dec = primary.get("DEC_DEG")
     if ra is None or dec is None:
@@ -251,13 +262,89 @@ def read_raw_header(path: str | os.PathLike[str], *, day_obs_rule: str = "night"
         path=path, expnum=expnum, obstype=obstype,
         observation_type=OBSTYPE_TO_BUTLER.get(obstype, obstype),
         physical_filter=physical_filter, date_obs=date_obs, exptime=exptime, darktime=darktime,
-        detectors=tuple(sorted(set(detectors))), day_obs=observing_night(date_obs, day_obs_rule),
+        detectors=tuple(sorted(detectors)), day_obs=observing_night(date_obs, day_obs_rule),
         obs_id=str(primary.get("OBSID", f"DECam_{expnum:08d}")).strip(),
         propid=str(primary.get("PROPID", "")).strip(), object=str(primary.get("OBJECT", "")).strip(),
         ra=None if ra is None else float(ra), dec=None if dec is None else float(dec),
         zenith_angle=float(primary["ZD"]) if "ZD" in primary else None,
         azimuth=float(primary["AZ"]) if "AZ" in primary else None,
+        nextend=nextend if isinstance(nextend, int) and not isinstance(nextend, bool) else None,
+        n_extensions=n_extensions,
     )
+
+
+def _check_detpos(path: Path, hdu: int, ccd: int, detpos: Any) -> None:
+    """A CCD's DETPOS must be DECam's name for its CCDNUM: a mislabelled file is bad, never ingested."""
+    if detpos is None or str(detpos).strip() == "":
+        return
+    name = str(detpos).strip()
+    if name != DETECTORS[ccd]:
+        other = CCDNUM_OF_DETPOS.get(name)
+        where = f"DECam's {name} is CCDNUM {other}" if other is not None else f"{name!r} is no DECam CCD"
+        raise RawFileError(path, f"HDU {hdu}: CCDNUM {ccd} but DETPOS {name!r} (DECam's CCDNUM {ccd} is "
+                                 f"{DETECTORS[ccd]}; {where})")
+
+
+def expected_detectors(obstype: str, configured: Mapping[str, Sequence[int]] | None = None) -> tuple[int, ...]:
+    """The CCDNUMs a complete raw of this OBSTYPE carries: the configured list for it (or for ``*``),
+    else every DECam science CCD."""
+    configured = configured or {}
+    dets = configured.get(obstype, configured.get("*"))
+    return tuple(sorted(int(d) for d in dets)) if dets is not None else tuple(DETECTORS)
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """Whether a raw has every HDU it should (README, "When a raw is ingested").
+
+    ``rule``: what decided (``manifest md5``, ``NEXTEND`` or ``detector list``); ``reason``: why it is
+    not complete, empty when it is; ``missing``: the CCDNUMs known to be absent (from the detector
+    list; a file short of its NEXTEND says how many HDUs, not which)."""
+
+    rule: str
+    reason: str = ""
+    missing: tuple[int, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return not self.reason
+
+
+def _ranges(numbers: Iterable[int]) -> str:
+    """1, 2, 3, 5, 7, 8 -> '1-3, 5, 7-8'."""
+    runs: list[list[int]] = []
+    for n in sorted(numbers):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def completeness(info: RawInfo, expected: Mapping[str, Sequence[int]] | None = None,
+                 row: ManifestRow | None = None) -> Completeness:
+    """Complete = the manifest's md5 when the file has a manifest row, else ``NEXTEND`` extensions when
+    the primary says how many, else every CCD of `expected_detectors` for its OBSTYPE."""
+    if row is not None:
+        md5 = _md5(info.path)
+        if md5 != row.md5sum:
+            return Completeness("manifest md5", f"md5 mismatch: file {md5}, manifest {row.md5sum} "
+                                                "(partial or corrupt download)")
+        return Completeness("manifest md5")
+    want = expected_detectors(info.obstype, expected)
+    missing = tuple(d for d in want if d not in info.detectors)
+    if info.nextend is not None:
+        if info.n_extensions < info.nextend:
+            # Which CCDs are absent is known only from a list the site configured for this kind.
+            listed = bool(expected) and (info.obstype in expected or "*" in expected)
+            return Completeness("NEXTEND", f"{info.n_extensions} of NEXTEND={info.nextend} extensions "
+                                           f"(CCDs present: {_ranges(info.detectors)})", missing if listed else ())
+        return Completeness("NEXTEND")
+    if missing:
+        return Completeness("detector list", f"{len(want) - len(missing)} of the {len(want)} CCDs of an OBSTYPE "
+                                             f"{info.obstype!r} raw (no NEXTEND); missing CCDNUM {_ranges(missing)}",
+                            missing)
+    return Completeness("detector list")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -332,6 +419,16 @@ def _load_manifest(path: Path, proc_type: str) -> Manifest:
     return Manifest(path, rows)
 
 
+def manifest_row(manifest: Manifest, path: str | os.PathLike[str], info: RawInfo | None = None) -> ManifestRow:
+    """The manifest's row for a raw; `RawFileError` when it has none, or lists another EXPNUM."""
+    row = manifest.lookup(path)
+    if row is None:
+        raise RawFileError(path, f"not listed in manifest {manifest.path.name}")
+    if info is not None and row.expnum != info.expnum:
+        raise RawFileError(path, f"EXPNUM {info.expnum} but manifest says {row.expnum}")
+    return row
+
+
 def _md5(path: Path) -> str:
     h = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
@@ -352,6 +449,8 @@ class IngestedFile:
     day_obs: int
     observation_type: str
     physical_filter: str
+    missing: tuple[int, ...] = ()  # CCDs a complete file would have (ingested without them)
+    incomplete: str = ""  # why the file was short of HDUs when it was ingested
 
     @property
     def data_ids(self) -> list[dict[str, Any]]:
@@ -360,20 +459,26 @@ class IngestedFile:
 
 @dataclass
 class IngestResult:
-    """Per-file outcome of one batch; ``bad`` maps path → reason, ``skipped`` path → reason."""
+    """Per-file outcome of one batch; ``bad`` maps path → reason, ``skipped`` path → reason,
+    ``incomplete`` path → why it was short of HDUs (ingested as it is), ``replaced`` path → the
+    exposure and the detectors it had before and has now."""
 
     run: str
     ingested: list[IngestedFile] = field(default_factory=list)
     skipped: dict[Path, str] = field(default_factory=dict)
     bad: dict[Path, str] = field(default_factory=dict)
     visits: list[int] = field(default_factory=list)
+    incomplete: dict[Path, Completeness] = field(default_factory=dict)
+    replaced: dict[Path, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def nights(self) -> set[int]:
         return {f.day_obs for f in self.ingested}
 
     def summary(self) -> str:
-        return (f"{len(self.ingested)} ingested, {len(self.skipped)} skipped, {len(self.bad)} bad, "
+        extra = "".join(f", {len(v)} {k}" for k, v in (("incomplete", self.incomplete),
+                                                        ("replaced", self.replaced)) if v)
+        return (f"{len(self.ingested)} ingested, {len(self.skipped)} skipped, {len(self.bad)} bad{extra}, "
                 f"{len(self.visits)} visits defined into {self.run}")
 
 
@@ -414,7 +519,10 @@ def _box(corners: Sequence[tuple[float, float]]) -> Any:
 
 
 def define_visits(butler: Any, infos: Iterable[RawInfo]) -> list[int]:
-    """One-to-one visits for science exposures (visit id = exposure id); idempotent."""
+    """One-to-one visits for science exposures (visit id = exposure id); idempotent. The records
+    follow the file: a visit defined from an earlier state of it (fewer CCDs) gets the file's region
+    now, and a region for each of its CCDs (a CCD the file no longer has keeps its old region: the
+    registry cannot delete dimension records, and no raw refers to it)."""
     from lsst.daf.butler import Timespan
 
     from autoproc.sim.deep.instrument import detector_corners
@@ -438,7 +546,7 @@ def define_visits(butler: Any, infos: Iterable[RawInfo]) -> list[int]:
                 physical_filter=info.physical_filter, name=info.obs_id, seq_num=info.expnum,
                 exposure_time=info.exptime, target_name=info.object or "UNKNOWN", observation_reason="science",
                 science_program=info.propid, azimuth=info.azimuth, zenith_angle=info.zenith_angle,
-                region=region, timespan=Timespan(info.date_obs, info.date_end)))
+                region=region, timespan=Timespan(info.date_obs, info.date_end)), update=True)
             registry.syncDimensionData("visit_definition",
                                        {"instrument": INSTRUMENT, "exposure": info.expnum, "visit": info.expnum})
             for sid in VISIT_SYSTEMS:
@@ -446,14 +554,15 @@ def define_visits(butler: Any, infos: Iterable[RawInfo]) -> list[int]:
                                            {"instrument": INSTRUMENT, "visit_system": sid, "visit": info.expnum})
             for det, corners in det_corners.items():
                 registry.syncDimensionData("visit_detector_region", {
-                    "instrument": INSTRUMENT, "detector": det, "visit": info.expnum, "region": _box(corners)})
+                    "instrument": INSTRUMENT, "detector": det, "visit": info.expnum, "region": _box(corners)},
+                    update=True)
         visits.append(info.expnum)
     return visits
 
 
-def _existing(butler: Any, run: str, expnums: Sequence[int]) -> dict[tuple[int, int], str]:
-    """(exposure, detector) → URI of raws already in ``run``."""
-    out: dict[tuple[int, int], str] = {}
+def _existing(butler: Any, run: str, expnums: Sequence[int]) -> dict[int, dict[int, Any]]:
+    """exposure → detector → ref of the raws already in ``run``."""
+    out: dict[int, dict[int, Any]] = {}
     if not expnums:
         return out
     for chunk_start in range(0, len(expnums), 500):
@@ -462,32 +571,36 @@ def _existing(butler: Any, run: str, expnums: Sequence[int]) -> dict[tuple[int, 
         refs = butler.query_datasets("raw", collections=run, where=where, find_first=False, explain=False,
                                      limit=None)
         for ref in refs:
-            out[(int(ref.dataId["exposure"]), int(ref.dataId["detector"]))] = str(ref.id)
+            out.setdefault(int(ref.dataId["exposure"]), {})[int(ref.dataId["detector"])] = ref
     return out
 
 
-def _ingest_headers(butler: Any, paths: list[Path], result: IngestResult, *, transfer: str | None,
-                    manifest: Manifest | None, do_visits: bool, day_obs_rule: str) -> None:
-    from lsst.daf.butler import DatasetRef, FileDataset
-    from lsst.daf.butler.registry import ConflictingDefinitionError
+def _same_file(butler: Any, have: Mapping[int, Any], path: Path) -> bool:
+    """Whether the raws in `have` were ingested from `path` (their datastore URI is it, or links to it)."""
+    try:
+        uri = butler.getURI(next(iter(have.values())))
+        return Path(uri.ospath).resolve() == path.resolve()
+    except Exception:  # not a local file (e.g. a remote datastore): cannot tell, so not the same
+        return False
 
-    raw_type = register_raw_type(butler, result.run)
+
+def _read_batch(paths: list[Path], result: IngestResult, *, manifest: Manifest | None, day_obs_rule: str,
+                expected: Mapping[str, Sequence[int]] | None) -> list[RawInfo]:
+    """Headers of a batch; damaged files, md5 mismatches and EXPNUMs twice in it go to ``result.bad``,
+    files short of HDUs to ``result.incomplete`` (they are still ingested: the caller decides when)."""
     infos: list[RawInfo] = []
     seen: dict[int, Path] = {}
     for path in paths:
         try:
             info = read_raw_header(path, day_obs_rule=day_obs_rule)
-            if manifest is not None:
-                row = manifest.lookup(path)
-                if row is None:
-                    raise RawFileError(path, f"not listed in manifest {manifest.path.name}")
-                md5 = _md5(path)
-                if md5 != row.md5sum:
-                    raise RawFileError(path, f"md5 mismatch: file {md5}, manifest {row.md5sum} "
-                                             "(partial or corrupt download)")
-                if row.expnum != info.expnum:
-                    raise RawFileError(path, f"EXPNUM {info.expnum} but manifest says {row.expnum}")
+            row = manifest_row(manifest, path, info) if manifest is not None else None
+            done = completeness(info, expected, row)
+            if row is not None:
+                if not done.complete:
+                    raise RawFileError(path, done.reason)
                 info = _replace_day_obs(info, row.night)
+            elif not done.complete:
+                result.incomplete[path] = done
             if info.expnum in seen:
                 raise RawFileError(path, f"EXPNUM {info.expnum} also in {seen[info.expnum]} in this batch")
             seen[info.expnum] = path
@@ -495,10 +608,29 @@ def _ingest_headers(butler: Any, paths: list[Path], result: IngestResult, *, tra
         except RawFileError as err:
             result.bad[path] = err.reason
             log.warning("ingest: bad raw %s: %s", path, err.reason)
+    return infos
 
+
+def _ingest_headers(butler: Any, paths: list[Path], result: IngestResult, *, transfer: str | None,
+                    manifest: Manifest | None, do_visits: bool, day_obs_rule: str,
+                    expected: Mapping[str, Sequence[int]] | None, replace: set[Path]) -> None:
+    from lsst.daf.butler import DatasetRef, FileDataset
+    from lsst.daf.butler.registry import ConflictingDefinitionError
+
+    raw_type = register_raw_type(butler, result.run)
+    infos = _read_batch(paths, result, manifest=manifest, day_obs_rule=day_obs_rule, expected=expected)
     existing = _existing(butler, result.run, [i.expnum for i in infos])
-    todo: list[tuple[RawInfo, tuple[int, ...]]] = []
+    todo: list[RawInfo] = []
+    renew: list[tuple[RawInfo, dict[int, Any]]] = []
     for info in infos:
+        have = existing.get(info.expnum, {})
+        # The file changed since its exposure was ingested from it (the caller says so, or its CCDs differ
+        # from the raws in the run): everything ingested from it is replaced.
+        changed = bool(have) and (info.path in replace or set(have) != set(info.detectors))
+        if changed and info.path not in replace and not _same_file(butler, have, info.path):
+            result.bad[info.path] = (f"exposure {info.expnum} is already ingested from another file with CCDs "
+                                     f"{_ranges(have)}; this one has CCDs {_ranges(info.detectors)}")
+            continue
         # Dimension records first, also for exposures already ingested: a later file with the same
         # EXPNUM but a different DATE-OBS, filter or type is a conflict (bad), not "already ingested".
         try:
@@ -507,40 +639,59 @@ def _ingest_headers(butler: Any, paths: list[Path], result: IngestResult, *, tra
                     "day_obs", {"instrument": INSTRUMENT, "id": info.day_obs,
                                 "timespan": day_obs_timespan(info.day_obs, day_obs_rule)})
                 butler.registry.syncDimensionData("group", {"instrument": INSTRUMENT, "name": info.group})
-                butler.registry.syncDimensionData("exposure", _exposure_record(info))
+                butler.registry.syncDimensionData("exposure", _exposure_record(info), update=info.path in replace)
         except ConflictingDefinitionError as err:
             result.bad[info.path] = _conflict_reason(butler, info, err)
             log.warning("ingest: %s: %s", info.path, result.bad[info.path])
             continue
-        missing = tuple(d for d in info.detectors if (info.expnum, d) not in existing)
-        if not missing:
+        if changed:
+            renew.append((info, have))
+        elif have:
             result.skipped[info.path] = f"exposure {info.expnum} already ingested in {result.run}"
-            continue
-        todo.append((info, missing))
+        else:
+            todo.append(info)
 
-    def file_dataset(info: RawInfo, dets: tuple[int, ...]) -> FileDataset:
+    def file_dataset(info: RawInfo) -> FileDataset:
         refs = [DatasetRef(raw_type, {"instrument": INSTRUMENT, "exposure": info.expnum, "detector": d},
-                           run=result.run) for d in dets]
+                           run=result.run) for d in info.detectors]
         return FileDataset(path=str(info.path.resolve()), refs=refs, formatter=RAW_FORMATTER)
 
-    done: list[tuple[RawInfo, tuple[int, ...]]] = []
+    done: list[RawInfo] = []
     if todo:
         try:
-            butler.ingest(*[file_dataset(i, d) for i, d in todo], transfer=transfer)
+            butler.ingest(*[file_dataset(i) for i in todo], transfer=transfer)
             done = todo
         except Exception as err:  # isolate the culprit(s): one file at a time
             log.warning("ingest: batch of %d failed (%s); retrying file by file", len(todo), err)
-            for info, dets in todo:
+            for info in todo:
                 try:
-                    butler.ingest(file_dataset(info, dets), transfer=transfer)
-                    done.append((info, dets))
+                    butler.ingest(file_dataset(info), transfer=transfer)
+                    done.append(info)
                 except Exception as err1:
                     result.bad[info.path] = f"Butler.ingest failed: {type(err1).__name__}: {err1}"
-    for info, dets in done:
-        result.ingested.append(IngestedFile(info.path, info.expnum, dets, info.day_obs, info.observation_type,
-                                            info.physical_filter))
+    for info, have in renew:
+        # One transaction: the old raws go (from every collection; a `direct` file itself is never
+        # deleted) and the file's raws come in, or neither.
+        try:
+            with butler.transaction():
+                butler.pruneDatasets(list(have.values()), disassociate=True, unstore=True, purge=True)
+                butler.ingest(file_dataset(info), transfer=transfer)
+        except Exception as err:
+            result.bad[info.path] = (f"could not replace exposure {info.expnum} (it keeps its earlier raws): "
+                                     f"{type(err).__name__}: {err}")
+            continue
+        result.replaced[info.path] = {"exposure": info.expnum, "before": sorted(have),
+                                      "after": list(info.detectors)}
+        log.info("ingest: %s changed since it was ingested: exposure %d replaced (CCDs %s -> %s)",
+                 info.path, info.expnum, _ranges(have), _ranges(info.detectors))
+        done.append(info)
+    for info in done:
+        short = result.incomplete.get(info.path, Completeness(""))
+        result.ingested.append(IngestedFile(info.path, info.expnum, info.detectors, info.day_obs,
+                                            info.observation_type, info.physical_filter, short.missing,
+                                            short.reason))
     if do_visits:
-        science = [i for i, _ in done if i.is_science]
+        science = [i for i in done if i.is_science]
         # Visits of previously skipped exposures are re-synced too (cheap, idempotent), so a crash between
         # ingest and visit definition heals on the next batch.
         science += [i for i in infos if i.is_science and i.path in result.skipped]
@@ -549,6 +700,9 @@ def _ingest_headers(butler: Any, paths: list[Path], result: IngestResult, *, tra
                 result.visits.extend(define_visits(butler, [info]))
             except (RawFileError, ConflictingDefinitionError) as err:
                 result.bad[info.path] = f"visit definition failed: {err}"
+    for path in list(result.incomplete):
+        if path in result.bad:
+            del result.incomplete[path]
 
 
 def _conflict_reason(butler: Any, info: RawInfo, err: Exception) -> str:
@@ -628,6 +782,8 @@ def ingest_raws(
     backend: str = "headers",
     define_visits: bool = True,
     day_obs_rule: str = "night",
+    expected_detectors: Mapping[str, Sequence[int]] | None = None,
+    replace: Iterable[str | os.PathLike[str]] = (),
 ) -> IngestResult:
     """Ingest a batch of raw files into ``run``; per-file problems go to ``result.bad`` (never raised).
 
@@ -636,6 +792,11 @@ def ingest_raws(
     Already-ingested exposures (same exposure and detectors in ``run``) are skipped; exposure and visit
     records are synced, so a re-run after a crash completes what is missing. ``result.visits`` lists the
     science exposures whose one-to-one visits were defined or confirmed in this call.
+
+    A file short of HDUs (`completeness`, with ``expected_detectors`` per OBSTYPE) is ingested as it is
+    and listed in ``result.incomplete``: waiting for the rest is the caller's decision. An exposure whose
+    file changed since it was ingested (listed in ``replace``, or carrying other CCDs than its raws in
+    ``run``) is replaced whole: raws, exposure record, visit and regions (``result.replaced``).
     """
     from lsst.daf.butler import Butler
 
@@ -644,32 +805,35 @@ def ingest_raws(
         butler = Butler.from_config(str(butler), writeable=True)
     try:
         return _ingest_raws(butler, paths, run=run, transfer=transfer, manifest=manifest, backend=backend,
-                            define_visits=define_visits, day_obs_rule=day_obs_rule)
+                            define_visits=define_visits, day_obs_rule=day_obs_rule,
+                            expected=expected_detectors, replace={Path(p) for p in replace})
     finally:
         if own:
             butler.close()
 
 
 def _ingest_raws(butler: Any, paths: Iterable[str | os.PathLike[str]], *, run: str, transfer: str | None,
-                 manifest: Any, backend: str, define_visits: bool, day_obs_rule: str) -> IngestResult:
+                 manifest: Any, backend: str, define_visits: bool, day_obs_rule: str,
+                 expected: Mapping[str, Sequence[int]] | None, replace: set[Path]) -> IngestResult:
     if manifest is not None and not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
     unique = list(dict.fromkeys(Path(p) for p in paths))
     result = IngestResult(run=run)
     if backend == "headers":
         _ingest_headers(butler, unique, result, transfer=transfer, manifest=manifest, do_visits=define_visits,
-                        day_obs_rule=day_obs_rule)
+                        day_obs_rule=day_obs_rule, expected=expected, replace=replace)
     elif backend == "obs_base":
         if manifest is not None:
             good = []
             for p in unique:
-                row = manifest.lookup(p)
-                if row is None:
-                    result.bad[p] = f"not listed in manifest {manifest.path.name}"
-                elif _md5(p) != row.md5sum:
-                    result.bad[p] = "md5 mismatch (partial or corrupt download)"
-                else:
+                try:
+                    info = read_raw_header(p, day_obs_rule=day_obs_rule)
+                    done = completeness(info, expected, manifest_row(manifest, p, info))
+                    if not done.complete:
+                        raise RawFileError(p, done.reason)
                     good.append(p)
+                except RawFileError as err:
+                    result.bad[p] = err.reason
             unique = good
         _ingest_obs_base(butler, unique, result, transfer=transfer, do_visits=define_visits)
     else:

@@ -149,26 +149,40 @@ def _manifest(path: str, mtime: float) -> ingest.Manifest:
 @file_kind("raw")
 def raw_file(path: Path, config: Config) -> FileInfo:
     """A DECam raw feeds the night it belongs to: the manifest's night when one is
-    configured (and then only once its md5 matches), else the night from DATE-OBS."""
+    configured, else the night from DATE-OBS. A valid raw short of HDUs (or of its
+    manifest md5) is `waiting`, with why (`ingest.completeness`)."""
     cfg = config.deep
     info = ingest.read_raw_header(path, day_obs_rule=cfg.day_obs_rule)
-    night = info.day_obs
+    night, row = info.day_obs, None
     if cfg.manifest is not None:
-        manifest = _manifest(str(cfg.manifest), cfg.manifest.stat().st_mtime)
-        row = manifest.lookup(path)
-        if row is None:
-            raise ValueError(f"{path.name}: not listed in manifest {cfg.manifest.name}")
-        if ingest._md5(path) != row.md5sum:
-            raise ValueError(f"{path.name}: md5 does not match the manifest (partial or corrupt download)")
+        row = ingest.manifest_row(_manifest(str(cfg.manifest), cfg.manifest.stat().st_mtime), path, info)
         night = row.night
+    done = ingest.completeness(info, cfg.expected_detectors, row)
     return FileInfo(subject=("night", f"{night:08d}"), info={
         "expnum": info.expnum, "obstype": info.obstype, "filter": info.physical_filter,
-        "detectors": list(info.detectors)})
+        "detectors": list(info.detectors), "missing": list(done.missing), "rule": done.rule},
+        waiting=done.reason)
+
+
+def _waiting_for_rest(ctx: ActionContext) -> Outcome | None:
+    """The night's incomplete raws wait `incomplete_grace_seconds` after their last change for the
+    rest of their HDUs (a copy that stalled); the whole batch waits with them."""
+    grace, now = ctx.config.deep.incomplete_grace_seconds, time.time()
+    young = [f for f in ctx.files if f["status"] == "waiting" and now - f["updated"] < grace]
+    if not young:
+        return None
+    left = min(grace - (now - f["updated"]) for f in young)
+    shown = "; ".join(f"{Path(f['path']).name}: {f['reason']}" for f in young[:3])
+    more = f" (+{len(young) - 3} more)" if len(young) > 3 else ""
+    return Outcome(None, retry_after=left + 0.05, reason=f"{len(young)} incomplete raw(s) wait up to "
+                   f"{grace:g} s for the rest: {shown}{more}")
 
 
 @action()
 def ingest_night(ctx: ActionContext) -> Outcome:
-    """Ingest every ready raw of the night in one batch, once none arrived for a while."""
+    """Ingest every ready raw of the night in one batch, once none arrived for a while and
+    none is waiting for the rest of its HDUs. A raw that changed since it was ingested
+    replaces what was ingested from it (raws, exposure, visit and regions)."""
     cfg = ctx.config.deep
     paths = [f["path"] for f in ctx.files]
     if not paths:
@@ -176,21 +190,44 @@ def ingest_night(ctx: ActionContext) -> Outcome:
     quiet = cfg.ingest_quiet_seconds - (time.time() - max(f["updated"] for f in ctx.files))
     if quiet > 0:
         return Outcome(None, retry_after=quiet + 0.05, reason=f"{len(paths)} new raws; waiting for a quiet moment")
+    if (wait := _waiting_for_rest(ctx)) is not None:
+        return wait
+    data = ctx.subject.data
+    known = dict(data.get("ingested_files") or {})  # path -> [size, mtime] when it was ingested
+    changed = [f["path"] for f in ctx.files if f["path"] in known and known[f["path"]] != [f["size"], f["mtime"]]]
     with open_butler(ctx.config) as butler:
         res = ingest.ingest_raws(butler, paths, run=cfg.raw_run, transfer=cfg.ingest_transfer,
-                                 manifest=cfg.manifest, backend=cfg.ingest_backend, day_obs_rule=cfg.day_obs_rule)
+                                 manifest=cfg.manifest, backend=cfg.ingest_backend, day_obs_rule=cfg.day_obs_rule,
+                                 expected_detectors=cfg.expected_detectors, replace=changed)
     bad = {str(p): reason for p, reason in res.bad.items()}
-    raws = dict(ctx.subject.data.get("raws") or {})
+    raws = dict(data.get("raws") or {})
     raws["ingested"] = raws.get("ingested", 0) + len(res.ingested)
     raws["skipped"] = raws.get("skipped", 0) + len(res.skipped)
+    if res.replaced:
+        raws["replaced"] = raws.get("replaced", 0) + len(res.replaced)
     # Bad raws are marked in the intake table (status, report) and kept with the night.
-    bad_raws = {**(ctx.subject.data.get("bad_raws") or {}), **bad}
+    bad_raws = {**(data.get("bad_raws") or {}), **bad}
+    for f in ctx.files:
+        if f["path"] not in bad:
+            known[f["path"]] = [f["size"], f["mtime"]]
+    # Exposures ingested short of HDUs (after the grace); a complete replacement clears them.
+    missing = dict(data.get("missing_detectors") or {})
+    for f in res.ingested:
+        if f.incomplete:
+            missing[str(f.exposure)] = {"path": str(f.path), "missing": list(f.missing), "reason": f.incomplete}
+        else:
+            missing.pop(str(f.exposure), None)
     other = sorted(str(n) for n in res.nights if f"{n:08d}" != ctx.subject.key)
     evidence = {"summary": res.summary(), "ingested": len(res.ingested), "skipped": len(res.skipped),
                 "bad": bad, "visits": len(res.visits), "run": res.run}
+    if res.incomplete:
+        evidence["incomplete"] = {str(p): c.reason for p, c in res.incomplete.items()}
+    if res.replaced:
+        evidence["replaced"] = {str(p): r for p, r in res.replaced.items()}
     if other:
         evidence["other_nights"] = other  # the ingest's night rule disagreed with the intake's
-    return Outcome("ingested", evidence=evidence, data={"raws": raws, "bad_raws": bad_raws},
+    return Outcome("ingested", evidence=evidence,
+                   data={"raws": raws, "bad_raws": bad_raws, "ingested_files": known, "missing_detectors": missing},
                    reason=res.summary(), consume=[p for p in paths if p not in bad], bad=bad)
 
 

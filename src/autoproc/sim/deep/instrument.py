@@ -1,11 +1,8 @@
 """`SimDECam`: a DECam-like `lsst.pipe.base.Instrument` that needs no obs_decam and no afw.
 
 The instrument is named ``DECam`` so every collection name matches the real one (``DECam/raw/all``,
-``DECam/calib``). Detector ids and CCD names are the real ones: ``id = CCDNUM`` and the name is the DECam
-``DETPOS``, as in astro_metadata_translator ``translators/decam.py`` (``detector_names``: 1 S29, 2 S30,
-3 S31, 4 S25, 5 S26, ... 35 N4, ... 62 N31) and obs_decam (whose camera also has 61 N30, the dead CCD).
-Physical filters and bands are the real obs_decam ``DECAM_FILTER_DEFINITIONS``, including the
-``solid plate 0.0 0.0`` → ``opaque`` filter that obs_decam's header fix-up gives every zero (bias).
+``DECam/calib``). Detector ids and CCD names (``id = CCDNUM``, name = ``DETPOS``) and the physical filters
+and bands are the real ones, from `autoproc.deep.decam`.
 
 What is simulated: the focal-plane geometry (`detector_offset`) is a simple 12-row layout of
 0.30° × 0.15° CCDs with the real row order (S29–S31 at the south edge, N29–N31 at the north edge), no
@@ -20,6 +17,8 @@ from typing import Any
 from lsst.daf.butler import FormatterV2
 from lsst.pipe.base import Instrument
 
+from autoproc.deep.decam import BAND_TO_FILTER, DETECTORS, FILTERS, INSTRUMENT, OPAQUE_FILTER, ROWS
+
 __all__ = [
     "BAND_TO_FILTER",
     "DETECTORS",
@@ -32,37 +31,7 @@ __all__ = [
     "detector_offset",
 ]
 
-INSTRUMENT = "DECam"
 INSTRUMENT_CLASS = "autoproc.sim.deep.instrument.SimDECam"
-
-# CCDNUM -> DETPOS, the real DECam science CCDs (61 = N30 is dead on sky but exists in the camera).
-_S_ROWS = [["S1", "S2", "S3", "S4", "S5", "S6", "S7"], ["S8", "S9", "S10", "S11", "S12", "S13"],
-           ["S14", "S15", "S16", "S17", "S18", "S19"], ["S20", "S21", "S22", "S23", "S24"],
-           ["S25", "S26", "S27", "S28"], ["S29", "S30", "S31"]]
-_N_ROWS = [[n.replace("S", "N") for n in row] for row in _S_ROWS]
-_CCD_ORDER = (_S_ROWS[5] + _S_ROWS[4] + _S_ROWS[3] + _S_ROWS[2] + _S_ROWS[1] + _S_ROWS[0]
-              + _N_ROWS[0] + _N_ROWS[1] + _N_ROWS[2] + _N_ROWS[3] + _N_ROWS[4] + _N_ROWS[5])
-DETECTORS: dict[int, str] = {i + 1: name for i, name in enumerate(_CCD_ORDER)}
-assert DETECTORS[1] == "S29" and DETECTORS[4] == "S25" and DETECTORS[35] == "N4" and DETECTORS[62] == "N31"
-
-OPAQUE_FILTER = "solid plate 0.0 0.0"
-# physical_filter -> band (obs_decam DECAM_FILTER_DEFINITIONS)
-FILTERS: dict[str, str] = {
-    "u DECam c0006 3500.0 1000.0": "u",
-    "g DECam SDSS c0001 4720.0 1520.0": "g",
-    "r DECam SDSS c0002 6415.0 1480.0": "r",
-    "i DECam SDSS c0003 7835.0 1470.0": "i",
-    "z DECam SDSS c0004 9260.0 1520.0": "z",
-    "Y DECam c0005 10095.0 1130.0": "y",
-    "VR DECam c0007 6300.0 2600.0": "VR",
-    "N964 DECam c0008 9645.0 94.0": "N964",
-    OPAQUE_FILTER: "opaque",
-    "N708 DECam c0012 7080.0 400.0": "N708",
-    "N540 DECam c0014 5403.2 210.0": "N540",
-    "N419 DECam c0013 4194.0 75.0": "N419",
-}
-BAND_TO_FILTER: dict[str, str] = {band: pf for pf, band in FILTERS.items()}
-BAND_TO_FILTER["Y"] = BAND_TO_FILTER["y"]  # obs_decam alias
 
 CCD_WIDTH_DEG = 4096 * 0.263 / 3600.0  # long axis, along RA
 CCD_HEIGHT_DEG = 2048 * 0.263 / 3600.0  # short axis, along Dec
@@ -71,7 +40,7 @@ CCD_HEIGHT_DEG = 2048 * 0.263 / 3600.0  # short axis, along Dec
 def detector_offset(detector: int) -> tuple[float, float]:
     """Simulated focal-plane centre of a CCD, (east, north) offsets in degrees from the boresight."""
     name = DETECTORS[detector]
-    rows = _S_ROWS if name[0] == "S" else _N_ROWS
+    rows = ROWS[name[0]]
     for r, row in enumerate(rows):
         if name in row:
             i = row.index(name)

@@ -80,6 +80,7 @@ class SimExposure:
     propid: str = "2024A-0001"
     detectors: tuple[int, ...] = DEFAULT_DETECTORS
     airmass: float = 1.2
+    nextend: bool = True  # False: no NEXTEND card, as many archive files
 
     @property
     def band(self) -> str:
@@ -139,7 +140,8 @@ class SimExposure:
         from .instrument import DETECTORS
 
         primary = fits.PrimaryHDU(header=self.primary_header())
-        primary.header["NEXTEND"] = (len(self.detectors), "Number of extensions")
+        if self.nextend:
+            primary.header["NEXTEND"] = (len(self.detectors), "Number of extensions")
         hdus: list[fits.PrimaryHDU | fits.ImageHDU] = [primary]
         rng = np.random.default_rng(self.expnum)
         level = {"zero": 1000, "dome flat": 20000}.get(self.obs_type, 3000)
@@ -162,16 +164,24 @@ def md5sum(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 
 def write_raw(exp: SimExposure, directory: str | os.PathLike[str], *, md5_names: bool = False,
-              atomic: bool = True) -> Path:
+              atomic: bool = True, stall_seconds: float = 0.0, stall_after: int = 1) -> Path:
     """Write one raw; returns its final path.
 
     ``atomic``: write a hidden temporary file in the same directory, then rename (a watcher never sees a
     partial file under the final name). Otherwise write the final name directly and close it (inotify
     sees the close). With ``md5_names`` the final name is ``<md5>_<basename>``.
+
+    ``stall_seconds``: a network copy that stalls, under the final name: the primary HDU and the first
+    ``stall_after`` CCD HDUs are written and flushed (the file then ends on an HDU boundary, a valid FITS
+    file), the writer sleeps, then appends the rest and closes the file.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     hdul = exp.hdulist()
+    if stall_seconds > 0:
+        if atomic or md5_names:
+            raise ValueError("a stalled copy writes under the final name (atomic=False, md5_names=False)")
+        return _write_stalled(hdul, directory / exp.basename, stall_seconds, stall_after)
     if atomic or md5_names:
         fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=directory)
         os.close(fd)
@@ -186,6 +196,25 @@ def write_raw(exp: SimExposure, directory: str | os.PathLike[str], *, md5_names:
         return final
     final = directory / exp.basename
     hdul.writeto(final, overwrite=True)
+    return final
+
+
+def _write_stalled(hdul: fits.HDUList, final: Path, stall_seconds: float, stall_after: int) -> Path:
+    import io
+    import time
+
+    whole, head = io.BytesIO(), io.BytesIO()
+    hdul.writeto(whole)
+    fits.HDUList(hdul[: 1 + stall_after]).writeto(head)  # the same bytes as the start of `whole`
+    data, cut = whole.getvalue(), len(head.getvalue())
+    if data[:cut] != head.getvalue():
+        raise AssertionError("the first HDUs do not serialize as the start of the file")
+    with open(final, "wb") as f:
+        f.write(data[:cut])
+        f.flush()
+        os.fsync(f.fileno())
+        time.sleep(stall_seconds)
+        f.write(data[cut:])
     return final
 
 
