@@ -285,7 +285,7 @@ def _sweep(ctx: ActionContext) -> ccd.ExposureCcdReport:
     number, expnum = split_exposure_key(ctx.subject.key)
     data = ctx.subject.data
     return ccd.sweep_exposure(cfg.exp_root, data["nite"], expnum, number, data["band"], cfg.chips,
-                              stale_slack=cfg.stale_fail_slack)
+                              copyback_slack=cfg.copyback_slack_minutes * 60)
 
 
 def ccd_table(report: ccd.ExposureCcdReport) -> dict[str, str]:
