@@ -6,7 +6,9 @@ trigger to fire, evidence, data) or raises one of the exceptions below, and the 
 the single writer, records it. A *condition* is `fn(subject, env) -> bool`, checked by
 the state machine before a transition. A *callback* is `fn(change, env) -> None`, run
 after a transition has been committed. A *file kind* validates an intake file and says
-which subject it feeds.
+which subject it feeds. A *rerun hook* `fn(subject, state, redo, config) -> RerunPlan`, one
+per kind, says what a chain sets aside when an operator reruns a subject from a state
+(`autoproc rerun-from`): what it lists, journals and records in the subject's data.
 """
 
 from __future__ import annotations
@@ -157,10 +159,28 @@ class FileKind(Protocol):
         """Validate the file; raise ValueError with a clear reason when it is bad."""
 
 
+@dataclass
+class RerunPlan:
+    """What a rerun sets aside, from a kind's rerun hook.
+
+    `set_aside`: one line per thing taken out (printed by `--dry-run`, journaled);
+    `data`: merged into the subject's data with the override's transition, for its actions
+    to act on; `evidence`: journaled with the override; `notes`: what the operator should know.
+    """
+
+    set_aside: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+RerunHook = Callable[[Subject, str, list[str], Config | None], RerunPlan]
+
 ACTIONS: dict[str, Callable[[ActionContext], Outcome]] = {}
 CONDITIONS: dict[str, Callable[[Subject, Env], bool]] = {}
 CALLBACKS: dict[str, Callable[[dict, Env], None]] = {}
 FILE_KINDS: dict[str, FileKind] = {}
+RERUN_HOOKS: dict[str, RerunHook] = {}
 
 
 def _register(table: dict, name: str | None):
@@ -187,4 +207,9 @@ def callback(name: str | None = None):
 
 def file_kind(name: str):
     return _register(FILE_KINDS, name)
+
+
+def rerun_hook(kind: str):
+    """Register what `rerun-from` sets aside for subjects of `kind`."""
+    return _register(RERUN_HOOKS, kind)
 

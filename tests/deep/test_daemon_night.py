@@ -285,3 +285,118 @@ def test_one_bps_job_killed_under_a_running_daemon(write_config, tmp_path, daemo
     assert [(s, k) for s, k, _ in later] == [("succeeded", "outcome")], runs
     assert later[0][2]["status"] == "succeeded" and sum(later[0][2]["expected"].values()) == 8 - done, runs
     assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_bps_of(p, tmp_path)]
+
+
+def cli(path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autoproc.cli", "-c", str(path), *args],  # noqa: S603
+                          capture_output=True, text=True, env=child_env(), check=False)
+
+
+def chain_runs(b, parent: str) -> list[str]:
+    """The RUNs a chain holds (its step RUNs, not the fixed inputs)."""
+    from autoproc.deep.collections import DATED_LEAF_RE
+
+    return [c for c in b.collections.get_info(parent).children
+            if c.startswith(parent + "/") and DATED_LEAF_RE.match(c.rsplit("/", 1)[-1])]
+
+
+@pytest.mark.slow
+def test_rerun_from_flat_runs_the_flat_steps_again_and_drp_uses_the_new_flats(write_config, tmp_path,
+                                                                              daemon_factory):
+    night = "20240620"
+    config, path, raws = deep_config(write_config, tmp_path, steps={**FAST_STEPS, "drp": ["step1"]})
+    deep_init(path)
+    daemon = daemon_factory(path).start()
+    assert stream(raws, night, "--science", "VR:1", "--n-bias", "2", "--flats", "2").wait(60) == 0
+    wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=240, interval=0.5,
+             what="the night done")
+
+    from lsst.daf.butler import Butler
+
+    from autoproc.deep.calibs import certified
+    from autoproc.deep.collections import SET_ASIDE
+
+    def snapshot() -> tuple[dict[str, list[str]], dict]:
+        b = Butler.from_config(str(config.root / "repo"))
+        try:
+            runs = {p: chain_runs(b, f"DEEP/{night}/{p}") for p in ("bias", "flat", "drp")}
+            flats = {(d["data_id"]["detector"], d["data_id"]["physical_filter"]): d
+                     for d in certified(b, f"DEEP/{night}/calib/flat", "flat")}
+            return runs, flats
+        finally:
+            b.close()
+
+    old_runs, old_flats = snapshot()
+    assert len(old_runs["flat"]) == 3 and len(old_runs["drp"]) == 1 and old_flats
+
+    # The dry run: states in machine order, the RUNs and certifications that would go; nothing changes.
+    dry = cli(path, "rerun-from", "night", night, "flat", "--reason", "bad dome flats", "--operator", "ann",
+              "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "states to run again, in machine order: flat -> drp -> coadd -> diff" in dry.stdout
+    assert "ingesting" not in dry.stdout and "bias ->" not in dry.stdout
+    for run in old_runs["flat"] + old_runs["drp"]:
+        assert f"RUN {run} (out of" in dry.stdout
+    assert not any(run in dry.stdout for run in old_runs["bias"])
+    assert f"certified flat in DEEP/{night}/calib/flat: {len(old_flats)} datasets" in dry.stdout
+    assert states(config, "night") == {night: "done"} and snapshot() == (old_runs, old_flats)
+
+    # A reason is required.
+    assert cli(path, "rerun-from", "night", night, "flat", "--reason", " ").returncode == 2
+
+    real = cli(path, "rerun-from", "night", night, "flat", "--reason", "bad dome flats", "--operator", "ann")
+    assert real.returncode == 0, real.stderr
+    store = Store(config.db)
+    subject_id = store.subject("night", night).id
+
+    def rerun_done() -> bool:
+        s = store.subject("night", night)
+        return s.state == "done" and not (s.data.get("rerun") or {}).get("pending", True)
+
+    wait_for(rerun_done, timeout=240, interval=0.5, what="the night done again after the rerun")
+    assert settled(config, {night: "done"}, daemon=daemon)
+    new_runs, new_flats = snapshot()
+
+    # The flat quanta ran again in new RUNs; the old flat and DRP RUNs are out of the chains
+    # but kept in the repo, marked; the bias was not redone.
+    assert len(new_runs["flat"]) == 3 and not set(new_runs["flat"]) & set(old_runs["flat"])
+    assert len(new_runs["drp"]) == 1 and not set(new_runs["drp"]) & set(old_runs["drp"])
+    assert new_runs["bias"] == old_runs["bias"]
+    b = Butler.from_config(str(config.root / "repo"))
+    for run in old_runs["flat"] + old_runs["drp"]:
+        assert b.collections.get_info(run).doc.startswith(SET_ASIDE)
+    by_step = {run.split("/")[-2]: run for run in new_runs["flat"]}
+    assert sorted(by_step) == ["step1", "step2", "step3"]
+    assert len(b.query_datasets("cpFlatIsrExp", collections=by_step["step1"], explain=False)) == 2 * 2
+    assert b.query_datasets("flat", collections=by_step["step3"], explain=False)
+    # The certified flats are the new ones, and DRP used them (MockDataset provenance).
+    assert sorted(new_flats) == sorted(old_flats)
+    assert all(d["run"] in new_runs["flat"] for d in new_flats.values())
+    new_ids = {d["id"] for d in new_flats.values()}
+    assert not new_ids & {d["id"] for d in old_flats.values()}
+    post = b.query_datasets("postISRCCD", collections=f"DEEP/{night}/drp", explain=False)
+    assert len(post) == 2 and all(r.run in new_runs["drp"] for r in post)
+    for ref in post:
+        used = [str(i.dataset_id) for i in mock_get(b, ref).quantum.inputs["flat"]]
+        key = (ref.dataId["detector"], ref.dataId["physical_filter"])
+        assert used == [new_flats[key]["id"]]
+    b.close()
+
+    # The journal: the operator's rerun with what it would set aside, then the daemon's row
+    # saying what it set aside and decertified, then the flat and DRP steps again.
+    journal = store.journal(subject_id)
+    i = next(k for k, r in enumerate(journal) if r["trigger"] == "rerun")
+    override_row = journal[i]
+    assert (override_row["actor"], override_row["from_state"], override_row["to_state"]) == ("ann", "done", "flat")
+    assert override_row["reason"] == "bad dome flats"
+    assert override_row["evidence"]["redo"] == ["flat", "drp", "coadd", "diff"]
+    assert len(override_row["evidence"]["set_aside"]) == 3 + 1 + 1
+    carried = journal[i + 1]
+    assert carried["actor"] == "daemon" and carried["trigger"] == "next_step"
+    aside = carried["evidence"]["rerun"]["set_aside"]
+    assert sorted(aside[f"DEEP/{night}/flat"]) == sorted(old_runs["flat"])
+    assert aside[f"DEEP/{night}/drp"] == old_runs["drp"]
+    assert len(carried["evidence"]["rerun"]["decertified"][f"DEEP/{night}/calib/flat"]) == len(old_flats)
+    after = [r["trigger"] for r in journal[i + 1:]]
+    assert after.count("flat_done") == 1 and after.count("drp_done") == 1 and "bias_done" not in after
+    store.close()

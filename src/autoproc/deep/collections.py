@@ -13,6 +13,10 @@ Naming, with the default prefix ``DEEP``::
     DEEP/{subset}/{coadd_subset}/coadd/warps              TAGGED   warps for a coadd
     DEEP/{subset}/{coadd_subset}/{template_type}/coadd    CHAINED  coadd chain
     DEEP/{night}/{coadd_subset}/{template_type}/diff_drp  CHAINED  difference imaging
+
+A RUN whose collection documentation starts with `SET_ASIDE` (written by `set_aside_runs`
+when an operator reruns a night from a state) stays in the repo but is never put back into
+its chain.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ PROC_TYPES = ("bias", "flat", "science", "drp", "coadd", "diff_drp")
 # proc type -> exposure.observation_type as obs_decam records it (the ECSV says "object").
 OBS_TYPES = {"bias": "zero", "flat": "dome flat", "science": "science", "drp": "science"}
 WARP_DATASET_TYPES = ("deepCoadd_directWarp", "deepCoadd_psfMatchedWarp")
+SET_ASIDE = "autoproc: set aside"
 
 
 class CollectionNameError(ValueError):
@@ -208,12 +213,33 @@ def _sort_runs(parent: str, runs: Iterable[str]) -> list[str]:
     return dated + sorted(other)
 
 
-def _runs_under(butler, parent: str) -> list[str]:
+def _runs_under(butler, parent: str, set_aside: bool = False) -> list[str]:
+    """The RUNs named `parent/...`: those in use, or (`set_aside`) those set aside."""
     from lsst.daf.butler import CollectionType
 
     prefix = parent + "/"
-    found = butler.collections.query(parent + "/*", collection_types={CollectionType.RUN})
-    return [c for c in found if c.startswith(prefix)]
+    found = butler.collections.query_info(parent + "/*", collection_types={CollectionType.RUN}, include_doc=True)
+    return [i.name for i in found if i.name.startswith(prefix) and (i.doc or "").startswith(SET_ASIDE) == set_aside]
+
+
+def runs_in_use(butler, parent: str) -> list[str]:
+    """The RUNs of a chain's steps that `rebuild_chain` puts into it, newest first."""
+    return _sort_runs(check_collection(parent), _runs_under(butler, parent))
+
+
+def set_aside_runs(butler, parent: str, note: str) -> list[str]:
+    """Take every RUN of `parent`'s steps out of its chain for good (a rerun): each is kept
+    in the repo, its documentation says why. Returns the RUNs set aside."""
+    runs = runs_in_use(butler, parent)
+    if not runs:
+        return []
+    exists, current = _chain_children(butler, parent)
+    with butler.transaction():
+        for run in runs:
+            butler.registry.setCollectionDocumentation(run, f"{SET_ASIDE}: {note}")
+        if exists and any(r in current for r in runs):
+            butler.collections.remove_from_chain(parent, [r for r in runs if r in current])
+    return runs
 
 
 def _existing(butler, names: Sequence[str]) -> set[str]:
@@ -249,7 +275,8 @@ def rebuild_chain(butler, parent: str, fixed_inputs: Sequence[str], overwrite: b
     + fixed inputs; children that do not exist are dropped with a warning. A missing
     parent is registered CHAINED. An existing parent is redefined unless the candidate
     would drop one of its children, in which case only a warning is logged (unless
-    `overwrite`). Idempotent.
+    `overwrite`). Idempotent. RUNs set aside (`set_aside_runs`) are never candidates, and
+    dropping one is not refused.
     """
     from lsst.daf.butler import CollectionType
 
@@ -273,10 +300,14 @@ def rebuild_chain(butler, parent: str, fixed_inputs: Sequence[str], overwrite: b
             butler.collections.redefine_chain(parent, candidate)
         result.created = result.changed = True
         return result
-    dropped = [c for c in current if c not in candidate]
+    aside = set(_runs_under(butler, parent, set_aside=True))
+    dropped = [c for c in current if c not in candidate and c not in aside]
     if dropped and not overwrite:
         _LOG.warning("%s: rebuilding would drop %s; chain left as it is (use overwrite)", parent, dropped)
-        result.chain, result.would_drop = current, dropped
+        result.chain, result.would_drop = [c for c in current if c not in aside], dropped
+        if result.chain != current:
+            butler.collections.redefine_chain(parent, result.chain)
+            result.changed = True
         return result
     if current != candidate:
         butler.collections.redefine_chain(parent, candidate)

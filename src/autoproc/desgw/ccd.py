@@ -90,6 +90,13 @@ class FsCounter:
         # d_type comes with the scandir result on Linux: usually no extra syscall.
         return entry.is_dir()
 
+    def since(self, entries: Iterable[os.DirEntry[str]], not_before: float | None) -> list[os.DirEntry[str]]:
+        """The entries, without the files older than `not_before` (set aside by a rerun);
+        a `stat` per entry only when there is such a time."""
+        if not_before is None:
+            return list(entries)
+        return [e for e in entries if self.is_dir(e) or self.mtime(e) >= not_before]
+
 
 @dataclass(frozen=True)
 class ChipStatus:
@@ -195,6 +202,7 @@ def classify_chip(
     tarball: str,
     fs: FsCounter,
     copyback_slack: float = COPYBACK_SLACK_SECONDS,
+    not_before: float | None = None,
 ) -> ChipStatus:
     """Code of one chip directory from its entries (SPEC §B.7 with the stale-FAIL rule).
 
@@ -202,9 +210,10 @@ def classify_chip(
     `RUN28_combined_prepForcePhoto.LOG` (a run that failed earlier never writes it; the RUN28
     FAIL itself comes after its own log), or older than the tarball by more than
     `copyback_slack` seconds. A FAIL from the same copyback as the tarball, older or newer,
-    is a failure of that run.
+    is a failure of that run. Files older than `not_before` (the outputs of the runs before
+    an operator's rerun) are not looked at.
     """
-    by_name = {e.name: e for e in entries}
+    by_name = {e.name: e for e in fs.since(entries, not_before)}
     tar_entry = by_name.get(tarball)
     marker = by_name.get(RUN28_LOG)
     fails: list[tuple[int, str]] = []
@@ -247,8 +256,10 @@ def sweep_exposure(
     chips: Iterable[int] = SEARCH_CHIPS,
     fs: FsCounter | None = None,
     copyback_slack: float = COPYBACK_SLACK_SECONDS,
+    not_before: float | None = None,
 ) -> ExposureCcdReport:
-    """Classify every chip of one exposure. A missing `dp{S}` or chip directory is `missing`."""
+    """Classify every chip of one exposure. A missing `dp{S}` or chip directory is `missing`;
+    files older than `not_before` are left out (see `classify_chip`)."""
     fs = fs or FsCounter()
     chips = tuple(chips)
     top = dp_dir(exp_root, nite, expnum, season)
@@ -277,7 +288,7 @@ def sweep_exposure(
             results.append(ChipStatus(c, CODE_MISSING, "missing"))
             continue
         results.append(classify_chip(c, listing, tarball_name(season, nite, expnum, band, c), fs,
-                                     copyback_slack))
+                                     copyback_slack, not_before))
     return ExposureCcdReport(
         expnum, str(nite), band, season, top, True, input_files, tuple(results), tuple(sorted(extra))
     )
