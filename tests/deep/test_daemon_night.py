@@ -304,11 +304,11 @@ def chain_runs(b, parent: str) -> list[str]:
 def test_rerun_from_flat_runs_the_flat_steps_again_and_drp_uses_the_new_flats(write_config, tmp_path,
                                                                               daemon_factory):
     night = "20240620"
-    config, path, raws = deep_config(write_config, tmp_path, steps={**FAST_STEPS, "drp": ["step1"]})
+    config, path, raws = deep_config(write_config, tmp_path, templates={"allSky": [night]})
     deep_init(path)
     daemon = daemon_factory(path).start()
     assert stream(raws, night, "--science", "VR:1", "--n-bias", "2", "--flats", "2").wait(60) == 0
-    wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=240, interval=0.5,
+    wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=300, interval=0.5,
              what="the night done")
 
     from lsst.daf.butler import Butler
@@ -316,10 +316,13 @@ def test_rerun_from_flat_runs_the_flat_steps_again_and_drp_uses_the_new_flats(wr
     from autoproc.deep.calibs import certified
     from autoproc.deep.collections import SET_ASIDE
 
+    chains = {"bias": f"DEEP/{night}/bias", "flat": f"DEEP/{night}/flat", "drp": f"DEEP/{night}/drp",
+              "diff": f"DEEP/{night}/allSky/diff_drp", "template": "DEEP/allSky/coadd"}
+
     def snapshot() -> tuple[dict[str, list[str]], dict]:
         b = Butler.from_config(str(config.root / "repo"))
         try:
-            runs = {p: chain_runs(b, f"DEEP/{night}/{p}") for p in ("bias", "flat", "drp")}
+            runs = {p: chain_runs(b, parent) for p, parent in chains.items()}
             flats = {(d["data_id"]["detector"], d["data_id"]["physical_filter"]): d
                      for d in certified(b, f"DEEP/{night}/calib/flat", "flat")}
             return runs, flats
@@ -327,7 +330,7 @@ def test_rerun_from_flat_runs_the_flat_steps_again_and_drp_uses_the_new_flats(wr
             b.close()
 
     old_runs, old_flats = snapshot()
-    assert len(old_runs["flat"]) == 3 and len(old_runs["drp"]) == 1 and old_flats
+    assert [len(old_runs[p]) for p in ("flat", "drp", "diff", "template")] == [3, 6, 1, 1] and old_flats
 
     # The dry run: states in machine order, the RUNs and certifications that would go; nothing changes.
     dry = cli(path, "rerun-from", "night", night, "flat", "--reason", "bad dome flats", "--operator", "ann",
@@ -335,9 +338,9 @@ def test_rerun_from_flat_runs_the_flat_steps_again_and_drp_uses_the_new_flats(wr
     assert dry.returncode == 0, dry.stderr
     assert "states to run again, in machine order: flat -> drp -> coadd -> diff" in dry.stdout
     assert "ingesting" not in dry.stdout and "bias ->" not in dry.stdout
-    for run in old_runs["flat"] + old_runs["drp"]:
+    for run in old_runs["flat"] + old_runs["drp"] + old_runs["diff"]:
         assert f"RUN {run} (out of" in dry.stdout
-    assert not any(run in dry.stdout for run in old_runs["bias"])
+    assert not any(run in dry.stdout for run in old_runs["bias"] + old_runs["template"])
     assert f"certified flat in DEEP/{night}/calib/flat: {len(old_flats)} datasets" in dry.stdout
     assert states(config, "night") == {night: "done"} and snapshot() == (old_runs, old_flats)
 
@@ -347,23 +350,22 @@ def test_rerun_from_flat_runs_the_flat_steps_again_and_drp_uses_the_new_flats(wr
     real = cli(path, "rerun-from", "night", night, "flat", "--reason", "bad dome flats", "--operator", "ann")
     assert real.returncode == 0, real.stderr
     store = Store(config.db)
-    subject_id = store.subject("night", night).id
 
-    def rerun_done() -> bool:
-        s = store.subject("night", night)
+    def rerun_done(kind: str, key: str) -> bool:
+        s = store.subject(kind, key)
         return s.state == "done" and not (s.data.get("rerun") or {}).get("pending", True)
 
-    wait_for(rerun_done, timeout=240, interval=0.5, what="the night done again after the rerun")
+    wait_for(lambda: rerun_done("night", night), timeout=300, interval=0.5, what="the night done after the rerun")
     assert settled(config, {night: "done"}, daemon=daemon)
     new_runs, new_flats = snapshot()
 
-    # The flat quanta ran again in new RUNs; the old flat and DRP RUNs are out of the chains
-    # but kept in the repo, marked; the bias was not redone.
-    assert len(new_runs["flat"]) == 3 and not set(new_runs["flat"]) & set(old_runs["flat"])
-    assert len(new_runs["drp"]) == 1 and not set(new_runs["drp"]) & set(old_runs["drp"])
-    assert new_runs["bias"] == old_runs["bias"]
+    # The flat quanta ran again in new RUNs; the old flat, DRP and diff RUNs are out of the
+    # chains but kept in the repo, marked; the bias was not redone.
+    for proc, n in (("flat", 3), ("drp", 6), ("diff", 1)):
+        assert len(new_runs[proc]) == n and not set(new_runs[proc]) & set(old_runs[proc]), proc
+    assert new_runs["bias"] == old_runs["bias"] and new_runs["template"] == old_runs["template"]
     b = Butler.from_config(str(config.root / "repo"))
-    for run in old_runs["flat"] + old_runs["drp"]:
+    for run in old_runs["flat"] + old_runs["drp"] + old_runs["diff"]:
         assert b.collections.get_info(run).doc.startswith(SET_ASIDE)
     by_step = {run.split("/")[-2]: run for run in new_runs["flat"]}
     assert sorted(by_step) == ["step1", "step2", "step3"]
@@ -372,31 +374,43 @@ def test_rerun_from_flat_runs_the_flat_steps_again_and_drp_uses_the_new_flats(wr
     # The certified flats are the new ones, and DRP used them (MockDataset provenance).
     assert sorted(new_flats) == sorted(old_flats)
     assert all(d["run"] in new_runs["flat"] for d in new_flats.values())
-    new_ids = {d["id"] for d in new_flats.values()}
-    assert not new_ids & {d["id"] for d in old_flats.values()}
-    post = b.query_datasets("postISRCCD", collections=f"DEEP/{night}/drp", explain=False)
+    assert not {d["id"] for d in new_flats.values()} & {d["id"] for d in old_flats.values()}
+    post = b.query_datasets("postISRCCD", collections=chains["drp"], explain=False)
     assert len(post) == 2 and all(r.run in new_runs["drp"] for r in post)
     for ref in post:
         used = [str(i.dataset_id) for i in mock_get(b, ref).quantum.inputs["flat"]]
-        key = (ref.dataId["detector"], ref.dataId["physical_filter"])
-        assert used == [new_flats[key]["id"]]
+        assert used == [new_flats[(ref.dataId["detector"], ref.dataId["physical_filter"])]["id"]]
     b.close()
 
     # The journal: the operator's rerun with what it would set aside, then the daemon's row
     # saying what it set aside and decertified, then the flat and DRP steps again.
-    journal = store.journal(subject_id)
+    journal = store.journal(store.subject("night", night).id)
     i = next(k for k, r in enumerate(journal) if r["trigger"] == "rerun")
     override_row = journal[i]
     assert (override_row["actor"], override_row["from_state"], override_row["to_state"]) == ("ann", "done", "flat")
     assert override_row["reason"] == "bad dome flats"
     assert override_row["evidence"]["redo"] == ["flat", "drp", "coadd", "diff"]
-    assert len(override_row["evidence"]["set_aside"]) == 3 + 1 + 1
+    assert len(override_row["evidence"]["set_aside"]) == 3 + 6 + 1 + 1
     carried = journal[i + 1]
     assert carried["actor"] == "daemon" and carried["trigger"] == "next_step"
     aside = carried["evidence"]["rerun"]["set_aside"]
-    assert sorted(aside[f"DEEP/{night}/flat"]) == sorted(old_runs["flat"])
-    assert aside[f"DEEP/{night}/drp"] == old_runs["drp"]
+    for proc in ("flat", "drp", "diff"):
+        assert sorted(aside[chains[proc]]) == sorted(old_runs[proc])
     assert len(carried["evidence"]["rerun"]["decertified"][f"DEEP/{night}/calib/flat"]) == len(old_flats)
     after = [r["trigger"] for r in journal[i + 1:]]
-    assert after.count("flat_done") == 1 and after.count("drp_done") == 1 and "bias_done" not in after
+    assert after.count("flat_done") == 1 and after.count("drp_done") == 1 and after.count("diffed") == 1
+    assert "bias_done" not in after
+
+    # The template was built from the old warps; rerun from coadding, it is built from the new ones.
+    real = cli(path, "rerun-from", "template", "allSky", "coadding", "--reason", "new warps", "--operator", "ann")
+    assert real.returncode == 0, real.stderr
+    assert f"RUN {old_runs['template'][0]} (out of DEEP/allSky/coadd)" in real.stdout
+    wait_for(lambda: rerun_done("template", "allSky"), timeout=120, interval=0.5, what="the template rebuilt")
+    rebuilt, _ = snapshot()
+    assert len(rebuilt["template"]) == 1 and rebuilt["template"] != old_runs["template"]
+    b = Butler.from_config(str(config.root / "repo"))
+    coadds = b.query_datasets("deepCoadd", collections=chains["template"], explain=False)
+    assert coadds and all(r.run in rebuilt["template"] for r in coadds)
+    assert {i.run for r in coadds for i in mock_get(b, r).quantum.inputs["inputWarps"]} <= set(new_runs["drp"])
+    b.close()
     store.close()
