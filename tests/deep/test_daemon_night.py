@@ -56,6 +56,11 @@ def stream(raws: Path, night: str, *args: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, env=child_env())
 
 
+def cli(path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autoproc.cli", "-c", str(path), *args],  # noqa: S603
+                          capture_output=True, text=True, env=child_env(), check=False)
+
+
 def show(path: Path, kind: str, key: str) -> dict:
     proc = subprocess.run([sys.executable, "-m", "autoproc.cli", "-c", str(path), "show", kind, key,  # noqa: S603
                            "--json"], capture_output=True, text=True, env=child_env(), check=True)
@@ -148,6 +153,11 @@ def test_two_nights_to_done_with_borrowed_flat_and_diff(write_config, tmp_path, 
     assert triggers.index("need_calibs") < triggers.index("calibs_certified") < triggers.index("flat_done")
     assert store.file_counts() == {"consumed": 9 + 7}
     assert not shown["data"].get("bad_raws")
+    # A rerun of N1's flats would leave N2 with N1's old g flat: the dry run says so.
+    dry = cli(path, "rerun-from", "night", N1, "flat", "--reason", "bad dome flats", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"night {N2} borrowed this night's flat and keeps the old one" in dry.stdout
+    assert f"night {N1} borrowed" not in dry.stdout and states(config, "night") == {N1: "done", N2: "done"}
     store.close()
 
 
@@ -287,11 +297,6 @@ def test_one_bps_job_killed_under_a_running_daemon(write_config, tmp_path, daemo
     assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_bps_of(p, tmp_path)]
 
 
-def cli(path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "autoproc.cli", "-c", str(path), *args],  # noqa: S603
-                          capture_output=True, text=True, env=child_env(), check=False)
-
-
 def chain_runs(b, parent: str) -> list[str]:
     """The RUNs a chain holds (its step RUNs, not the fixed inputs)."""
     from autoproc.deep.collections import DATED_LEAF_RE
@@ -341,7 +346,7 @@ def test_rerun_from_flat_runs_the_flat_steps_again_and_drp_uses_the_new_flats(wr
     for run in old_runs["flat"] + old_runs["drp"] + old_runs["diff"]:
         assert f"RUN {run} (out of" in dry.stdout
     assert not any(run in dry.stdout for run in old_runs["bias"] + old_runs["template"])
-    assert f"certified flat in DEEP/{night}/calib/flat: {len(old_flats)} datasets" in dry.stdout
+    assert f"certified flat in DEEP/{night}/calib/flat: {len(old_flats)} datasets (decertified)" in dry.stdout
     assert states(config, "night") == {night: "done"} and snapshot() == (old_runs, old_flats)
 
     # A reason is required.

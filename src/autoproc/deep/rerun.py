@@ -69,8 +69,24 @@ def _describe(butler: Any, chains: list[Chain], calib_list: list[tuple[str, str]
     for coll, dtype in calib_list:
         held = calibs.certified(butler, coll, dtype)
         if held:
-            lines.append(f"certified {dtype} in {coll}: {len(held)} datasets, decertified")
+            lines.append(f"certified {dtype} in {coll}: {len(held)} datasets (decertified)")
     return lines
+
+
+def _borrowers(butler: Any, config: Config, night: str, chains: list[Chain]) -> list[str]:
+    """Nights within borrowing reach whose certified calibrations came from this night's
+    redone bias/flat chains: they keep the old ones until they are rerun themselves."""
+    from autoproc.deep.stages import names
+
+    n = names(config.deep)
+    redone = {c.proc: c.parent for c in chains if c.proc in CALIB_TYPES}
+    notes = []
+    for other, _ in calibs.neighbour_nights(night, config.deep.max_borrow_days):
+        for dtype, parent in redone.items():
+            if any(d["run"].startswith(parent + "/") for d in calibs.certified(butler, n.calib(other, dtype), dtype)):
+                notes.append(f"night {other} borrowed this night's {dtype} and keeps the old one: "
+                             f"`autoproc rerun-from night {other} {dtype}` to take the new")
+    return notes
 
 
 def _open(config: Config, writeable: bool) -> Any | None:
@@ -107,9 +123,11 @@ def plan_rerun(subject: Subject, state: str, redo: list[str], config: Config | N
     else:
         try:
             lines = _describe(butler, chains, calib_list)
+            notes = _borrowers(butler, config, subject.key, chains) if subject.kind == "night" else []
         finally:
             butler.close()
-        notes = ["the night's next step does it (the daemon), before anything runs again"] if lines else []
+        if lines:
+            notes.append(f"the {subject.kind}'s next step takes them out (the daemon), before anything runs again")
     request = {"from": state, "pending": True, "requested": time.time(),
                "chains": [{"proc": c.proc, "parent": c.parent} for c in chains],
                "calibs": [list(x) for x in calib_list]}

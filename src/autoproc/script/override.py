@@ -14,7 +14,11 @@ from autoproc import actions
 from autoproc.config import Config
 from autoproc.errors import AutoprocError
 from autoproc.machines import StateMachine
-from autoproc.store import Store, Subject
+from autoproc.store import Conflict, Store, Subject
+
+# A rerun plans from the Butler between reading the subject and writing it; a daemon moving
+# the subject on meanwhile (a step finished) means planning again from what is stored now.
+RERUN_CONFLICT_TRIES = 3
 
 
 class OverrideError(AutoprocError):
@@ -130,20 +134,27 @@ def rerun_from(store: Store, machines: dict[str, StateMachine], kind: str, key: 
     reason = _need_reason(reason)
     if state not in machine.spec.states:
         raise OverrideError(f"{kind} has no state {state!r}; states: {', '.join(machine.spec.states)}")
-    subject = store.subject(kind, key)
-    downstream = machine.downstream(state)
-    if subject.state not in downstream:
-        raise OverrideError(f"{state} does not come before {subject.state} in the {kind} machine")
-    redo = rerun_states(machine, state)
-    hook = actions.RERUN_HOOKS.get(kind)
-    found = hook(subject, state, redo, config) if hook is not None else actions.RerunPlan()
-    note = "; ".join([*found.notes, "earlier attempts are kept in the history" +
-                      ("; what is set aside stays in place, out of the way" if found.set_aside else
-                       "; their outputs are re-checked, not deleted")])
-    plan = Plan(subject, "rerun", state, "rerun", redo=redo, set_aside=list(found.set_aside), note=note)
-    return _move(store, plan, operator=operator_name(operator), reason=reason, dry_run=dry_run,
-                 evidence={"rerun_from": state, "redo": redo, "set_aside": list(found.set_aside), **found.evidence},
-                 data=found.data)
+    operator = operator_name(operator)
+    tries = 0
+    while True:
+        subject = store.subject(kind, key)
+        if subject.state not in machine.downstream(state):
+            raise OverrideError(f"{state} does not come before {subject.state} in the {kind} machine")
+        redo = rerun_states(machine, state)
+        hook = actions.RERUN_HOOKS.get(kind)
+        found = hook(subject, state, redo, config) if hook is not None else actions.RerunPlan()
+        kept = ("what is set aside stays in place, out of the way" if found.set_aside
+                else "their outputs are re-checked, not deleted")
+        plan = Plan(subject, "rerun", state, "rerun", redo=redo, set_aside=list(found.set_aside),
+                    note="\n  ".join([*found.notes, f"earlier attempts are kept in the history; {kept}"]))
+        try:
+            return _move(store, plan, operator=operator, reason=reason, dry_run=dry_run,
+                         evidence={"rerun_from": state, "redo": redo, "set_aside": list(found.set_aside),
+                                   **found.evidence}, data=found.data)
+        except Conflict:
+            tries += 1
+            if tries >= RERUN_CONFLICT_TRIES:
+                raise
 
 
 def rerun_states(machine: StateMachine, state: str) -> list[str]:
