@@ -120,14 +120,19 @@ def test_set_aside_runs_stay_in_the_repo_and_out_of_the_chain(empty_butler):
     for r in old:
         b.collections.register(r, CollectionType.RUN)
     fixed = ["DECam/calib"]
+    rerun = dt.datetime(2024, 12, 1, tzinfo=dt.UTC)
+    assert C.set_aside_runs(b, "DEEP/20240101/bias", "nothing ran there", rerun) == []
     assert C.rebuild_chain(b, PARENT, fixed).chain == [old[1], old[0], "DECam/calib"]
-    assert C.set_aside_runs(b, PARENT, "rerun of night from bias") == [old[1], old[0]]
+    assert C.set_aside_runs(b, PARENT, "rerun of night from bias", rerun) == [old[1], old[0]]
     assert list(b.collections.get_info(PARENT).children) == ["DECam/calib"]
     assert all(b.collections.get_info(r).doc == f"{C.SET_ASIDE}: rerun of night from bias" for r in old)
-    assert C.runs_in_use(b, PARENT) == [] and C.set_aside_runs(b, PARENT, "again") == []
-    # Rebuilding (a step's start, execute.py's fixup) never puts them back; new RUNs go in.
+    assert C.runs_in_use(b, PARENT) == [] and C.set_aside_runs(b, PARENT, "again", rerun) == []
+    # Rebuilding (a step's start, execute.py's fixup) never puts them back; new RUNs go in,
+    # but not one a superseded step started before the rerun and registered only after it.
+    late = f"{PARENT}/DEEP-bias/step2/20241130T235959Z"
     new = f"{PARENT}/DEEP-bias/step1/20250101T000000Z"
-    b.collections.register(new, CollectionType.RUN)
+    for r in (late, new):
+        b.collections.register(r, CollectionType.RUN)
     assert C.rebuild_chain(b, PARENT, fixed).chain == [new, "DECam/calib"]
     assert C.fixup_chain(b, PARENT).chain == [new, "DECam/calib"]
     # One put back by hand is dropped again without needing overwrite.

@@ -14,9 +14,10 @@ Naming, with the default prefix ``DEEP``::
     DEEP/{subset}/{coadd_subset}/{template_type}/coadd    CHAINED  coadd chain
     DEEP/{night}/{coadd_subset}/{template_type}/diff_drp  CHAINED  difference imaging
 
-A RUN whose collection documentation starts with `SET_ASIDE` (written by `set_aside_runs`
-when an operator reruns a night from a state) stays in the repo but is never put back into
-its chain.
+A RUN set aside by `set_aside_runs` (an operator reran the night from a state) stays in the
+repo but is never put back into its chain: its documentation starts with `SET_ASIDE`, and
+the chain's own documentation gives the time before which its RUNs are set aside, so a RUN
+an older, superseded step registers later (its name carries its start time) stays out too.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ PROC_TYPES = ("bias", "flat", "science", "drp", "coadd", "diff_drp")
 OBS_TYPES = {"bias": "zero", "flat": "dome flat", "science": "science", "drp": "science"}
 WARP_DATASET_TYPES = ("deepCoadd_directWarp", "deepCoadd_psfMatchedWarp")
 SET_ASIDE = "autoproc: set aside"
+_SET_ASIDE_BEFORE = re.compile(r"^autoproc: set aside before (\d{8}T\d{6}Z)")
 
 
 class CollectionNameError(ValueError):
@@ -213,13 +215,33 @@ def _sort_runs(parent: str, runs: Iterable[str]) -> list[str]:
     return dated + sorted(other)
 
 
+def _cutoff(butler, parent: str) -> str:
+    """The YYYYmmddTHHMMSSZ before which `parent`'s dated RUNs are set aside ("" if none)."""
+    from lsst.daf.butler import MissingCollectionError
+
+    try:
+        m = _SET_ASIDE_BEFORE.match(butler.collections.get_info(parent).doc or "")
+    except MissingCollectionError:
+        return ""
+    return m.group(1) if m else ""
+
+
 def _runs_under(butler, parent: str, set_aside: bool = False) -> list[str]:
     """The RUNs named `parent/...`: those in use, or (`set_aside`) those set aside."""
     from lsst.daf.butler import CollectionType
 
     prefix = parent + "/"
+    cutoff = _cutoff(butler, parent)
     found = butler.collections.query_info(parent + "/*", collection_types={CollectionType.RUN}, include_doc=True)
-    return [i.name for i in found if i.name.startswith(prefix) and (i.doc or "").startswith(SET_ASIDE) == set_aside]
+    out = []
+    for info in found:
+        if not info.name.startswith(prefix):
+            continue
+        leaf = info.name.rsplit("/", 1)[-1]
+        aside = (info.doc or "").startswith(SET_ASIDE) or bool(cutoff and DATED_LEAF_RE.match(leaf) and leaf < cutoff)
+        if aside == set_aside:
+            out.append(info.name)
+    return out
 
 
 def runs_in_use(butler, parent: str) -> list[str]:
@@ -227,17 +249,21 @@ def runs_in_use(butler, parent: str) -> list[str]:
     return _sort_runs(check_collection(parent), _runs_under(butler, parent))
 
 
-def set_aside_runs(butler, parent: str, note: str) -> list[str]:
-    """Take every RUN of `parent`'s steps out of its chain for good (a rerun): each is kept
-    in the repo, its documentation says why. Returns the RUNs set aside."""
-    runs = runs_in_use(butler, parent)
-    if not runs:
-        return []
+def set_aside_runs(butler, parent: str, note: str, before: dt.datetime) -> list[str]:
+    """Take the RUNs of `parent`'s steps that started before `before` out of its chain for
+    good (a rerun): each is kept in the repo, its documentation says why, and the chain's
+    records the time. Returns the RUNs set aside (those that exist now). A chain that does
+    not exist yet has nothing to set aside."""
     exists, current = _chain_children(butler, parent)
+    if not exists:
+        return []
+    runs = runs_in_use(butler, parent)
+    stamp = before.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     with butler.transaction():
+        butler.registry.setCollectionDocumentation(parent, f"{SET_ASIDE} before {stamp}: {note}")
         for run in runs:
             butler.registry.setCollectionDocumentation(run, f"{SET_ASIDE}: {note}")
-        if exists and any(r in current for r in runs):
+        if any(r in current for r in runs):
             butler.collections.remove_from_chain(parent, [r for r in runs if r in current])
     return runs
 

@@ -15,6 +15,7 @@ stopped any step the override superseded, so no RUN of an older step slips back 
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -144,8 +145,9 @@ def carry_out(butler: Any, subject: Subject) -> Outcome | None:
     note = f"rerun of {subject.kind} {subject.key} from {request['from']} " \
            f"(requested {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(request['requested']))})"
     runs: dict[str, list[str]] = {}
+    before = dt.datetime.fromtimestamp(request["requested"], dt.UTC)
     for c in request.get("chains", []):
-        runs[c["parent"]] = colls.set_aside_runs(butler, c["parent"], note)
+        runs[c["parent"]] = colls.set_aside_runs(butler, c["parent"], note, before)
     decertified = {}
     for coll, dtype in request.get("calibs", []):
         held = calibs.certified(butler, coll, dtype)
