@@ -419,3 +419,47 @@ def test_rerun_from_flat_runs_the_flat_steps_again_and_drp_uses_the_new_flats(wr
     assert {i.run for r in coadds for i in mock_get(b, r).quantum.inputs["inputWarps"]} <= set(new_runs["drp"])
     b.close()
     store.close()
+
+
+@pytest.mark.slow
+def test_rerun_while_a_drp_step_runs_supersedes_it_and_keeps_its_run_out(write_config, tmp_path, daemon_factory):
+    night = "20240621"
+    config, path, raws = deep_config(write_config, tmp_path, steps={**FAST_STEPS, "drp": ["step1", "step2a"]})
+    deep_init(path)
+    daemon = daemon_factory(path).start()
+    assert stream(raws, night, "--science", "VR:2", "--n-bias", "2", "--flats", "1").wait(60) == 0
+    store = Store(config.db)
+
+    def drp_child():
+        s = store.find_subject("night", night)
+        return s and s.state == "drp" and [a for a in store.attempts(s.id, entry=s.entry, status=("running",))
+                                           if a["pgid"]]
+
+    running = wait_for(drp_child, timeout=240, interval=0.1, what="a DRP step running")[0]
+    real = cli(path, "rerun-from", "night", night, "flat", "--reason", "bad dome flats", "--operator", "ann")
+    assert real.returncode == 0, real.stderr
+    wait_for(lambda: store.attempt(running["id"])["status"] == "superseded", timeout=30, what="the step superseded")
+
+    def rerun_done() -> bool:
+        s = store.subject("night", night)
+        return s.state == "done" and not (s.data.get("rerun") or {}).get("pending", True)
+
+    wait_for(rerun_done, timeout=300, interval=0.5, what="the night done after the rerun")
+    assert settled(config, {night: "done"}, daemon=daemon)
+    requested = store.subject("night", night).data["rerun"]["requested"]
+    cutoff = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(requested))
+
+    from lsst.daf.butler import Butler
+
+    b = Butler.from_config(str(config.root / "repo"))
+    for proc in ("flat", "drp"):
+        runs = chain_runs(b, f"DEEP/{night}/{proc}")
+        # Only RUNs of steps started after the rerun: the superseded step's is not among them.
+        assert runs and all(r.rsplit("/", 1)[-1] >= cutoff for r in runs), (proc, runs, cutoff)
+    post = b.query_datasets("postISRCCD", collections=f"DEEP/{night}/drp", explain=False)
+    flats = {str(r.id) for r in b.query_datasets("flat", collections=chain_runs(b, f"DEEP/{night}/flat"),
+                                                 explain=False)}
+    assert len(post) == 2 * 2
+    assert all({str(i.dataset_id) for i in mock_get(b, r).quantum.inputs["flat"]} <= flats for r in post)
+    b.close()
+    store.close()
