@@ -60,7 +60,7 @@ def plan_exposure_rerun(subject: Subject, state: str, redo: list[str], config: C
         lines.append(f"CCD and forcefile outputs written before {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))}"
                      " (left on dCache, no longer counted)")
     if subject.data.get("season") is not None:
-        notes.append("a season that already post-processed this exposure does not redo it by itself: "
+        notes.append("if its season already post-processed it, the season does not redo that by itself: "
                      f"`autoproc rerun-from season {subject.data['season']} postprocessing`")
     return RerunPlan(set_aside=lines, data=data, evidence={"cleared": old}, notes=notes)
 
