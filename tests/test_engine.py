@@ -255,3 +255,40 @@ def test_reaper_gives_up_on_an_action_hung_in_itself(engine_for):
     assert [a["status"] for a in attempts] == ["failed", "failed"]
     assert all("hung" in a["result"]["reason"] for a in attempts)
     assert "gave up after 2 tries" in db(engine).journal(s.id)[-1]["reason"]
+
+
+def test_rerun_plans_again_when_the_daemon_moves_the_subject_meanwhile(tmp_path, monkeypatch):
+    """The kind's rerun hook is consulted (its lines listed, its data stored, its evidence
+    journaled); a subject that changed while the hook looked (a step finished) is planned again."""
+    from autoproc import actions
+    from autoproc.machines import load_machines
+    from conftest import MACHINES
+
+    machines = load_machines(MACHINES, ["widget"])
+    store = Store(tmp_path / "db.sqlite")
+    subject, _ = store.ensure_subject("widget", "r", "new", actor="test")
+    subject = store.transition(subject, "checking", trigger="force", actor="test")
+    seen = []
+
+    def hook(subject, state, redo, config):
+        seen.append((subject.state, subject.version, list(redo)))
+        if len(seen) == 1:  # the daemon finishes the check while we look
+            store.transition(store.subject("widget", "r"), "done", trigger="checked", actor="daemon")
+        return actions.RerunPlan(set_aside=[f"output of v{subject.version}"], data={"aside": subject.version},
+                                 evidence={"looked_at": subject.state}, notes=["a note"])
+
+    monkeypatch.setitem(actions.RERUN_HOOKS, "widget", hook)
+    dry = override.rerun_from(store, machines, "widget", "r", "building", reason="redo", operator="bob",
+                              dry_run=True)
+    assert "to set aside (1):\n    output of v" in dry.describe() and "  a note" in dry.describe()
+    assert store.subject("widget", "r").state == "done" and len(seen) == 1
+    seen.clear()
+    store.transition(store.subject("widget", "r"), "checking", trigger="force", actor="test")
+    plan = override.rerun_from(store, machines, "widget", "r", "building", reason="redo", operator="bob")
+    assert [s for s, _, _ in seen] == ["checking", "done"] and seen[0][2] == ["building", "checking"]
+    after = store.subject("widget", "r")
+    assert plan.done and after.state == "building" and after.data["aside"] == seen[1][1]
+    row = store.journal(after.id)[-1]
+    assert (row["trigger"], row["actor"], row["from_state"]) == ("rerun", "bob", "done")
+    assert row["evidence"]["looked_at"] == "done" and row["evidence"]["set_aside"] == [f"output of v{seen[1][1]}"]
+    store.close()

@@ -8,7 +8,9 @@ the state machine before a transition. A *callback* is `fn(change, env) -> None`
 after a transition has been committed. A *file kind* validates an intake file and says
 which subject it feeds. An *environment check* is `fn() -> None` that raises when the
 installed software cannot run the stage correctly; the daemon runs every check at start
-and `config check` reports them, so a stage never runs silently wrong.
+and `config check` reports them, so a stage never runs silently wrong. A *rerun hook*
+`fn(subject, state, redo, config) -> RerunPlan`, one per kind, says what a chain sets aside when an operator reruns a subject from a state
+(`autoproc rerun-from`): what it lists, journals and records in the subject's data.
 """
 
 from __future__ import annotations
@@ -167,11 +169,29 @@ class FileKind(Protocol):
         """Validate the file; raise ValueError with a clear reason when it is bad."""
 
 
+@dataclass
+class RerunPlan:
+    """What a rerun sets aside, from a kind's rerun hook.
+
+    `set_aside`: one line per thing taken out (printed by `--dry-run`, journaled);
+    `data`: merged into the subject's data with the override's transition, for its actions
+    to act on; `evidence`: journaled with the override; `notes`: what the operator should know.
+    """
+
+    set_aside: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+RerunHook = Callable[[Subject, str, list[str], Config | None], RerunPlan]
+
 ACTIONS: dict[str, Callable[[ActionContext], Outcome]] = {}
 CONDITIONS: dict[str, Callable[[Subject, Env], bool]] = {}
 CALLBACKS: dict[str, Callable[[dict, Env], None]] = {}
 FILE_KINDS: dict[str, FileKind] = {}
 ENVIRONMENT_CHECKS: dict[str, Callable[[], None]] = {}
+RERUN_HOOKS: dict[str, RerunHook] = {}
 
 
 def _register(table: dict, name: str | None):
@@ -219,3 +239,9 @@ def check_environment() -> None:
             problems.append(f"{name}: {err}")
     if problems:
         raise EnvironmentProblem("the installed software cannot run these stages: " + "; ".join(problems))
+
+
+def rerun_hook(kind: str):
+    """Register what `rerun-from` sets aside for subjects of `kind`."""
+    return _register(RERUN_HOOKS, kind)
+

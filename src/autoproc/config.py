@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from autoproc.desgw.ccd import COPYBACK_SLACK_SECONDS
 from autoproc.errors import AutoprocError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -289,8 +290,11 @@ class DesgwConfig(Section):
     stable_sweeps: int = Field(
         default=2, ge=1, description="A CCD or forcefile verdict is acted on once this many sweeps in a row, "
         "`poll_seconds` apart, saw the same files (unless every CCD has finished).")
-    stale_fail_slack: Seconds = Field(
-        default=0.0, description="A `.FAIL` older than its CCD's tarball by more than this is stale (ignored).")
+    copyback_slack_minutes: float = Field(
+        default=COPYBACK_SLACK_SECONDS / 60, ge=0, description="How long one SEdiff copyback may take: a "
+        "`.FAIL` older than its CCD's tarball by more than this (or older than the CCD's "
+        "`RUN28_combined_prepForcePhoto.LOG`) is left from an earlier run and ignored; a FAIL copied back "
+        "with its tarball, in either order, is a failure of that run.")
 
     # Post-processing.
     postproc_python: str = Field(default="python", description="Interpreter that runs run_postproc.py.")
@@ -299,6 +303,14 @@ class DesgwConfig(Section):
         "share one nite) before run_postproc.py.")
     postproc_settings: dict[str, str] = Field(
         default_factory=dict, description="Extra ini values, `section.key: value` (e.g. `general.db: destest`).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "stale_fail_slack" in data:
+            raise ValueError("stale_fail_slack (seconds) was replaced by copyback_slack_minutes (minutes; "
+                             "a FAIL within one copyback of its tarball, in either order, counts as a failure)")
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> DesgwConfig:

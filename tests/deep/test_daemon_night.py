@@ -58,6 +58,11 @@ def stream(raws: Path, night: str, *args: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, env=child_env())
 
 
+def cli(path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autoproc.cli", "-c", str(path), *args],  # noqa: S603
+                          capture_output=True, text=True, env=child_env(), check=False)
+
+
 def show(path: Path, kind: str, key: str) -> dict:
     proc = subprocess.run([sys.executable, "-m", "autoproc.cli", "-c", str(path), "show", kind, key,  # noqa: S603
                            "--json"], capture_output=True, text=True, env=child_env(), check=True)
@@ -150,6 +155,11 @@ def test_two_nights_to_done_with_borrowed_flat_and_diff(write_config, tmp_path, 
     assert triggers.index("need_calibs") < triggers.index("calibs_certified") < triggers.index("flat_done")
     assert store.file_counts() == {"consumed": 9 + 7}
     assert not shown["data"].get("bad_raws")
+    # A rerun of N1's flats would leave N2 with N1's old g flat: the dry run says so.
+    dry = cli(path, "rerun-from", "night", N1, "flat", "--reason", "bad dome flats", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"night {N2} borrowed this night's flat and keeps the old one" in dry.stdout
+    assert f"night {N1} borrowed" not in dry.stdout and states(config, "night") == {N1: "done", N2: "done"}
     store.close()
 
 
@@ -341,7 +351,6 @@ def test_stalled_copy_waits_for_its_other_ccds(write_config, tmp_path, daemon_fa
     assert ingest["evidence"]["ingested"] == 1 and "incomplete" not in ingest["evidence"]
     assert "replaced" not in ingest["evidence"]
     assert [f["status"] for f in store.files()] == ["consumed"]
-    store.close()
 
 
 @pytest.mark.slow
@@ -393,4 +402,173 @@ def test_stalled_copy_ingested_half_first_is_replaced_and_rechecked(write_config
         assert sorted(int(r.dataId["detector"]) for r in post) == [1, 3, 4, 5]
         tagged = b.query_datasets("raw", collections=f"DEEP/{night}/drp/raw", explain=False)
         assert sorted(int(r.dataId["detector"]) for r in tagged) == [1, 3, 4, 5]
+
+
+# --- rerun-from (issue 10) ----------------------------------------------------------------------------
+
+def chain_runs(b, parent: str) -> list[str]:
+    """The RUNs a chain holds (its step RUNs, not the fixed inputs)."""
+    from autoproc.deep.collections import DATED_LEAF_RE
+
+    return [c for c in b.collections.get_info(parent).children
+            if c.startswith(parent + "/") and DATED_LEAF_RE.match(c.rsplit("/", 1)[-1])]
+
+
+@pytest.mark.slow
+def test_rerun_from_flat_runs_the_flat_steps_again_and_drp_uses_the_new_flats(write_config, tmp_path,
+                                                                              daemon_factory):
+    night = "20240620"
+    config, path, raws = deep_config(write_config, tmp_path, templates={"allSky": [night]})
+    deep_init(path)
+    daemon = daemon_factory(path).start()
+    assert stream(raws, night, "--science", "VR:1", "--n-bias", "2", "--flats", "2").wait(60) == 0
+    wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=300, interval=0.5,
+             what="the night done")
+
+    from lsst.daf.butler import Butler
+
+    from autoproc.deep.calibs import certified
+    from autoproc.deep.collections import SET_ASIDE
+
+    chains = {"bias": f"DEEP/{night}/bias", "flat": f"DEEP/{night}/flat", "drp": f"DEEP/{night}/drp",
+              "diff": f"DEEP/{night}/allSky/diff_drp", "template": "DEEP/allSky/coadd"}
+
+    def snapshot() -> tuple[dict[str, list[str]], dict]:
+        b = Butler.from_config(str(config.root / "repo"))
+        try:
+            runs = {p: chain_runs(b, parent) for p, parent in chains.items()}
+            flats = {(d["data_id"]["detector"], d["data_id"]["physical_filter"]): d
+                     for d in certified(b, f"DEEP/{night}/calib/flat", "flat")}
+            return runs, flats
+        finally:
+            b.close()
+
+    old_runs, old_flats = snapshot()
+    assert [len(old_runs[p]) for p in ("flat", "drp", "diff", "template")] == [3, 6, 1, 1] and old_flats
+
+    # The dry run: states in machine order, the RUNs and certifications that would go; nothing changes.
+    dry = cli(path, "rerun-from", "night", night, "flat", "--reason", "bad dome flats", "--operator", "ann",
+              "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "states to run again, in machine order: flat -> drp -> coadd -> diff" in dry.stdout
+    assert "ingesting" not in dry.stdout and "bias ->" not in dry.stdout
+    for run in old_runs["flat"] + old_runs["drp"] + old_runs["diff"]:
+        assert f"RUN {run} (out of" in dry.stdout
+    assert not any(run in dry.stdout for run in old_runs["bias"] + old_runs["template"])
+    assert f"certified flat in DEEP/{night}/calib/flat: {len(old_flats)} datasets (decertified)" in dry.stdout
+    assert states(config, "night") == {night: "done"} and snapshot() == (old_runs, old_flats)
+
+    # A reason is required.
+    assert cli(path, "rerun-from", "night", night, "flat", "--reason", " ").returncode == 2
+
+    real = cli(path, "rerun-from", "night", night, "flat", "--reason", "bad dome flats", "--operator", "ann")
+    assert real.returncode == 0, real.stderr
+    store = Store(config.db)
+
+    def rerun_done(kind: str, key: str) -> bool:
+        s = store.subject(kind, key)
+        return s.state == "done" and not (s.data.get("rerun") or {}).get("pending", True)
+
+    wait_for(lambda: rerun_done("night", night), timeout=300, interval=0.5, what="the night done after the rerun")
+    assert settled(config, {night: "done"}, daemon=daemon)
+    new_runs, new_flats = snapshot()
+
+    # The flat quanta ran again in new RUNs; the old flat, DRP and diff RUNs are out of the
+    # chains but kept in the repo, marked; the bias was not redone.
+    for proc, n in (("flat", 3), ("drp", 6), ("diff", 1)):
+        assert len(new_runs[proc]) == n and not set(new_runs[proc]) & set(old_runs[proc]), proc
+    assert new_runs["bias"] == old_runs["bias"] and new_runs["template"] == old_runs["template"]
+    b = Butler.from_config(str(config.root / "repo"))
+    for run in old_runs["flat"] + old_runs["drp"] + old_runs["diff"]:
+        assert b.collections.get_info(run).doc.startswith(SET_ASIDE)
+    by_step = {run.split("/")[-2]: run for run in new_runs["flat"]}
+    assert sorted(by_step) == ["step1", "step2", "step3"]
+    assert len(b.query_datasets("cpFlatIsrExp", collections=by_step["step1"], explain=False)) == 2 * 2
+    assert b.query_datasets("flat", collections=by_step["step3"], explain=False)
+    # The certified flats are the new ones, and DRP used them (MockDataset provenance).
+    assert sorted(new_flats) == sorted(old_flats)
+    assert all(d["run"] in new_runs["flat"] for d in new_flats.values())
+    assert not {d["id"] for d in new_flats.values()} & {d["id"] for d in old_flats.values()}
+    post = b.query_datasets("postISRCCD", collections=chains["drp"], explain=False)
+    assert len(post) == 2 and all(r.run in new_runs["drp"] for r in post)
+    for ref in post:
+        used = [str(i.dataset_id) for i in mock_get(b, ref).quantum.inputs["flat"]]
+        assert used == [new_flats[(ref.dataId["detector"], ref.dataId["physical_filter"])]["id"]]
+    b.close()
+
+    # The journal: the operator's rerun with what it would set aside, then the daemon's row
+    # saying what it set aside and decertified, then the flat and DRP steps again.
+    journal = store.journal(store.subject("night", night).id)
+    i = next(k for k, r in enumerate(journal) if r["trigger"] == "rerun")
+    override_row = journal[i]
+    assert (override_row["actor"], override_row["from_state"], override_row["to_state"]) == ("ann", "done", "flat")
+    assert override_row["reason"] == "bad dome flats"
+    assert override_row["evidence"]["redo"] == ["flat", "drp", "coadd", "diff"]
+    assert len(override_row["evidence"]["set_aside"]) == 3 + 6 + 1 + 1
+    carried = journal[i + 1]
+    assert carried["actor"] == "daemon" and carried["trigger"] == "next_step"
+    aside = carried["evidence"]["rerun"]["set_aside"]
+    for proc in ("flat", "drp", "diff"):
+        assert sorted(aside[chains[proc]]) == sorted(old_runs[proc])
+    assert len(carried["evidence"]["rerun"]["decertified"][f"DEEP/{night}/calib/flat"]) == len(old_flats)
+    after = [r["trigger"] for r in journal[i + 1:]]
+    assert after.count("flat_done") == 1 and after.count("drp_done") == 1 and after.count("diffed") == 1
+    assert "bias_done" not in after
+
+    # The template was built from the old warps; rerun from coadding, it is built from the new ones.
+    real = cli(path, "rerun-from", "template", "allSky", "coadding", "--reason", "new warps", "--operator", "ann")
+    assert real.returncode == 0, real.stderr
+    assert f"RUN {old_runs['template'][0]} (out of DEEP/allSky/coadd)" in real.stdout
+    wait_for(lambda: rerun_done("template", "allSky"), timeout=120, interval=0.5, what="the template rebuilt")
+    rebuilt, _ = snapshot()
+    assert len(rebuilt["template"]) == 1 and rebuilt["template"] != old_runs["template"]
+    b = Butler.from_config(str(config.root / "repo"))
+    coadds = b.query_datasets("deepCoadd", collections=chains["template"], explain=False)
+    assert coadds and all(r.run in rebuilt["template"] for r in coadds)
+    assert {i.run for r in coadds for i in mock_get(b, r).quantum.inputs["inputWarps"]} <= set(new_runs["drp"])
+    b.close()
+    store.close()
+
+
+@pytest.mark.slow
+def test_rerun_while_a_drp_step_runs_supersedes_it_and_keeps_its_run_out(write_config, tmp_path, daemon_factory):
+    night = "20240621"
+    config, path, raws = deep_config(write_config, tmp_path, steps={**FAST_STEPS, "drp": ["step1", "step2a"]})
+    deep_init(path)
+    daemon = daemon_factory(path).start()
+    assert stream(raws, night, "--science", "VR:2", "--n-bias", "2", "--flats", "1").wait(60) == 0
+    store = Store(config.db)
+
+    def drp_child():
+        s = store.find_subject("night", night)
+        return s and s.state == "drp" and [a for a in store.attempts(s.id, entry=s.entry, status=("running",))
+                                           if a["pgid"]]
+
+    running = wait_for(drp_child, timeout=240, interval=0.1, what="a DRP step running")[0]
+    real = cli(path, "rerun-from", "night", night, "flat", "--reason", "bad dome flats", "--operator", "ann")
+    assert real.returncode == 0, real.stderr
+    wait_for(lambda: store.attempt(running["id"])["status"] == "superseded", timeout=30, what="the step superseded")
+
+    def rerun_done() -> bool:
+        s = store.subject("night", night)
+        return s.state == "done" and not (s.data.get("rerun") or {}).get("pending", True)
+
+    wait_for(rerun_done, timeout=300, interval=0.5, what="the night done after the rerun")
+    assert settled(config, {night: "done"}, daemon=daemon)
+    requested = store.subject("night", night).data["rerun"]["requested"]
+    cutoff = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(requested))
+
+    from lsst.daf.butler import Butler
+
+    b = Butler.from_config(str(config.root / "repo"))
+    for proc in ("flat", "drp"):
+        runs = chain_runs(b, f"DEEP/{night}/{proc}")
+        # Only RUNs of steps started after the rerun: the superseded step's is not among them.
+        assert runs and all(r.rsplit("/", 1)[-1] >= cutoff for r in runs), (proc, runs, cutoff)
+    post = b.query_datasets("postISRCCD", collections=f"DEEP/{night}/drp", explain=False)
+    flats = {str(r.id) for r in b.query_datasets("flat", collections=chain_runs(b, f"DEEP/{night}/flat"),
+                                                 explain=False)}
+    assert len(post) == 2 * 2
+    assert all({str(i.dataset_id) for i in mock_get(b, r).quantum.inputs["flat"]} <= flats for r in post)
+    b.close()
     store.close()

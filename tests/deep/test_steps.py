@@ -153,6 +153,37 @@ def test_rebuild_chain_rules(empty_butler, caplog):
     assert over.changed and "extra" not in over.chain
 
 
+def test_set_aside_runs_stay_in_the_repo_and_out_of_the_chain(empty_butler):
+    from lsst.daf.butler import CollectionType
+
+    b = empty_butler
+    b.collections.register("DECam/calib", CollectionType.TAGGED)
+    old = [f"{PARENT}/DEEP-bias/step1/20241110T000000Z", f"{PARENT}/DEEP-bias/step2/20241110T000100Z"]
+    for r in old:
+        b.collections.register(r, CollectionType.RUN)
+    fixed = ["DECam/calib"]
+    rerun = dt.datetime(2024, 12, 1, tzinfo=dt.UTC)
+    assert C.set_aside_runs(b, "DEEP/20240101/bias", "nothing ran there", rerun) == []
+    assert C.rebuild_chain(b, PARENT, fixed).chain == [old[1], old[0], "DECam/calib"]
+    assert C.set_aside_runs(b, PARENT, "rerun of night from bias", rerun) == [old[1], old[0]]
+    assert list(b.collections.get_info(PARENT).children) == ["DECam/calib"]
+    assert all(b.collections.get_info(r).doc == f"{C.SET_ASIDE}: rerun of night from bias" for r in old)
+    assert C.runs_in_use(b, PARENT) == [] and C.set_aside_runs(b, PARENT, "again", rerun) == []
+    # Rebuilding (a step's start, execute.py's fixup) never puts them back; new RUNs go in,
+    # but not one a superseded step started before the rerun and registered only after it.
+    late = f"{PARENT}/DEEP-bias/step2/20241130T235959Z"
+    new = f"{PARENT}/DEEP-bias/step1/20250101T000000Z"
+    for r in (late, new):
+        b.collections.register(r, CollectionType.RUN)
+    assert C.rebuild_chain(b, PARENT, fixed).chain == [new, "DECam/calib"]
+    assert C.fixup_chain(b, PARENT).chain == [new, "DECam/calib"]
+    # One put back by hand is dropped again without needing overwrite.
+    b.collections.prepend_chain(PARENT, old[0])
+    res = C.rebuild_chain(b, PARENT, fixed)
+    assert res.chain == [new, "DECam/calib"] and not res.would_drop
+    assert list(b.collections.get_info(PARENT).children) == [new, "DECam/calib"]
+
+
 def test_tag_raws_idempotent(tmp_path):
     b, _, _ = make_repo(tmp_path, n_bias=3, science=(("VR", 2), ("g", 1)), flats_per_band=1)
     r1 = C.tag_raws(b, NIGHT, "bias")

@@ -6,7 +6,11 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
+from autoproc.config import ConfigError, load_config
 from autoproc.desgw.ccd import (
+    CODE_DONE,
     CODE_INCOMPLETE,
     CODE_MISSING,
     CODE_NEVER_STARTED,
@@ -58,9 +62,9 @@ def test_codes_and_stale_fails(tmp_path: Path) -> None:
     touch(tar(15), now)
     d = chip_dir(tmp_path, 16)                  # FAIL and no tarball: never stale
     touch(d / "RUN07_combined_astromScamp.FAIL", now - 99999)
-    touch(chip_dir(tmp_path, 17) / "RUN01_expose_prepData")          # -9
+    touch(chip_dir(tmp_path, 17) / "RUN01_expose_prepData.LOG")      # RUN01 log only: -9
     d = chip_dir(tmp_path, 18)                  # RUN28 log without tarball -> done
-    touch(d / "RUN01_expose_prepData")
+    touch(d / "RUN01_expose_prepData")          # (the RUN01 script, as checkoutputs knows it)
     touch(d / "RUN28_combined_prepForcePhoto.LOG")
     touch(chip_dir(tmp_path, 19) / "NOOVERLAPS.FAIL")
     (chip_dir(tmp_path, 20) / "ingest").mkdir()                     # only DAGMaker's subdirs -> -1
@@ -91,6 +95,82 @@ def test_codes_and_stale_fails(tmp_path: Path) -> None:
     assert fs.calls["stat"] == 3 + 2 + 3  # chips 13, 14, 15: tarball + each FAIL
     row = checkoutputs_row(rep)
     assert row["successes"] == 12 and row["unfinished"] == 43 and row["ccd13"] == 5
+
+
+NOW = 1_750_000_000.0
+SLACK = 600.0  # seconds: one copyback
+FAIL5 = "RUN05_expose_makeWeight.FAIL"
+FAIL28 = "RUN28_combined_prepForcePhoto.FAIL"
+LOG28 = "RUN28_combined_prepForcePhoto.LOG"
+
+
+def _chip_with(root: Path, chip: int, files: dict[str, float]) -> None:
+    """A chip directory holding these files, each with its mtime set explicitly."""
+    d = chip_dir(root, chip)
+    for name, mtime in files.items():
+        touch(d / (tarball_name(S, NITE, EXP, BAND, chip) if name == "tar" else name), mtime)
+
+
+# (files with mtimes relative to NOW, expected code, expected stale FAILs)
+ORDERINGS = {
+    "fail_copied_1s_before_tar": ({FAIL5: -1, "tar": 0}, 5, ()),
+    "fail_made_on_worker_before_tar_within_slack": ({FAIL5: -(SLACK - 1), "tar": 0}, 5, ()),
+    "fail_same_mtime_as_tar": ({FAIL5: 0, "tar": 0}, 5, ()),
+    "fail_copied_after_tar": ({"tar": 0, FAIL5: 2}, 5, ()),
+    "fail_older_than_tar_by_more_than_slack": ({FAIL5: -(SLACK + 1), "tar": 0}, CODE_DONE, (FAIL5,)),
+    "fail_older_than_success_marker": ({"RUN01_expose_prepData.LOG": -60, FAIL5: -5, LOG28: 0}, CODE_DONE,
+                                       (FAIL5,)),
+    "fail_older_than_marker_within_tar_slack": ({FAIL5: -5, LOG28: -2, "tar": 0}, CODE_DONE, (FAIL5,)),
+    "fail_newer_than_marker": ({LOG28: -7200, FAIL5: 0}, 5, ()),
+    "fail_newer_than_marker_with_tar": ({LOG28: -7200, FAIL5: -1, "tar": 0}, 5, ()),
+    "run28_fail_after_its_own_log": ({LOG28: -30, FAIL28: -10, "tar": 0}, 28, ()),
+    "run28_fail_copied_before_its_log": ({FAIL28: -3, LOG28: 0, "tar": 1}, 28, ()),
+    "fail_without_tar_or_marker": ({FAIL5: -99999}, 5, ()),
+    "earlier_fail_stale_later_fail_live": (
+        {"RUN03_expose_mkWStemplate.FAIL": -7200, "RUN20_combined_sexDiffim.FAIL": -1, "tar": 0}, 20,
+        ("RUN03_expose_mkWStemplate.FAIL",)),
+    "nooverlaps_with_tar_same_copyback": ({"NOOVERLAPS.FAIL": -1, "tar": 0}, CODE_NO_OVERLAPS, ()),
+    "run01_log_only": ({"RUN01_expose_prepData.LOG": 0}, CODE_INCOMPLETE, ()),
+    "run01_script_only": ({"RUN01_expose_prepData": 0}, CODE_INCOMPLETE, ()),
+    "run01_log_and_marker": ({"RUN01_expose_prepData.LOG": -60, LOG28: 0}, CODE_DONE, ()),
+    "nothing": ({}, CODE_NEVER_STARTED, ()),
+}
+
+
+@pytest.mark.parametrize("case", list(ORDERINGS))
+def test_fail_ordering_against_tarball_and_success_marker(tmp_path: Path, case: str) -> None:
+    files, code, stale = ORDERINGS[case]
+    _chip_with(tmp_path, 3, {name: NOW + dt for name, dt in files.items()})
+    chip = sweep_exposure(tmp_path, NITE, EXP, S, BAND, chips=[3], copyback_slack=SLACK).chips[0]
+    assert (chip.code, chip.stale_fails) == (code, stale), case
+
+
+def test_a_failed_exposure_never_passes_on_same_copyback_fails(tmp_path: Path) -> None:
+    # 52 CCDs whose FAIL landed a second before their tarball (the copyback of a failed run),
+    # 7 done: 7 complete, not 59 - the 50-CCD rule cannot pass on failures.
+    for c in SEARCH_CHIPS[:52]:
+        _chip_with(tmp_path, c, {FAIL5: NOW - 1, "tar": NOW})
+    for c in SEARCH_CHIPS[52:]:
+        _chip_with(tmp_path, c, {"tar": NOW})
+    rep = sweep_exposure(tmp_path, NITE, EXP, S, BAND)   # the default slack (minutes) covers one copyback
+    assert (rep.complete, rep.failed, rep.stale) == (7, 52, 0)
+    assert rep.failures_by_step == {"RUN05": 52}
+
+
+def test_copyback_slack_is_configured_in_minutes(tmp_path: Path) -> None:
+    cfg = tmp_path / "autoproc.yaml"
+    cfg.write_text("desgw:\n  copyback_slack_minutes: 2\n")
+    assert load_config(cfg).desgw.copyback_slack_minutes == 2
+    _chip_with(tmp_path, 3, {FAIL5: NOW - 180, "tar": NOW})
+    minutes = load_config(cfg).desgw.copyback_slack_minutes
+    assert sweep_exposure(tmp_path, NITE, EXP, S, BAND, chips=[3], copyback_slack=minutes * 60).complete == 1
+    assert sweep_exposure(tmp_path, NITE, EXP, S, BAND, chips=[3]).failed == 1   # default: 30 minutes
+    cfg.write_text("desgw:\n  stale_fail_slack: 5\n")
+    with pytest.raises(ConfigError, match="copyback_slack_minutes"):
+        load_config(cfg)
+    cfg.write_text("desgw:\n  copyback_slack_minutes: -1\n")
+    with pytest.raises(ConfigError, match="copyback_slack_minutes"):
+        load_config(cfg)
 
 
 def test_missing_exposure_dir_and_custom_chips(tmp_path: Path) -> None:

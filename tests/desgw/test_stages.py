@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from autoproc.desgw.stages import (
     write_dagmaker_rc,
 )
 from autoproc.machines import load_machines
+from autoproc.script import override
 from autoproc.script.desgw import DesgwRequestError, create_season, season_settings
 from autoproc.sim.desgw.site import DAGMAKER_RC
 from autoproc.store import Store, Subject
@@ -305,3 +307,79 @@ def test_dagmaker_rc_edit_is_by_key_and_recorded(tmp_path: Path) -> None:
     assert "SEASON=2206\n" in text and "MIN_NITE=20190801\n" in text and "#MAX_NITE=20170901" in text
     assert "JOBSUB_OPTS='--memory=4000MB --disk=70GB'" in text
     assert json.dumps(out.evidence)  # plain data, for the journal
+
+
+# ---------------------------------------------------------------- rerun-from: what is set aside
+
+def _stored_exposure(ctx: ActionContext, state: str, data: dict) -> Store:
+    store = Store(ctx.config.db)
+    subject, _ = store.ensure_subject("exposure", ctx.subject.key, "new", actor="test", data=data)
+    store.transition(subject, state, trigger="force", actor="test")
+    return store
+
+
+def test_rerun_from_submitting_sets_aside_the_old_grid_outputs(tmp_path: Path) -> None:
+    machines = load_machines(REPO / "statemachines", ["exposure", "season"])
+    ctx = exposure_ctx(tmp_path, "ccd_check")
+    old = {"band": BAND, "nite": NITE, "season": S, "job_id": "50000001.0@jobsub01.fnal.gov", "submitted": 1.0,
+           "ccds": {"complete": 59}, "ccd_table": {"01": "done"}, "forcefiles": {"count": 118}}
+    store = _stored_exposure(ctx, "ready", old)
+    lay_chips(tmp_path, done=59)                   # the earlier grid run's outputs, an hour old
+    hour_ago = time.time() - 3600
+    for f in [*(tmp_path / "exp").rglob("*.tar.gz"), *(tmp_path / "fp").rglob("*.*")]:
+        os.utime(f, (hour_ago, hour_ago))
+
+    dry = override.rerun_from(store, machines, "exposure", ctx.subject.key, "submitting", reason="bad DAG",
+                              operator="ann", dry_run=True, config=ctx.config)
+    text = dry.describe()
+    assert "states to run again, in machine order: submitting -> proxy_expired -> ccd_check -> forcefile_check" \
+        in text
+    assert "data job_id: 50000001.0@jobsub01.fnal.gov" in text and "data ccd_table" in text
+    assert "CCD and forcefile outputs written before" in text and "dag" not in text.split("set aside")[1]
+    assert store.subject("exposure", ctx.subject.key).state == "ready"
+
+    plan = override.rerun_from(store, machines, "exposure", ctx.subject.key, "submitting", reason="bad DAG",
+                               operator="ann", config=ctx.config)
+    subject = store.subject("exposure", ctx.subject.key)
+    assert plan.done and subject.state == "submitting"
+    assert (subject.data["job_id"], subject.data["ccds"], subject.data["ccd_table"]) == (None, {}, {})
+    assert subject.data["band"] == BAND and subject.data["outputs_since"] > hour_ago
+    row = store.journal(subject.id)[-1]
+    assert (row["trigger"], row["actor"], row["reason"]) == ("rerun", "ann", "bad DAG")
+    assert row["evidence"]["cleared"]["job_id"] == old["job_id"]
+
+    # The old run's 59 tarballs no longer count; the new run's do, and its forcefiles.
+    ctx.subject = subject
+    out = check_ccds(ctx)
+    assert out.trigger is None and "0 of 59 CCDs complete" in out.reason
+    lay_chips(tmp_path, done=52)
+    out = check_ccds(again(ctx, check_ccds(ctx)))
+    assert out.trigger == "ccds_ok" and out.data["ccds"]["complete"] == 52
+    ctx.subject = Subject(**{**subject.__dict__, "data": {**subject.data, **out.data}})
+    ctx.previous = {}
+    ff = check_forcefiles(again(ctx, check_forcefiles(ctx)))
+    assert ff.trigger == "forcefiles_ok" and ff.data["forcefiles"]["count"] == 2 * 52
+    store.close()
+
+
+def test_rerun_of_a_season_from_postprocessing_starts_at_step_0(tmp_path: Path) -> None:
+    outdir, cwd = tmp_path / "out", tmp_path
+    post_processed(outdir, cwd, [941225, 941226])
+    assert resume_point(outdir, S, cwd, [941225, 941226]).skipto == 5
+    again_ = resume_point(outdir, S, cwd, [941225, 941226], since=time.time() + 1)
+    assert again_.skipto == 0 and "rerun" in again_.reason
+
+    machines = load_machines(REPO / "statemachines", ["exposure", "season"])
+    ctx = make_ctx(tmp_path, "season", str(S), "waiting")
+    store = Store(ctx.config.db)
+    subject, _ = store.ensure_subject("season", str(S), "validating", actor="test",
+                                      data={"postprocessed": [941225, 941226], "rc_path": "/x/dagmaker.rc"})
+    store.transition(subject, "waiting", trigger="force", actor="test")
+    plan = override.rerun_from(store, machines, "season", str(S), "postprocessing", reason="new ZPs",
+                               operator="ann", config=ctx.config)
+    subject = store.subject("season", str(S))
+    assert subject.state == "postprocessing" and subject.data["postprocessed"] == []
+    assert subject.data["rc_path"] == "/x/dagmaker.rc"  # configuring does not run again
+    assert "data postprocessed: [941225, 941226]" in plan.describe()
+    assert resume_point(outdir, S, cwd, [941225, 941226], since=subject.data["outputs_since"]).skipto == 0
+    store.close()

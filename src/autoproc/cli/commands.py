@@ -225,14 +225,17 @@ _subject_override("release", "Let the daemon carry on with a held subject.")
 @click.argument("key")
 @click.argument("state")
 @_override_options
-@click.option("--dry-run", is_flag=True, help="Print what would be reset, change nothing.")
+@click.option("--dry-run", is_flag=True, help="Print the states that would run again and what would be set aside; "
+              "change nothing.")
 @pass_ctx
 def rerun_from(obj: Context, kind, key, state, reason, operator, dry_run) -> None:
-    """Reset a subject to an earlier STATE; the states after it run again."""
+    """Reset a subject to an earlier STATE: it and the states after it run again, with what
+    their earlier runs left set aside (a DEEP night's RUNs and certifications, a DESGW
+    exposure's verdicts and older grid outputs)."""
     from autoproc.script import override
 
     _report(override.rerun_from(obj.store(), obj.machines(), kind, key, state, reason=reason, operator=operator,
-                                dry_run=dry_run))
+                                dry_run=dry_run, config=obj.config))
 
 
 @main.command()

@@ -67,6 +67,13 @@ def _decertify(butler, calib_collection: str, dataset_type: str, data_ids=None) 
                               dataIds=data_ids)
 
 
+def decertify_all(butler, calib_collection: str, dataset_type: str) -> None:
+    """Take every `dataset_type` out of `calib_collection` (a rerun redoing it); the datasets stay."""
+    check_collection(calib_collection)
+    with butler.transaction():
+        _decertify(butler, calib_collection, dataset_type)
+
+
 def _connect(butler_or_repo):
     from lsst.daf.butler import Butler
 

@@ -13,6 +13,11 @@ Naming, with the default prefix ``DEEP``::
     DEEP/{subset}/{coadd_subset}/coadd/warps              TAGGED   warps for a coadd
     DEEP/{subset}/{coadd_subset}/{template_type}/coadd    CHAINED  coadd chain
     DEEP/{night}/{coadd_subset}/{template_type}/diff_drp  CHAINED  difference imaging
+
+A RUN set aside by `set_aside_runs` (an operator reran the night from a state) stays in the
+repo but is never put back into its chain: its documentation starts with `SET_ASIDE`, and
+the chain's own documentation gives the time before which its RUNs are set aside, so a RUN
+an older, superseded step registers later (its name carries its start time) stays out too.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ PROC_TYPES = ("bias", "flat", "science", "drp", "coadd", "diff_drp")
 # proc type -> exposure.observation_type as obs_decam records it (the ECSV says "object").
 OBS_TYPES = {"bias": "zero", "flat": "dome flat", "science": "science", "drp": "science"}
 WARP_DATASET_TYPES = ("deepCoadd_directWarp", "deepCoadd_psfMatchedWarp")
+SET_ASIDE = "autoproc: set aside"
+_SET_ASIDE_BEFORE = re.compile(r"^autoproc: set aside before (\d{8}T\d{6}Z)")
 
 
 class CollectionNameError(ValueError):
@@ -208,12 +215,57 @@ def _sort_runs(parent: str, runs: Iterable[str]) -> list[str]:
     return dated + sorted(other)
 
 
-def _runs_under(butler, parent: str) -> list[str]:
+def _cutoff(butler, parent: str) -> str:
+    """The YYYYmmddTHHMMSSZ before which `parent`'s dated RUNs are set aside ("" if none)."""
+    from lsst.daf.butler import MissingCollectionError
+
+    try:
+        m = _SET_ASIDE_BEFORE.match(butler.collections.get_info(parent).doc or "")
+    except MissingCollectionError:
+        return ""
+    return m.group(1) if m else ""
+
+
+def _runs_under(butler, parent: str, set_aside: bool = False) -> list[str]:
+    """The RUNs named `parent/...`: those in use, or (`set_aside`) those set aside."""
     from lsst.daf.butler import CollectionType
 
     prefix = parent + "/"
-    found = butler.collections.query(parent + "/*", collection_types={CollectionType.RUN})
-    return [c for c in found if c.startswith(prefix)]
+    cutoff = _cutoff(butler, parent)
+    found = butler.collections.query_info(parent + "/*", collection_types={CollectionType.RUN}, include_doc=True)
+    out = []
+    for info in found:
+        if not info.name.startswith(prefix):
+            continue
+        leaf = info.name.rsplit("/", 1)[-1]
+        aside = (info.doc or "").startswith(SET_ASIDE) or bool(cutoff and DATED_LEAF_RE.match(leaf) and leaf < cutoff)
+        if aside == set_aside:
+            out.append(info.name)
+    return out
+
+
+def runs_in_use(butler, parent: str) -> list[str]:
+    """The RUNs of a chain's steps that `rebuild_chain` puts into it, newest first."""
+    return _sort_runs(check_collection(parent), _runs_under(butler, parent))
+
+
+def set_aside_runs(butler, parent: str, note: str, before: dt.datetime) -> list[str]:
+    """Take the RUNs of `parent`'s steps that started before `before` out of its chain for
+    good (a rerun): each is kept in the repo, its documentation says why, and the chain's
+    records the time. Returns the RUNs set aside (those that exist now). A chain that does
+    not exist yet has nothing to set aside."""
+    exists, current = _chain_children(butler, parent)
+    if not exists:
+        return []
+    runs = runs_in_use(butler, parent)
+    stamp = before.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    with butler.transaction():
+        butler.registry.setCollectionDocumentation(parent, f"{SET_ASIDE} before {stamp}: {note}")
+        for run in runs:
+            butler.registry.setCollectionDocumentation(run, f"{SET_ASIDE}: {note}")
+        if any(r in current for r in runs):
+            butler.collections.remove_from_chain(parent, [r for r in runs if r in current])
+    return runs
 
 
 def _existing(butler, names: Sequence[str]) -> set[str]:
@@ -249,7 +301,8 @@ def rebuild_chain(butler, parent: str, fixed_inputs: Sequence[str], overwrite: b
     + fixed inputs; children that do not exist are dropped with a warning. A missing
     parent is registered CHAINED. An existing parent is redefined unless the candidate
     would drop one of its children, in which case only a warning is logged (unless
-    `overwrite`). Idempotent.
+    `overwrite`). Idempotent. RUNs set aside (`set_aside_runs`) are never candidates, and
+    dropping one is not refused.
     """
     from lsst.daf.butler import CollectionType
 
@@ -273,10 +326,14 @@ def rebuild_chain(butler, parent: str, fixed_inputs: Sequence[str], overwrite: b
             butler.collections.redefine_chain(parent, candidate)
         result.created = result.changed = True
         return result
-    dropped = [c for c in current if c not in candidate]
+    aside = set(_runs_under(butler, parent, set_aside=True))
+    dropped = [c for c in current if c not in candidate and c not in aside]
     if dropped and not overwrite:
         _LOG.warning("%s: rebuilding would drop %s; chain left as it is (use overwrite)", parent, dropped)
-        result.chain, result.would_drop = current, dropped
+        result.chain, result.would_drop = [c for c in current if c not in aside], dropped
+        if result.chain != current:
+            butler.collections.redefine_chain(parent, result.chain)
+            result.changed = True
         return result
     if current != candidate:
         butler.collections.redefine_chain(parent, candidate)

@@ -7,7 +7,9 @@ runs one step per state entry: it checks the proc type's steps in order in-proce
 first one with work left (`runner.run_step`: bps or pipetask, judged from the Butler) and
 fires the self-loop `next_step`; once every step's graph is empty it finishes the proc
 type (certify, borrow, …) and fires the trigger that leaves the state. So the journal has
-one row per step run, and `rerun-from` a state re-checks its steps against the Butler.
+one row per step run. After `rerun-from` a state, the first action to run sets aside the
+RUNs and certifications the operator asked to redo (`autoproc.deep.rerun`), as a
+`next_step` of its own, so the steps then run again into new RUNs.
 
 Failure rules (SPEC §A.7, §A.9): memory-class failures raise `Retry` with more memory
 (the engine's retry budget caps them); a fatal failure of a bias or flat step makes the
@@ -44,7 +46,7 @@ from autoproc.actions import (
     file_kind,
 )
 from autoproc.config import Config, DeepConfig
-from autoproc.deep import calibs, ingest, quanta, registry, runner
+from autoproc.deep import calibs, ingest, quanta, registry, rerun, runner
 from autoproc.deep import collections as colls
 from autoproc.store import Subject
 
@@ -362,9 +364,20 @@ def _step_summary(steps: Steps) -> dict[str, Any]:
     return {"pipeline": steps.pipeline, "parent": steps.parent, "failed": steps.failed, "succeeded": steps.done}
 
 
+def _pending_rerun(ctx: ActionContext) -> Outcome | None:
+    """An operator's rerun not yet carried out: set aside what it redoes first."""
+    if not (ctx.subject.data.get("rerun") or {}).get("pending"):
+        return None
+    with open_butler(ctx.config) as butler:
+        return rerun.carry_out(butler, ctx.subject)
+
+
 def _late_raws(ctx: ActionContext) -> Outcome | None:
-    """New raws of a night in the middle of processing: ingest them first, then walk the
-    stages again (every step with nothing new to do costs one in-process check)."""
+    """A pending rerun first (above). Then new raws of a night in the middle of processing:
+    ingest them first, then walk the stages again (every step with nothing new to do costs
+    one in-process check)."""
+    if (pending := _pending_rerun(ctx)) is not None:
+        return pending
     if ctx.files:
         return Outcome("reingest", reason=f"{len(ctx.files)} new raws arrived")
     return None
@@ -549,6 +562,8 @@ def assemble_template(ctx: ActionContext) -> Outcome:
     cfg, name = ctx.config.deep, ctx.subject.key
     if name not in cfg.templates:
         raise Fail(f"template {name!r} is not configured (deep.templates)")
+    if (pending := _pending_rerun(ctx)) is not None:
+        return pending
     n = names(cfg)
     with open_butler(ctx.config) as butler:
         drp = re.compile(re.escape(cfg.prefix) + r"/(\d{8})/drp$")

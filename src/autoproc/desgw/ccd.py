@@ -2,8 +2,14 @@
 
 Layout: `{exp_root}/{nite}/{expnum}/dp{S}/{band}_{CC}/` holding the outputs tarball
 `outputs_dp{S}_{nite}_{exp}_{band}_{CC}.tar.gz`, `RUNnn_<step>.FAIL` files, and for a CCD
-without overlapping templates `NOOVERLAPS.FAIL`. The sweep costs one `scandir` of `dp{S}`,
-one `scandir` per chip directory, and a `stat` only where a FAIL and the tarball coexist.
+without overlapping templates `NOOVERLAPS.FAIL`. SEdiff's copyback writes the tarball even
+when a step failed and copies the FAILs beside it in the same step, so a FAIL and its
+tarball land seconds apart, in either order of mtimes: only a FAIL that is older than a
+success marker (`RUN28_combined_prepForcePhoto.LOG`) or older than the tarball by more than
+one copyback (`copyback_slack`) is left from an earlier run.
+
+The sweep costs one `scandir` of `dp{S}`, one `scandir` per chip directory, and a `stat`
+only where a FAIL coexists with the tarball or the success marker.
 """
 
 from __future__ import annotations
@@ -30,7 +36,10 @@ STEP_NAMES: tuple[str, ...] = (
     "RUN27_combined_fakeMatch", "RUN28_combined_prepForcePhoto",
 )
 RUN01_NAME = STEP_NAMES[0]
+# The RUN01 step has started: its script (what checkoutputs looks for) or its log.
+RUN01_FILES = (RUN01_NAME, RUN01_NAME + ".LOG")
 RUN28_LOG = STEP_NAMES[27] + ".LOG"
+RUN28_FAIL = STEP_NAMES[27] + ".FAIL"
 NOOVERLAPS_FAIL = "NOOVERLAPS.FAIL"
 
 # DECam has 62 CCDs; the search DAG skips 2, 31 and 61 (SPEC §B.2).
@@ -45,6 +54,10 @@ CODE_NO_OVERLAPS = -2
 CODE_MISSING = -3
 
 Status = Literal["done", "failed", "no_overlaps", "never_started", "incomplete", "missing"]
+
+# One copyback (tarball, then every FAIL, through dCache) is well within this; an earlier
+# run's FAIL is older by at least one SEdiff job, which takes hours.
+COPYBACK_SLACK_SECONDS = 30 * 60.0
 
 _RUN_FAIL = re.compile(r"^RUN(\d\d)_.+\.FAIL$")
 
@@ -76,6 +89,13 @@ class FsCounter:
     def is_dir(self, entry: os.DirEntry[str]) -> bool:
         # d_type comes with the scandir result on Linux: usually no extra syscall.
         return entry.is_dir()
+
+    def since(self, entries: Iterable[os.DirEntry[str]], not_before: float | None) -> list[os.DirEntry[str]]:
+        """The entries, without the files older than `not_before` (set aside by a rerun);
+        a `stat` per entry only when there is such a time."""
+        if not_before is None:
+            return list(entries)
+        return [e for e in entries if self.is_dir(e) or self.mtime(e) >= not_before]
 
 
 @dataclass(frozen=True)
@@ -181,15 +201,21 @@ def classify_chip(
     entries: Iterable[os.DirEntry[str]],
     tarball: str,
     fs: FsCounter,
-    stale_slack: float = 0.0,
+    copyback_slack: float = COPYBACK_SLACK_SECONDS,
+    not_before: float | None = None,
 ) -> ChipStatus:
     """Code of one chip directory from its entries (SPEC §B.7 with the stale-FAIL rule).
 
-    A FAIL whose mtime is older than the tarball by more than `stale_slack` seconds is left
-    from an earlier attempt (SEdiff copies the tarball before the FAILs), so it is ignored.
+    A FAIL is stale (from an earlier run, ignored) when it is older than the success marker
+    `RUN28_combined_prepForcePhoto.LOG` (a run that failed earlier never writes it; the RUN28
+    FAIL itself comes after its own log), or older than the tarball by more than
+    `copyback_slack` seconds. A FAIL from the same copyback as the tarball, older or newer,
+    is a failure of that run. Files older than `not_before` (the outputs of the runs before
+    an operator's rerun) are not looked at.
     """
-    by_name = {e.name: e for e in entries}
+    by_name = {e.name: e for e in fs.since(entries, not_before)}
     tar_entry = by_name.get(tarball)
+    marker = by_name.get(RUN28_LOG)
     fails: list[tuple[int, str]] = []
     for name in by_name:
         m = _RUN_FAIL.match(name)
@@ -200,25 +226,23 @@ def classify_chip(
     fails.sort()
     stale: list[str] = []
     live: list[tuple[int, str]] = []
-    if fails and tar_entry is not None:
-        tar_mtime = fs.mtime(tar_entry)
-        for step, name in fails:
-            if fs.mtime(by_name[name]) < tar_mtime - stale_slack:
-                stale.append(name)
-            else:
-                live.append((step, name))
-    else:
-        live = fails
-    stale_t = tuple(stale)
+    tar_mtime = fs.mtime(tar_entry) if fails and tar_entry is not None else None
+    marker_mtime = fs.mtime(marker) if marker is not None and any(n != RUN28_FAIL for _, n in fails) else None
+    for step, name in fails:
+        fail_mtime = fs.mtime(by_name[name]) if tar_mtime is not None or marker_mtime is not None else None
+        older_than_marker = marker_mtime is not None and name != RUN28_FAIL and fail_mtime < marker_mtime
+        older_than_tar = tar_mtime is not None and fail_mtime < tar_mtime - copyback_slack
+        (stale if older_than_marker or older_than_tar else live).append((step, name))
+    stale_t = tuple(name for _, name in stale)
     if live:
         step, name = live[0]
         if name == NOOVERLAPS_FAIL:
             return ChipStatus(chip, CODE_NO_OVERLAPS, "no_overlaps", name, stale_t)
         return ChipStatus(chip, step, "failed", name, stale_t)
     has_tar = tar_entry is not None
-    if not has_tar and RUN01_NAME not in by_name:
+    if not has_tar and not any(name in by_name for name in RUN01_FILES):
         return ChipStatus(chip, CODE_NEVER_STARTED, "never_started", None, stale_t)
-    if not has_tar and RUN28_LOG not in by_name:
+    if not has_tar and marker is None:
         return ChipStatus(chip, CODE_INCOMPLETE, "incomplete", None, stale_t)
     return ChipStatus(chip, CODE_DONE, "done", None, stale_t)
 
@@ -231,9 +255,11 @@ def sweep_exposure(
     band: str,
     chips: Iterable[int] = SEARCH_CHIPS,
     fs: FsCounter | None = None,
-    stale_slack: float = 0.0,
+    copyback_slack: float = COPYBACK_SLACK_SECONDS,
+    not_before: float | None = None,
 ) -> ExposureCcdReport:
-    """Classify every chip of one exposure. A missing `dp{S}` or chip directory is `missing`."""
+    """Classify every chip of one exposure. A missing `dp{S}` or chip directory is `missing`;
+    files older than `not_before` are left out (see `classify_chip`)."""
     fs = fs or FsCounter()
     chips = tuple(chips)
     top = dp_dir(exp_root, nite, expnum, season)
@@ -261,7 +287,8 @@ def sweep_exposure(
         if listing is None:
             results.append(ChipStatus(c, CODE_MISSING, "missing"))
             continue
-        results.append(classify_chip(c, listing, tarball_name(season, nite, expnum, band, c), fs, stale_slack))
+        results.append(classify_chip(c, listing, tarball_name(season, nite, expnum, band, c), fs,
+                                     copyback_slack, not_before))
     return ExposureCcdReport(
         expnum, str(nite), band, season, top, True, input_files, tuple(results), tuple(sorted(extra))
     )
@@ -273,13 +300,13 @@ def sweep_exposures(
     exposures: Iterable[tuple[int, str, str]],
     chips: Iterable[int] = SEARCH_CHIPS,
     fs: FsCounter | None = None,
-    stale_slack: float = 0.0,
+    copyback_slack: float = COPYBACK_SLACK_SECONDS,
 ) -> Iterator[ExposureCcdReport]:
     """`sweep_exposure` for each (expnum, nite, band)."""
     fs = fs or FsCounter()
     chips = tuple(chips)
     for expnum, nite, band in exposures:
-        yield sweep_exposure(exp_root, nite, expnum, season, band, chips, fs, stale_slack)
+        yield sweep_exposure(exp_root, nite, expnum, season, band, chips, fs, copyback_slack)
 
 
 def checkoutputs_row(report: ExposureCcdReport) -> Mapping[str, object]:

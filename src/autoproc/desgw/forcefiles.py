@@ -66,18 +66,20 @@ def check_forcefiles(
     band: str,
     complete_chips: Iterable[int],
     fs: FsCounter | None = None,
+    not_before: float | None = None,
 ) -> ForcefileReport:
     """Count files matching `*_{band}_*` (as the original glob, dotfiles excluded) and judge them.
 
     The missing lists name complete CCDs without a `.fits` / without a `.psf` whose name
-    carries `_{band}_{CC}`; they are filled whatever the verdict, for the report.
+    carries `_{band}_{CC}`; they are filled whatever the verdict, for the report. Files older
+    than `not_before` (written before an operator's rerun) are not counted.
     """
     fs = fs or FsCounter()
     chips = sorted(set(complete_chips))
     expected = 2 * len(chips)
     directory = forcephoto_dir(forcephoto_root, season, nite, expnum)
     entries = fs.scandir(directory)
-    names = [e.name for e in entries or () if not e.name.startswith(".")]
+    names = [e.name for e in fs.since(entries or (), not_before) if not e.name.startswith(".")]
     marker = f"_{band}_"
     matching = [n for n in names if marker in n]
     chip_re = re.compile(rf"_{re.escape(band)}_(\d\d)(?=[_.+-]|$)")

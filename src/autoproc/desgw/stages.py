@@ -36,6 +36,7 @@ from autoproc.actions import (
 from autoproc.config import Config, DesgwConfig
 from autoproc.desgw import ccd, dagmaker, exposures, forcefiles, postproc, rc, season
 from autoproc.desgw.errors import DesgwError, DesgwInputError
+from autoproc.desgw.rerun import OUTPUTS_SINCE
 from autoproc.store import Store, Subject
 
 # Exposure states in which an exposure may still become ready: its season waits for
@@ -232,8 +233,7 @@ def find_dag_submission(ctx: ActionContext) -> Outcome:
     Safe to submit when jobsub never started or exited non-zero without a job id.
     Otherwise the exposure is held for a person.
     """
-    cfg = ctx.config.desgw
-    number, expnum = split_exposure_key(ctx.subject.key)
+    _, expnum = split_exposure_key(ctx.subject.key)
     earlier = _interrupted_attempt_dir(ctx)
     log = earlier / "jobsub.log" if earlier else None
     if log is not None and log.exists():
@@ -245,8 +245,7 @@ def find_dag_submission(ctx: ActionContext) -> Outcome:
             return Outcome("submitted", reason=f"job {job_id}, found in the interrupted submission's output",
                            evidence={"log": str(log), "recovered": True},
                            data={"job_id": job_id, "submitted": log.stat().st_mtime})
-    data = ctx.subject.data
-    report = ccd.sweep_exposure(cfg.exp_root, data["nite"], expnum, number, data["band"], cfg.chips)
+    report = _sweep(ctx)
     started = [c.chip for c in report.chips if c.status not in ("never_started", "missing")]
     if started:
         return Outcome("submitted", reason=f"{len(started)} CCDs have grid outputs under {report.dp_dir}",
@@ -285,7 +284,7 @@ def _sweep(ctx: ActionContext) -> ccd.ExposureCcdReport:
     number, expnum = split_exposure_key(ctx.subject.key)
     data = ctx.subject.data
     return ccd.sweep_exposure(cfg.exp_root, data["nite"], expnum, number, data["band"], cfg.chips,
-                              stale_slack=cfg.stale_fail_slack)
+                              copyback_slack=cfg.copyback_slack_minutes * 60, not_before=data.get(OUTPUTS_SINCE))
 
 
 def ccd_table(report: ccd.ExposureCcdReport) -> dict[str, str]:
@@ -327,7 +326,7 @@ def check_forcefiles(ctx: ActionContext) -> Outcome:
     data = ctx.subject.data
     report = _sweep(ctx)
     found = forcefiles.check_forcefiles(cfg.forcephoto_root, number, data["nite"], expnum, data["band"],
-                                        report.complete_chips)
+                                        report.complete_chips, not_before=data.get(OUTPUTS_SINCE))
     summary = found.summary()
     same = same_sweeps(ctx, "counted", [found.count, found.expected])
     line = f"{found.count} forced-photometry files for {report.complete} complete CCDs (expected {found.expected})"
@@ -411,16 +410,20 @@ def postproc_exposures(config: Config, number: int) -> list[Subject]:
 
 
 def resume_point(outdir: Path, number: int, cwd: Path, expnums: Iterable[int],
-                 plusname: str = "truthplus.tab") -> postproc.SkiptoDecision:
+                 plusname: str = "truthplus.tab", since: float | None = None) -> postproc.SkiptoDecision:
     """`derive_skipto`, trusted only for the outputs of a step 0 over these same exposures.
 
     SKIPTO > 0 reuses step 0's exposure list, so a run with other exposures starts at 0;
     later outputs older than that step 0 come from a run on another list and do not count.
+    A step 0 older than `since` (an operator's rerun) is set aside: start at 0.
     """
     decision = postproc.derive_skipto(outdir, number, cwd, plusname=plusname)
     if decision.skipto == 0:
         return decision
     step0 = outdir / "checkoutputs" / "step0_expnums.txt"
+    if since is not None and step0.stat().st_mtime < since:
+        return postproc.SkiptoDecision(0, "the outputs predate the operator's rerun: run from scratch",
+                                       decision.evidence)
     listed = sorted(int(x) for x in step0.read_text().split())
     if listed != sorted(expnums):
         return postproc.SkiptoDecision(
@@ -437,11 +440,15 @@ def resume_point(outdir: Path, number: int, cwd: Path, expnums: Iterable[int],
                                    decision.evidence)
 
 
-def _run_finished(cfg: DesgwConfig, number: int, outdir: Path, expnums: list[int]) -> postproc.PostProcStatus | None:
-    """The status, when a run over exactly `expnums` completed (status and step-7 pages)."""
+def _run_finished(cfg: DesgwConfig, number: int, outdir: Path, expnums: list[int],
+                  since: float | None = None) -> postproc.PostProcStatus | None:
+    """The status, when a run over exactly `expnums` completed (status and step-7 pages),
+    after `since` (an operator's rerun) when given."""
     status = postproc.read_postproc_status(postproc_dir(cfg), number)
     step0 = outdir / "checkoutputs" / "step0_expnums.txt"
     if status is None or not status.complete or not postproc.step7_outputs_exist(outdir) or not step0.exists():
+        return None
+    if since is not None and step0.stat().st_mtime < since:
         return None
     return status if sorted(int(x) for x in step0.read_text().split()) == sorted(expnums) else None
 
@@ -491,7 +498,7 @@ def run_postprocessing(ctx: ActionContext) -> Outcome:
     except (OSError, DesgwInputError, ValueError) as err:
         raise Fail(f"cannot render postproc_{number}.ini: {err}") from None
     plusname = postproc.parse_ini(ini, "ini").get("truthtable", "plusname")
-    decision = resume_point(outdir, number, pp, expnums, plusname)
+    decision = resume_point(outdir, number, pp, expnums, plusname, since=data.get(OUTPUTS_SINCE))
     postproc.stage_postproc_inputs(pp, number, ini, expnums, list_name)
     earlier = set(data.get("postprocessed", []))
     new_nites = {s.data["nite"] for s in subjects if split_exposure_key(s.key)[1] not in earlier}
@@ -511,7 +518,7 @@ def run_postprocessing(ctx: ActionContext) -> Outcome:
         if result.returncode in (90, 91):  # the configured directory is wrong: retrying will not help
             raise Fail(why, evidence=run)
         raise Retry(why, evidence=run)
-    if _run_finished(cfg, number, outdir, expnums):
+    if _run_finished(cfg, number, outdir, expnums, since=data.get(OUTPUTS_SINCE)):
         return _finished_outcome(ctx, run, expnums, outdir,
                                  f"post-processing complete for {len(expnums)} exposures (SKIPTO {decision.skipto})")
     if result.returncode == 0:
@@ -529,7 +536,8 @@ def _report_postproc_progress(ctx: ActionContext, outdir: Path, number: int, exp
         launch = None
     if not launch:
         return
-    now = resume_point(outdir, number, postproc_dir(ctx.config.desgw), expnums, launch["plusname"]).skipto
+    now = resume_point(outdir, number, postproc_dir(ctx.config.desgw), expnums, launch["plusname"],
+                       since=ctx.subject.data.get(OUTPUTS_SINCE)).skipto
     if now > launch["skipto"]:
         ctx.progress(f"post-processing got from step {launch['skipto']} to {now} before it was interrupted")
 
@@ -542,7 +550,7 @@ def find_postprocessing_result(ctx: ActionContext) -> Outcome:
     number = int(ctx.subject.key)
     outdir = season_outdir(cfg, number, ctx.subject.data)
     expnums = [split_exposure_key(s.key)[1] for s in postproc_exposures(ctx.config, number)]
-    status = _run_finished(cfg, number, outdir, expnums)
+    status = _run_finished(cfg, number, outdir, expnums, since=ctx.subject.data.get(OUTPUTS_SINCE))
     if status is None:
         _report_postproc_progress(ctx, outdir, number, expnums)
         raise Retry("the interrupted post-processing run did not complete: run it again")

@@ -10,9 +10,15 @@ import getpass
 import os
 from dataclasses import dataclass, field
 
+from autoproc import actions
+from autoproc.config import Config
 from autoproc.errors import AutoprocError
 from autoproc.machines import StateMachine
-from autoproc.store import Store, Subject
+from autoproc.store import Conflict, Store, Subject
+
+# A rerun plans from the Butler between reading the subject and writing it; a daemon moving
+# the subject on meanwhile (a step finished) means planning again from what is stored now.
+RERUN_CONFLICT_TRIES = 3
 
 
 class OverrideError(AutoprocError):
@@ -28,6 +34,7 @@ class Plan:
     to_state: str | None = None
     trigger: str = ""
     redo: list[str] = field(default_factory=list)
+    set_aside: list[str] = field(default_factory=list)
     note: str = ""
     done: bool = False
 
@@ -39,7 +46,10 @@ class Plan:
         else:
             text = f"{verb} move {ref} from {self.subject.state} to {self.to_state} ({self.trigger})"
         if self.redo:
-            text += "\n  states to run again: " + " -> ".join(self.redo)
+            text += "\n  states to run again, in machine order: " + " -> ".join(self.redo)
+        if self.set_aside:
+            text += f"\n  {'set aside' if self.done else 'to set aside'} ({len(self.set_aside)}):"
+            text += "".join(f"\n    {line}" for line in self.set_aside)
         if self.note:
             text += f"\n  {self.note}"
         return text
@@ -64,11 +74,12 @@ def _machine(machines: dict[str, StateMachine], kind: str) -> StateMachine:
     return machines[kind]
 
 
-def _move(store: Store, plan: Plan, *, operator: str, reason: str, dry_run: bool) -> Plan:
+def _move(store: Store, plan: Plan, *, operator: str, reason: str, dry_run: bool,
+          evidence: dict | None = None, data: dict | None = None) -> Plan:
     if dry_run:
         return plan
     store.transition(plan.subject, plan.to_state, trigger=plan.trigger, actor=operator, reason=reason,
-                     evidence={"override": plan.action})
+                     evidence={"override": plan.action, **(evidence or {})}, data=data)
     plan.done = True
     return plan
 
@@ -110,20 +121,49 @@ def retry(store: Store, machines: dict[str, StateMachine], kind: str, key: str, 
 
 
 def rerun_from(store: Store, machines: dict[str, StateMachine], kind: str, key: str, state: str, *,
-               reason: str | None, operator: str | None = None, dry_run: bool = False) -> Plan:
-    """Reset a subject to an earlier state; everything after it runs again."""
+               reason: str | None, operator: str | None = None, dry_run: bool = False,
+               config: Config | None = None) -> Plan:
+    """Reset a subject to an earlier state; it and every later state run again.
+
+    What the chain sets aside so that they really run again (a DEEP night's RUNs and
+    certifications, a DESGW exposure's verdicts and older grid outputs) comes from the
+    kind's rerun hook (`autoproc.actions.rerun_hook`); it is listed by `--dry-run`, journaled
+    with the override and handed to the subject's actions in its data.
+    """
     machine = _machine(machines, kind)
     reason = _need_reason(reason)
     if state not in machine.spec.states:
         raise OverrideError(f"{kind} has no state {state!r}; states: {', '.join(machine.spec.states)}")
-    subject = store.subject(kind, key)
-    downstream = machine.downstream(state)
-    if subject.state not in downstream:
-        raise OverrideError(f"{state} does not come before {subject.state} in the {kind} machine")
-    redo = downstream[: downstream.index(subject.state)] if subject.state != state else [state]
-    plan = Plan(subject, "rerun", state, "rerun", redo=redo,
-                note="earlier attempts are kept in the history; their outputs are re-checked, not deleted")
-    return _move(store, plan, operator=operator_name(operator), reason=reason, dry_run=dry_run)
+    operator = operator_name(operator)
+    tries = 0
+    while True:
+        subject = store.subject(kind, key)
+        if subject.state not in machine.downstream(state):
+            raise OverrideError(f"{state} does not come before {subject.state} in the {kind} machine")
+        redo = rerun_states(machine, state)
+        hook = actions.RERUN_HOOKS.get(kind)
+        found = hook(subject, state, redo, config) if hook is not None else actions.RerunPlan()
+        kept = ("what is set aside stays in place, out of the way" if found.set_aside
+                else "their outputs are re-checked, not deleted")
+        plan = Plan(subject, "rerun", state, "rerun", redo=redo, set_aside=list(found.set_aside),
+                    note="\n  ".join([*found.notes, f"earlier attempts are kept in the history; {kept}"]))
+        try:
+            return _move(store, plan, operator=operator, reason=reason, dry_run=dry_run,
+                         evidence={"rerun_from": state, "redo": redo, "set_aside": list(found.set_aside),
+                                   **found.evidence}, data=found.data)
+        except Conflict:
+            tries += 1
+            if tries >= RERUN_CONFLICT_TRIES:
+                raise
+
+
+def rerun_states(machine: StateMachine, state: str) -> list[str]:
+    """The states that run an action again after a rerun from `state`: `state` and those
+    reachable from it that the machine declares after it, in the machine's order."""
+    order = list(machine.spec.states)
+    reachable = set(machine.downstream(state))
+    return [s for s in order[order.index(state):]
+            if s in reachable and (s == state or machine.state(s).action)]
 
 
 def hold(store: Store, machines: dict[str, StateMachine], kind: str, key: str, *, reason: str | None,

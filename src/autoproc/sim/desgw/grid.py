@@ -4,9 +4,14 @@
 
 Spool: `incoming/{cluster}.json` (+ `.dag`) from the fake jobsub_submit_dag → `running/`
 while CCDs land in batches → `done/`. Every file is written to a temporary name and renamed,
-so a reader never sees half a file. For a failed CCD the FAIL is written before the tarball
-(whose mtime is set no later than the FAIL's), so no reader sees a failed CCD as done or a
-fresh FAIL as stale; the real copyback writes the tarball first.
+so a reader never sees half a file.
+
+A failed CCD gets what SEdiff's copyback writes (SPEC §B.2): the outputs tarball (written
+even on failure) and the `RUNnn_*.FAIL` beside it, in the same step. Their mtimes come in
+either order, as they do on dCache: the FAIL is made on the worker before the tarball is
+packed (so it is often older, by `FAIL_LEAD` seconds here), or it lands after it. The FAIL
+is renamed into place first, so a reader sweeping mid-batch never sees a failed CCD as
+done. An incomplete CCD holds only the RUN01 log.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from autoproc.desgw.ccd import STEP_NAMES  # the real steplist.txt: the grid wri
 from autoproc.sim.desgw.scenario import ScenarioError, load_scenario
 
 STALE_AGE = 3600.0  # a stale FAIL is this much older than the tarball
+FAIL_LEAD = 20.0  # a same-copyback FAIL older than its tarball is this much older
 
 
 @dataclass(frozen=True)
@@ -206,7 +212,7 @@ class Grid:
         if outcome == "never_started":
             return
         if outcome == "incomplete":
-            _atomic_bytes(cdir / STEP_NAMES[0], b"#!/bin/sh\n# prepData\n")
+            _atomic_bytes(cdir / f"{STEP_NAMES[0]}.LOG", b"prepData started\n")
             return
         tar_name = f"outputs_dp{s['season']}_{s['nite']}_{s['expnum']}_{band}_{cc}.tar.gz"
         tar = _tarball_bytes("RUN_ALL.LOG", f"sim job {state['job_id']} chip {cc}: {outcome}\n")
@@ -215,8 +221,9 @@ class Grid:
         if outcome.startswith("failed:") or outcome == "no_overlaps":
             fail = (STEP_NAMES[int(outcome.split(":")[1]) - 1] + ".FAIL") if outcome != "no_overlaps" \
                 else "NOOVERLAPS.FAIL"
-            _atomic_bytes(cdir / fail, signature, mtime=now)
-            _atomic_bytes(cdir / tar_name, tar, mtime=now - 1)
+            # Odd CCDs: the FAIL predates the tarball (made on the worker); even: it lands after it.
+            _atomic_bytes(cdir / fail, signature, mtime=now - FAIL_LEAD if chip % 2 else now + 1)
+            _atomic_bytes(cdir / tar_name, tar, mtime=now)
             return
         if fits or psf:
             fp.mkdir(parents=True, exist_ok=True)
