@@ -23,6 +23,7 @@ _SOURCE_MACHINES = PACKAGE_DIR.parents[1] / "statemachines"
 DEFAULT_MACHINES_DIR = _SOURCE_MACHINES if _SOURCE_MACHINES.is_dir() else PACKAGE_DIR / "statemachines"
 
 Seconds = Annotated[float, Field(ge=0)]
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "VERBOSE", "DEBUG", "TRACE")
 
 
 # The same rules as autoproc.deep.collections (STEP_RE) and statemachines/template.yaml's key_pattern.
@@ -118,6 +119,80 @@ class ReportConfig(Section):
     subjects_per_kind: int = Field(default=500, ge=1, description="Subjects shown per kind (newest keys first).")
     attempt_rows: int = Field(default=100, ge=1, description="Recent attempts shown.")
     journal_rows: int = Field(default=200, ge=1, description="Recent journal rows shown.")
+
+
+class AccessList(Section):
+    """Users and groups (names, as in /etc/passwd and /etc/group)."""
+
+    users: list[str] = Field(default_factory=list, description="User names.")
+    groups: list[str] = Field(default_factory=list, description="Group names; members (primary or supplementary) "
+                              "are included.")
+
+
+class ControlConfig(Section):
+    """The daemon's control socket: the CLI's overrides go through it while the daemon runs, and the
+    daemon journals who sent them from the socket's peer credentials (`autoproc.control`)."""
+
+    enabled: bool = Field(default=True, description="Listen on the socket.")
+    socket: Path | None = Field(
+        default=None, description="Unix socket path; default: <root>/control.sock. Under the system unit: "
+        "/run/autoproc/control.sock (its RuntimeDirectory).")
+    group: str | None = Field(
+        default=None, description="Group given the socket (mode 0660): who may connect at all; default: the "
+        "daemon's own group.")
+    operators: AccessList = Field(
+        default_factory=AccessList, description="Who may change state through the socket, besides the daemon's "
+        "own user and root (who can write the database anyway).")
+    viewers: AccessList = Field(
+        default_factory=AccessList, description="Who may read (status, show, history, desgw report) through the "
+        "socket; operators may too.")
+    timeout_seconds: Seconds = Field(
+        default=5.0, description="A client must send its whole request within this long, and take the reply.")
+    max_request_bytes: int = Field(default=65536, ge=1024, description="Larger requests are refused unread.")
+    max_clients: int = Field(default=8, ge=1, description="Connections served at once; more are refused.")
+
+
+class LoggingConfig(Section):
+    """The daemon's own log (stderr, or the journal under systemd). Library loggers are quiet there:
+    their full output stays in each attempt's log."""
+
+    level: str = Field(default="INFO", description="Level of autoproc's own loggers.")
+    libraries: str = Field(
+        default="WARNING", description="Level of every other logger (lsst.*, transitions, parsl, …).")
+    loggers: dict[str, str] = Field(
+        default_factory=dict, description="Level per logger name, e.g. `lsst.daf.butler: DEBUG`; wins over both.")
+    long: bool = Field(default=False, description="Long format: also the thread, the file and the line.")
+
+    @model_validator(mode="after")
+    def _levels(self) -> LoggingConfig:
+        for where, level in [("level", self.level), ("libraries", self.libraries),
+                             *((f"loggers.{k}", v) for k, v in self.loggers.items())]:
+            if level.upper() not in LOG_LEVELS:
+                raise ValueError(f"{where}: {level!r} is not a log level ({', '.join(LOG_LEVELS)})")
+        return self
+
+
+class MetricsConfig(Section):
+    """Prometheus metrics (`autoproc.metrics`): a text-format file for node_exporter's textfile collector,
+    and optionally `/metrics` over HTTP on a loopback address."""
+
+    file: Path | None = Field(
+        default=None, description="Written atomically every `interval_seconds`; default: <root>/autoproc.prom. "
+        "Point node_exporter's --collector.textfile.directory at its directory.")
+    interval_seconds: Seconds = Field(default=15.0, description="How often the metrics are gathered.")
+    listen: str | None = Field(
+        default=None, description="`HOST:PORT` to serve `/metrics` on (loopback only, e.g. 127.0.0.1:9464); "
+        "none: no HTTP server.")
+
+    @model_validator(mode="after")
+    def _loopback(self) -> MetricsConfig:
+        if self.listen is not None:
+            host, sep, port = self.listen.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"listen: {self.listen!r} must be HOST:PORT")
+            if host.strip("[]") not in ("127.0.0.1", "localhost", "::1"):
+                raise ValueError(f"listen: {host!r} is not a loopback address (127.0.0.1, ::1, localhost)")
+        return self
 
 
 class DeepConfig(Section):
@@ -332,6 +407,9 @@ class Config(Section):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     deep: DeepConfig = Field(default_factory=DeepConfig)
     desgw: DesgwConfig = Field(default_factory=DesgwConfig)
     space_retry_seconds: float = Field(default=60.0, gt=0, description="An action that found its disk full "
@@ -347,6 +425,10 @@ class Config(Section):
             self.work_dir = self.root / "work"
         if self.hooks.directory is None:
             self.hooks.directory = self.root / "hooks"
+        if self.control.socket is None:
+            self.control.socket = self.root / "control.sock"
+        if self.metrics.file is None:
+            self.metrics.file = self.root / "autoproc.prom"
         names = [w.name for w in self.watch]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

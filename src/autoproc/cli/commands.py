@@ -13,8 +13,6 @@ import click
 from autoproc.config import Config, load_config
 from autoproc.errors import AutoprocError
 
-CLI_BUSY_TIMEOUT_MS = 5_000
-
 
 class Context:
     def __init__(self, config_path: Path | None):
@@ -28,10 +26,9 @@ class Context:
         return self._config
 
     def store(self, readonly: bool = False):
+        from autoproc.script.client import CLI_BUSY_TIMEOUT_MS
         from autoproc.store import Store
 
-        # A few seconds, not the library's 30: a command run while another process holds
-        # the database's write lock says so (exit 2, naming the file) instead of hanging.
         return Store(self.config.db, create=not readonly, readonly=readonly, busy_timeout_ms=CLI_BUSY_TIMEOUT_MS)
 
     def machines(self):
@@ -88,6 +85,21 @@ def _ago(t: float) -> str:
     return str(datetime.timedelta(seconds=int(time.time() - t)))
 
 
+def _ask(obj: Context, verb: str, **fields) -> dict:
+    """Carry out one request (`autoproc.requests`): through the daemon when it runs, else directly."""
+    from autoproc.script.client import carry_out
+
+    return carry_out(obj.config, obj.machines, {"verb": verb, **fields})
+
+
+def _view(obj: Context, verb: str, **fields):
+    return _ask(obj, verb, **fields)["data"]
+
+
+def _print_json(value) -> None:
+    click.echo(json.dumps(value, default=str, indent=1))
+
+
 @main.command()
 @click.option("--kind", help="Only this kind.")
 @click.option("--state", help="List the subjects in this state.")
@@ -99,11 +111,12 @@ def _ago(t: float) -> str:
 def status(obj: Context, kind: str | None, state: str | None, limit: int, as_json: bool,
            watch_seconds: float | None) -> None:
     """Subjects by kind and state, what needs a person, and whether the daemon runs."""
-    from autoproc.script.inspect import status as get_status
 
-    store = obj.store(readonly=True)
+    def get() -> dict:
+        return _view(obj, "status", kind=kind, state=state, limit=limit)
+
     if as_json:
-        click.echo(json.dumps(get_status(store, kind=kind, state=state, limit=limit), default=str, indent=1))
+        _print_json(get())
         return
     from rich.console import Console
     from rich.live import Live
@@ -111,13 +124,13 @@ def status(obj: Context, kind: str | None, state: str | None, limit: int, as_jso
     from autoproc.cli.render import status_view
 
     if watch_seconds is None:
-        Console().print(status_view(get_status(store, kind=kind, state=state, limit=limit)))
+        Console().print(status_view(get()))
         return
-    with Live(status_view(get_status(store, kind=kind, state=state, limit=limit)), auto_refresh=False) as live:
+    with Live(status_view(get()), auto_refresh=False) as live:
         try:
             while True:
                 time.sleep(watch_seconds)
-                live.update(status_view(get_status(store, kind=kind, state=state, limit=limit)), refresh=True)
+                live.update(status_view(get()), refresh=True)
         except KeyboardInterrupt:
             pass
 
@@ -125,35 +138,32 @@ def status(obj: Context, kind: str | None, state: str | None, limit: int, as_jso
 @main.command()
 @click.argument("kind")
 @click.argument("key")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--wide", is_flag=True, help="Every attempt column (argv-length paths and results in full).")
 @pass_ctx
-def show(obj: Context, kind: str, key: str, as_json: bool) -> None:
+def show(obj: Context, kind: str, key: str, as_json: bool, wide: bool) -> None:
     """One subject: state, data, attempts with their logs, recent journal."""
-    from autoproc.script.inspect import show as get_show
-
-    info = get_show(obj.store(readonly=True), kind, key)
+    info = _view(obj, "show", kind=kind, key=key)
     if as_json:
-        click.echo(json.dumps(info, default=str, indent=1))
+        _print_json(info)
         return
     from rich.console import Console
 
     from autoproc.cli.render import subject_view
 
-    Console().print(subject_view(info))
+    Console().print(subject_view(info, wide=wide))
 
 
 @main.command()
 @click.argument("kind")
 @click.argument("key")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def history(obj: Context, kind: str, key: str, as_json: bool) -> None:
     """Every journaled change of one subject, oldest first."""
-    from autoproc.script.inspect import history as get_history
-
-    rows = get_history(obj.store(readonly=True), kind, key)
+    rows = _view(obj, "history", kind=kind, key=key)
     if as_json:
-        click.echo(json.dumps(rows, default=str, indent=1))
+        _print_json(rows)
         return
     from rich.console import Console
 
@@ -164,12 +174,14 @@ def history(obj: Context, kind: str, key: str, as_json: bool) -> None:
 
 def _override_options(fn):
     fn = click.option("--reason", required=True, help="Why; goes into the journal.")(fn)
-    fn = click.option("--operator", help="Who (default: $USER).")(fn)
+    fn = click.option("--operator", help="On whose behalf: a note journaled beside your own user name "
+                      "(which the daemon reads from the connection, not from here).")(fn)
     return fn
 
 
-def _report(plan) -> None:
-    click.echo(plan.describe())
+def _change(obj: Context, verb: str, **fields) -> None:
+    for line in _ask(obj, verb, **fields)["lines"]:
+        click.echo(line)
 
 
 @main.command("set")
@@ -182,10 +194,8 @@ def _report(plan) -> None:
 @pass_ctx
 def set_(obj: Context, kind, key, state, reason, operator, force, dry_run) -> None:
     """Move a subject to STATE (validated against its machine)."""
-    from autoproc.script import override
-
-    _report(override.set_state(obj.store(), obj.machines(), kind, key, state, reason=reason, operator=operator,
-                               force=force, dry_run=dry_run))
+    _change(obj, "set", kind=kind, key=key, state=state, reason=reason, operator=operator, force=force,
+            dry_run=dry_run)
 
 
 def _subject_override(name: str, help_text: str) -> None:
@@ -198,10 +208,7 @@ def _subject_override(name: str, help_text: str) -> None:
     @click.option("--dry-run", is_flag=True, help="Say what would change, change nothing.")
     @pass_ctx
     def command(obj: Context, kind, key, reason, operator, dry_run) -> None:
-        from autoproc.script import override
-
-        _report(getattr(override, name)(obj.store(), obj.machines(), kind, key, reason=reason, operator=operator,
-                                        dry_run=dry_run))
+        _change(obj, name, kind=kind, key=key, reason=reason, operator=operator, dry_run=dry_run)
 
 
 _subject_override("retry", "Send a failed subject back to the step that failed, with a fresh retry budget.")
@@ -218,10 +225,7 @@ _subject_override("release", "Let the daemon carry on with a held subject.")
 @pass_ctx
 def rerun_from(obj: Context, kind, key, state, reason, operator, dry_run) -> None:
     """Reset a subject to an earlier STATE; the states after it run again."""
-    from autoproc.script import override
-
-    _report(override.rerun_from(obj.store(), obj.machines(), kind, key, state, reason=reason, operator=operator,
-                                dry_run=dry_run))
+    _change(obj, "rerun-from", kind=kind, key=key, state=state, reason=reason, operator=operator, dry_run=dry_run)
 
 
 @main.command()
@@ -232,16 +236,13 @@ def rerun_from(obj: Context, kind, key, state, reason, operator, dry_run) -> Non
 @pass_ctx
 def add(obj: Context, kind, key, reason, operator, data_json) -> None:
     """Create a subject by hand."""
-    from autoproc.script import override
-
     try:
         data = json.loads(data_json) if data_json else None
     except json.JSONDecodeError as err:
         fail(f"--data is not JSON: {err}")
     if data is not None and not isinstance(data, dict):
         fail("--data must be a JSON object")
-    subject = override.add(obj.store(), obj.machines(), kind, key, reason=reason, data=data, operator=operator)
-    click.echo(f"added {subject.ref} in {subject.state}")
+    _change(obj, "add", kind=kind, key=key, reason=reason, operator=operator, data=data)
 
 
 @main.command()

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from autoproc.config import Config
+from autoproc.control import ControlServer
 from autoproc.engine import Engine, Reload
 from autoproc.hooks import Hooks
 from autoproc.notify import Notifier
@@ -68,6 +69,11 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
     # Waiting for another process's lock on the state database is not a hung loop: keep
     # the watchdog fed (WatchdogSec is 90 s; the lock may be held longer).
     engine.on_busy.append(lambda e, waited: notifier.on_loop(e))
+    control = None
+    if config.control.enabled:
+        # Before READY: once systemd says the service is up, operators can reach it.
+        control = ControlServer(lambda: engine.config, lambda: engine.machines)
+        engine.on_started.insert(0, lambda e: control.start())
     hooks = Hooks(lambda: engine.config, report=page_path(config)).start()
     engine.listeners.append(hooks)
     engine.on_loop.append(ReportWriter(lambda: engine.config, lambda: engine.machines).on_loop)
@@ -85,6 +91,8 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
         engine.run()
     finally:
         notifier.stopping()
+        if control is not None:
+            control.close()
         engine.shutdown()
         hooks.close()
         notifier.close()

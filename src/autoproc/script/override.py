@@ -1,13 +1,15 @@
 """Operator overrides: every one is a journaled, validated change of one subject.
 
 They write the same store the daemon uses, with a compare-and-set, so they work while
-the daemon runs; the daemon notices them within a second.
+the daemon runs; the daemon notices them within a second. `operator` is who makes the change,
+as established by the caller (the daemon's control socket from its peer credentials, the CLI
+from its real uid: `autoproc.requests`); `on_behalf_of` is only a note journaled beside it.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 from dataclasses import dataclass, field
 
 from autoproc.errors import AutoprocError
@@ -45,11 +47,25 @@ class Plan:
         return text
 
 
+def user_name(uid: int) -> str:
+    """The account name of `uid` (`uid:N` when it has none)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid:{uid}"
+
+
 def operator_name(given: str | None = None) -> str:
-    name = given or os.environ.get("USER") or getpass.getuser()
+    """`given`, or the name of the real uid running this process (never $USER: anyone can set that)."""
+    name = given or user_name(os.getuid())
     if not name or name == "daemon":
-        raise OverrideError("an operator name is required (and it cannot be 'daemon'); use --operator")
+        raise OverrideError("an operator name is required (and it cannot be 'daemon', the engine's own)")
     return name
+
+
+def note(on_behalf_of: str | None) -> dict:
+    """The journal evidence that says on whose behalf an operator acted."""
+    return {"on_behalf_of": on_behalf_of} if on_behalf_of else {}
 
 
 def _need_reason(reason: str | None) -> str:
@@ -64,17 +80,19 @@ def _machine(machines: dict[str, StateMachine], kind: str) -> StateMachine:
     return machines[kind]
 
 
-def _move(store: Store, plan: Plan, *, operator: str, reason: str, dry_run: bool) -> Plan:
+def _move(store: Store, plan: Plan, *, operator: str, reason: str, dry_run: bool,
+          on_behalf_of: str | None = None) -> Plan:
     if dry_run:
         return plan
     store.transition(plan.subject, plan.to_state, trigger=plan.trigger, actor=operator, reason=reason,
-                     evidence={"override": plan.action})
+                     evidence={"override": plan.action, **note(on_behalf_of)})
     plan.done = True
     return plan
 
 
 def set_state(store: Store, machines: dict[str, StateMachine], kind: str, key: str, state: str, *,
-              reason: str | None, operator: str | None = None, force: bool = False, dry_run: bool = False) -> Plan:
+              reason: str | None, operator: str | None = None, force: bool = False, dry_run: bool = False,
+              on_behalf_of: str | None = None) -> Plan:
     machine = _machine(machines, kind)
     reason = _need_reason(reason)
     if state not in machine.spec.states:
@@ -87,11 +105,12 @@ def set_state(store: Store, machines: dict[str, StateMachine], kind: str, key: s
         raise OverrideError(f"no transition leads from {subject.state} to {state}; "
                             "--force sets it anyway (journaled as forced)")
     plan = Plan(subject, "set", state, triggers[0] if triggers else "force")
-    return _move(store, plan, operator=operator_name(operator), reason=reason, dry_run=dry_run)
+    return _move(store, plan, operator=operator_name(operator), reason=reason, dry_run=dry_run,
+                 on_behalf_of=on_behalf_of)
 
 
 def retry(store: Store, machines: dict[str, StateMachine], kind: str, key: str, *, reason: str | None,
-          operator: str | None = None, dry_run: bool = False) -> Plan:
+          operator: str | None = None, dry_run: bool = False, on_behalf_of: str | None = None) -> Plan:
     """Send a subject back to the state it failed in, with a fresh retry budget."""
     machine = _machine(machines, kind)
     reason = _need_reason(reason)
@@ -106,11 +125,13 @@ def retry(store: Store, machines: dict[str, StateMachine], kind: str, key: str, 
     if not (machine.state(subject.state).terminal or machine.state(subject.state).attention):
         raise OverrideError(f"{subject.ref} is in {subject.state}, which is neither failed nor waiting for a person")
     plan = Plan(subject, "retry", back, "retry", note="the retry budget starts again")
-    return _move(store, plan, operator=operator_name(operator), reason=reason, dry_run=dry_run)
+    return _move(store, plan, operator=operator_name(operator), reason=reason, dry_run=dry_run,
+                 on_behalf_of=on_behalf_of)
 
 
 def rerun_from(store: Store, machines: dict[str, StateMachine], kind: str, key: str, state: str, *,
-               reason: str | None, operator: str | None = None, dry_run: bool = False) -> Plan:
+               reason: str | None, operator: str | None = None, dry_run: bool = False,
+               on_behalf_of: str | None = None) -> Plan:
     """Reset a subject to an earlier state; everything after it runs again."""
     machine = _machine(machines, kind)
     reason = _need_reason(reason)
@@ -123,11 +144,12 @@ def rerun_from(store: Store, machines: dict[str, StateMachine], kind: str, key: 
     redo = downstream[: downstream.index(subject.state)] if subject.state != state else [state]
     plan = Plan(subject, "rerun", state, "rerun", redo=redo,
                 note="earlier attempts are kept in the history; their outputs are re-checked, not deleted")
-    return _move(store, plan, operator=operator_name(operator), reason=reason, dry_run=dry_run)
+    return _move(store, plan, operator=operator_name(operator), reason=reason, dry_run=dry_run,
+                 on_behalf_of=on_behalf_of)
 
 
 def hold(store: Store, machines: dict[str, StateMachine], kind: str, key: str, *, reason: str | None,
-         operator: str | None = None, dry_run: bool = False) -> Plan:
+         operator: str | None = None, dry_run: bool = False, on_behalf_of: str | None = None) -> Plan:
     _machine(machines, kind)
     reason = _need_reason(reason)
     subject = store.subject(kind, key)
@@ -135,13 +157,14 @@ def hold(store: Store, machines: dict[str, StateMachine], kind: str, key: str, *
         raise OverrideError(f"{subject.ref} is already held: {subject.held}")
     plan = Plan(subject, "hold", note="no new action starts until it is released")
     if not dry_run:
-        store.update(subject, held=reason, trigger="hold", actor=operator_name(operator), reason=reason)
+        store.update(subject, held=reason, trigger="hold", actor=operator_name(operator), reason=reason,
+                     evidence=note(on_behalf_of))
         plan.done = True
     return plan
 
 
 def release(store: Store, machines: dict[str, StateMachine], kind: str, key: str, *, reason: str | None,
-            operator: str | None = None, dry_run: bool = False) -> Plan:
+            operator: str | None = None, dry_run: bool = False, on_behalf_of: str | None = None) -> Plan:
     _machine(machines, kind)
     reason = _need_reason(reason)
     subject = store.subject(kind, key)
@@ -149,13 +172,14 @@ def release(store: Store, machines: dict[str, StateMachine], kind: str, key: str
         raise OverrideError(f"{subject.ref} is not held")
     plan = Plan(subject, "release", note=f"it was held because: {subject.held}")
     if not dry_run:
-        store.update(subject, held=None, trigger="release", actor=operator_name(operator), reason=reason)
+        store.update(subject, held=None, trigger="release", actor=operator_name(operator), reason=reason,
+                     evidence=note(on_behalf_of))
         plan.done = True
     return plan
 
 
 def add(store: Store, machines: dict[str, StateMachine], kind: str, key: str, *, reason: str | None,
-        data: dict | None = None, operator: str | None = None) -> Subject:
+        data: dict | None = None, operator: str | None = None, on_behalf_of: str | None = None) -> Subject:
     """Create a subject by hand (e.g. an exposure nobody's file announced)."""
     import re
 
@@ -164,7 +188,7 @@ def add(store: Store, machines: dict[str, StateMachine], kind: str, key: str, *,
     if not re.match(machine.spec.key_pattern, key):
         raise OverrideError(f"{key!r} is not a valid {kind} key (must match {machine.spec.key_pattern})")
     subject, created = store.ensure_subject(kind, key, machine.spec.initial, actor=operator_name(operator),
-                                            reason=reason, data=data)
+                                            reason=reason, data=data, evidence=note(on_behalf_of))
     if not created:
         raise OverrideError(f"{subject.ref} already exists (in {subject.state})")
     return subject
