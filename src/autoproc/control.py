@@ -307,7 +307,8 @@ def call(control: ControlConfig, request: dict[str, Any]) -> dict[str, Any] | No
                 return None
             raise ControlError(f"cannot reach the daemon's control socket {path}: {err.strerror or err}") from None
         try:
-            send_frame(sock, request)
+            with contextlib.suppress(BrokenPipeError):  # refused unread (too large): the answer says so
+                send_frame(sock, request)
             # The daemon answers within its own timeouts (the store's write lock included).
             sock.settimeout(REPLY_TIMEOUT_SECONDS + control.timeout_seconds)
             reply = recv_frame(sock, MAX_REPLY_BYTES)

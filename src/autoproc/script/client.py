@@ -36,13 +36,13 @@ def _direct(config: Config, machines: Callable[[], dict[str, StateMachine]], req
 
 
 def _can(path: Path, mode: int) -> bool:
-    return os.access(path, mode) if path.exists() else os.access(_existing_parent(path), os.W_OK)
-
-
-def _existing_parent(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
+    """Whether this process may read or write the database (or create it, when there is none).
+    os.path.exists, not Path.exists: a directory we may not enter is "cannot", not an error."""
+    if os.path.exists(path):
+        return os.access(path, mode)
+    while not os.path.exists(path) and path != path.parent:
         path = path.parent
-    return path
+    return mode == os.W_OK and os.access(path, os.W_OK)
 
 
 def carry_out(config: Config, machines: Callable[[], dict[str, StateMachine]], request: dict[str, Any]
