@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autoproc.errors import AutoprocError
 
@@ -184,15 +184,16 @@ class MetricsConfig(Section):
         default=None, description="`HOST:PORT` to serve `/metrics` on (loopback only, e.g. 127.0.0.1:9464); "
         "none: no HTTP server.")
 
-    @model_validator(mode="after")
-    def _loopback(self) -> MetricsConfig:
-        if self.listen is not None:
-            host, sep, port = self.listen.rpartition(":")
+    @field_validator("listen")
+    @classmethod
+    def _loopback(cls, listen: str | None) -> str | None:
+        if listen is not None:
+            host, sep, port = listen.rpartition(":")
             if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"listen: {self.listen!r} must be HOST:PORT")
+                raise ValueError("must be HOST:PORT")
             if host.strip("[]") not in ("127.0.0.1", "localhost", "::1"):
-                raise ValueError(f"listen: {host!r} is not a loopback address (127.0.0.1, ::1, localhost)")
-        return self
+                raise ValueError(f"{host!r} is not a loopback address (127.0.0.1, ::1, localhost)")
+        return listen
 
 
 class DeepConfig(Section):

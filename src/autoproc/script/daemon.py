@@ -17,6 +17,7 @@ from autoproc.config import Config
 from autoproc.control import ControlServer
 from autoproc.engine import Engine, Reload
 from autoproc.hooks import Hooks
+from autoproc.metrics import MetricsWriter
 from autoproc.notify import Notifier
 from autoproc.report import ReportWriter, page_path
 
@@ -74,6 +75,8 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
         # Before READY: once systemd says the service is up, operators can reach it.
         control = ControlServer(lambda: engine.config, lambda: engine.machines)
         engine.on_started.insert(0, lambda e: control.start())
+    metrics = MetricsWriter(lambda: engine.config, engine)
+    engine.on_started.insert(0, lambda e: metrics.start())
     hooks = Hooks(lambda: engine.config, report=page_path(config)).start()
     engine.listeners.append(hooks)
     engine.on_loop.append(ReportWriter(lambda: engine.config, lambda: engine.machines).on_loop)
@@ -93,6 +96,7 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
         notifier.stopping()
         if control is not None:
             control.close()
+        metrics.close()
         engine.shutdown()
         hooks.close()
         notifier.close()
