@@ -26,6 +26,13 @@ Seconds = Annotated[float, Field(ge=0)]
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "VERBOSE", "DEBUG", "TRACE")
 
 
+def check_level(name: str) -> str:
+    """A log level name (lsst.utils' VERBOSE and TRACE included), upper-cased."""
+    if name.upper() not in LOG_LEVELS:
+        raise ValueError(f"{name!r} is not a log level ({', '.join(LOG_LEVELS)})")
+    return name.upper()
+
+
 # The same rules as autoproc.deep.collections (STEP_RE) and statemachines/template.yaml's key_pattern.
 _STEP_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
@@ -167,8 +174,10 @@ class LoggingConfig(Section):
     def _levels(self) -> LoggingConfig:
         for where, level in [("level", self.level), ("libraries", self.libraries),
                              *((f"loggers.{k}", v) for k, v in self.loggers.items())]:
-            if level.upper() not in LOG_LEVELS:
-                raise ValueError(f"{where}: {level!r} is not a log level ({', '.join(LOG_LEVELS)})")
+            try:
+                check_level(level)
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
         return self
 
 

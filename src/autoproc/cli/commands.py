@@ -18,6 +18,8 @@ class Context:
     def __init__(self, config_path: Path | None):
         self.config_path = config_path
         self._config: Config | None = None
+        self.log_levels: dict[str, str] = {}
+        self.long_log: bool | None = None
 
     @property
     def config(self) -> Config:
@@ -59,13 +61,33 @@ class Group(click.Group):
             fail(str(err))
 
 
+def _log_levels(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, str]:
+    from autoproc.logs import LogLevelError, parse_levels
+
+    try:
+        return parse_levels(value)
+    except LogLevelError as err:
+        raise click.BadParameter(str(err)) from None
+
+
 @click.group(cls=Group)
 @click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), envvar="AUTOPROC_CONFIG",
               help="autoproc.yaml (default: embedded defaults; env AUTOPROC_CONFIG).")
+@click.option("--log-level", "log_levels", multiple=True, callback=_log_levels, metavar="[NAME=]LEVEL",
+              help="Log level of autoproc's own loggers, or of the logger NAME and those below it (e.g. "
+              "lsst.daf.butler=DEBUG); repeatable. Over the configuration's `logging`.")
+@click.option("--long-log", is_flag=True, default=None, help="Long log lines (thread, file and line too).")
 @click.pass_context
-def main(ctx: click.Context, config_path: Path | None) -> None:
+def main(ctx: click.Context, config_path: Path | None, log_levels: dict[str, str], long_log: bool | None) -> None:
     """autoproc: drive DEEP and DESGW processing forward as data arrives."""
     ctx.obj = Context(config_path)
+    ctx.obj.log_levels, ctx.obj.long_log = log_levels, long_log
+    if (log_levels or long_log) and ctx.invoked_subcommand != "daemon":
+        # The daemon sets up its logging itself, with the configuration's `logging` under these.
+        from autoproc.config import LoggingConfig
+        from autoproc.logs import configure
+
+        configure(LoggingConfig(), log_levels, long_log)
 
 
 @main.command()
@@ -76,7 +98,8 @@ def daemon(obj: Context, no_watch: bool) -> None:
     from autoproc.script.daemon import AlreadyRunning, run_daemon
 
     try:
-        sys.exit(run_daemon(obj.config, obj.config_path, watch=not no_watch))
+        sys.exit(run_daemon(obj.config, obj.config_path, watch=not no_watch, log_levels=obj.log_levels,
+                            long_log=obj.long_log))
     except AlreadyRunning as err:
         fail(str(err))
 

@@ -11,12 +11,14 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from autoproc.config import Config
 from autoproc.control import ControlServer
 from autoproc.engine import Engine, Reload
 from autoproc.hooks import Hooks
+from autoproc.logs import configure as configure_logging
 from autoproc.metrics import MetricsWriter
 from autoproc.notify import Notifier
 from autoproc.report import ReportWriter, page_path
@@ -42,9 +44,10 @@ def _lock(config: Config) -> int:
     return fd
 
 
-def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool = True) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("parsl").setLevel(logging.WARNING)
+def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool = True,
+               log_levels: Mapping[str, str] | None = None, long_log: bool | None = None) -> int:
+    """`log_levels` and `long_log`: the command line's `--log-level` and `--long-log`."""
+    configure_logging(config.logging, log_levels, long_log)
     notifier = Notifier()  # first: it takes systemd's variables out of what children inherit
     # What the systemd units set (UMask=0027), also when started by hand: everything the daemon and its
     # children create (state, work and attempt directories, logs, hook logs) is not world-readable.
