@@ -294,12 +294,16 @@ def demo(directory: Path, timeout: float) -> None:
 
 @main.command()
 @click.argument("kind")
+@click.option("--json", "as_json", is_flag=True, help="The machine's definition as JSON instead.")
 @pass_ctx
-def graph(obj: Context, kind: str) -> None:
+def graph(obj: Context, kind: str, as_json: bool) -> None:
     """Print KIND's state machine as a mermaid state diagram."""
     machines = obj.machines()
     if kind not in machines:
         fail(f"unknown kind {kind!r}; known: {', '.join(sorted(machines))}")
+    if as_json:
+        _print_json(machines[kind].spec.model_dump(mode="json"))
+        return
     click.echo(machines[kind].mermaid())
 
 
@@ -318,13 +322,18 @@ def config_reference() -> None:
 
 @config.command("check")
 @click.argument("path", type=click.Path(path_type=Path), required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-def config_check(obj: Context, path: Path | None) -> None:
+def config_check(obj: Context, path: Path | None, as_json: bool) -> None:
     """Validate a configuration file (and the machines it names)."""
     path = path or obj.config_path
     cfg = load_config(path)
     obj._config = cfg
     machines = obj.machines()
+    if as_json:
+        _print_json({"config": str(path) if path else None, "machines": sorted(machines),
+                     "watch": [w.name for w in cfg.watch], "db": str(cfg.db), "ok": True})
+        return
     click.echo(f"{path or '<defaults>'}: OK ({len(machines)} machines: {', '.join(sorted(machines)) or 'none'};"
                f" {len(cfg.watch)} watched roots; state in {cfg.db})")
 
@@ -335,9 +344,14 @@ main.add_command(__import__("autoproc.cli.deep", fromlist=["deep"]).deep)  # las
 @main.command("report")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for index.html (default: config report.directory, or <root>/report).")
+@click.option("--json", "as_json", is_flag=True, help="Print where the page went as JSON.")
 @pass_ctx
-def report_(obj: Context, out: Path | None) -> None:
+def report_(obj: Context, out: Path | None, as_json: bool) -> None:
     """Write the static HTML report page (no server needed: open it in a browser)."""
     from autoproc.script.report import report as write
 
-    click.echo(write(obj.config, obj.machines(), out))
+    page = write(obj.config, obj.machines(), out)
+    if as_json:
+        _print_json({"page": str(page)})
+        return
+    click.echo(page)
