@@ -279,3 +279,22 @@ def _can_read_as(user: str, path: Path) -> bool:
     res = subprocess.run(["runuser", "-u", user, "--", "/usr/bin/test", "-r", str(path)],  # noqa: S603
                          capture_output=True, timeout=30)
     return res.returncode == 0
+
+
+def test_a_socket_path_longer_than_sun_path_works(tmp_path):
+    """The kernel takes at most 107 bytes of socket path; a deeper state directory still works."""
+    from autoproc.config import parse_config
+    from autoproc.control import ControlServer, call
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    config = parse_config({"root": str(deep), "machines_dir": str(MACHINES)})
+    assert len(str(config.control.socket)) > 107
+    Store(config.db).ensure_subject("widget", "long", "new", actor="test")
+    server = ControlServer(lambda: config, lambda: {}).start()
+    try:
+        reply = call(config.control, {"verb": "status"})
+        assert reply["ok"] and reply["data"]["counts"] == {"widget": {"new": 1}}
+    finally:
+        server.close()
+    assert not config.control.socket.exists()
+    assert call(config.control, {"verb": "status"}) is None  # no daemon: the CLI goes direct
