@@ -10,6 +10,7 @@ import difflib  # noqa: F401 - click's error messages
 import os
 import pwd
 import sys
+from pathlib import Path
 
 import rich.console  # noqa: F401
 import rich.live  # noqa: F401
@@ -20,7 +21,11 @@ import autoproc.cli.render  # noqa: F401
 import autoproc.control  # noqa: F401
 import autoproc.script.client  # noqa: F401
 import autoproc.script.inspect  # noqa: F401
+import autoproc.script.report  # noqa: F401
 from autoproc.cli import main
+from autoproc.machines import load_machines
+
+load_machines(Path(__file__).resolve().parent / "machines")  # imports the machines' plugins and transitions
 
 user, claimed, sep, *args = sys.argv[1:]
 assert sep == "--"

@@ -165,6 +165,14 @@ def test_operator_is_journaled_by_uid_outsider_refused_viewer_reads(users, site,
     res = as_user(VIEWER, path, "release", "widget", "w1", "--reason", "x")
     assert res.returncode == 2 and "may not change state" in res.stderr
     assert Store(config.db).subject("widget", "w1") == before
+    # The report page too: the daemon renders it, the viewer writes it where it may.
+    out = Path(config.control.socket).parent.parent / "viewer-report"
+    out.mkdir()
+    os.chown(out, _uid(VIEWER), -1)
+    res = as_user(VIEWER, path, "report", "--out", str(out), "--json")
+    assert res.returncode == 0, res.stderr
+    page = Path(json.loads(res.stdout)["page"])
+    assert page.owner() == VIEWER and "look first" in page.read_text()
 
 
 def test_operator_change_moves_the_daemon_on(users, site, daemon_factory):

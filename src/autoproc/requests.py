@@ -196,3 +196,13 @@ def _desgw_report(store, machines, config, r, user):
     from autoproc.script.desgw import season_report
 
     return {"data": season_report(store, r["number"])}
+
+
+@_verb("report", writes=False, required={"out_dir": str})
+def _report(store, machines, config, r, user):
+    # The page is written by the caller (into its own --out); only the links are relative to it.
+    from pathlib import Path
+
+    from autoproc.report import collect, render
+
+    return {"data": {"html": render(collect(store, machines, config), Path(r["out_dir"]))}}
