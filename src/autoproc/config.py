@@ -151,8 +151,8 @@ class ControlConfig(Section):
         default_factory=AccessList, description="Who may change state through the socket, besides the daemon's "
         "own user and root (who can write the database anyway).")
     viewers: AccessList = Field(
-        default_factory=AccessList, description="Who may read (status, show, history, desgw report) through the "
-        "socket; operators may too.")
+        default_factory=AccessList, description="Who may read (status, show, history, report, desgw report) "
+        "through the socket; operators may too.")
     timeout_seconds: Seconds = Field(
         default=5.0, description="A client must send its whole request within this long, and take the reply.")
     max_request_bytes: int = Field(default=65536, ge=1024, description="Larger requests are refused unread.")
