@@ -136,6 +136,16 @@ class AccessList(Section):
                               "are included.")
 
 
+class Operators(AccessList):
+    """Who may change state through the control socket, besides the daemon's own user and root
+    (who can write the database anyway)."""
+
+
+class Viewers(AccessList):
+    """Who may read (status, show, history, report, desgw report) through the control socket;
+    operators may too."""
+
+
 class ControlConfig(Section):
     """The daemon's control socket: the CLI's overrides go through it while the daemon runs, and the
     daemon journals who sent them from the socket's peer credentials (`autoproc.control`)."""
@@ -147,12 +157,8 @@ class ControlConfig(Section):
     group: str | None = Field(
         default=None, description="Group given the socket (mode 0660): who may connect at all; default: the "
         "daemon's own group.")
-    operators: AccessList = Field(
-        default_factory=AccessList, description="Who may change state through the socket, besides the daemon's "
-        "own user and root (who can write the database anyway).")
-    viewers: AccessList = Field(
-        default_factory=AccessList, description="Who may read (status, show, history, report, desgw report) "
-        "through the socket; operators may too.")
+    operators: Operators = Field(default_factory=Operators)
+    viewers: Viewers = Field(default_factory=Viewers)
     timeout_seconds: Seconds = Field(
         default=5.0, description="A client must send its whole request within this long, and take the reply.")
     max_request_bytes: int = Field(default=65536, ge=1024, description="Larger requests are refused unread.")
