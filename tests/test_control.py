@@ -206,6 +206,7 @@ def test_crafted_requests_get_errors_and_the_daemon_carries_on(users, site, daem
         (None, HEADER.pack(5) + b"\xff\xfe{}}", "not JSON"),
         (None, b"\x00\x01", "connection closed after 2 of 4 bytes"),
         ([1, 2], None, "a request is a JSON object"),
+        (None, HEADER.pack(60_000) + b"[" * 30_000 + b"]" * 30_000, "not JSON: RecursionError"),
     ]
     for payload, raw, expected in cases:
         reply = request(config, payload, raw)

@@ -81,8 +81,8 @@ def recv_frame(sock: socket.socket, max_bytes: int) -> Any:
         raise FrameError(f"a request of {size} bytes is larger than the {max_bytes} allowed")
     try:
         return json.loads(_read_exactly(sock, size).decode())
-    except (UnicodeDecodeError, ValueError) as err:
-        raise FrameError(f"not JSON: {err}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # RecursionError: [[[[…]]]]
+        raise FrameError(f"not JSON: {type(err).__name__}: {err}") from None
 
 
 @contextlib.contextmanager
@@ -256,6 +256,10 @@ class ControlServer:
             result = requests.perform(store, self._machines(), config, request, user=peer.name)
         except AutoprocError as err:
             return {"ok": False, "error": str(err)}
+        except Exception as err:  # noqa: BLE001 - a bug must cost one request, not the server
+            log.exception("control socket: %s from %s failed", verb.name, peer.name)
+            self._problem(config, f"{verb.name} from {peer.name} failed: {type(err).__name__}: {err}")
+            return {"ok": False, "error": f"internal error in the daemon: {type(err).__name__}: {err}"}
         finally:
             store.close()
         if verb.writes:
