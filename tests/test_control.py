@@ -307,3 +307,18 @@ def test_a_socket_path_longer_than_sun_path_works(tmp_path):
         server.close()
     assert not config.control.socket.exists()
     assert call(config.control, {"verb": "status"}) is None  # no daemon: the CLI goes direct
+
+
+def test_a_flood_of_bad_requests_is_recorded_a_bounded_number_of_times(tmp_path):
+    from autoproc.config import parse_config
+    from autoproc.control import PROBLEMS_PER_MINUTE, ControlServer
+
+    config = parse_config({"root": str(tmp_path / "root"), "machines_dir": str(MACHINES)})
+    Store(config.db)
+    server = ControlServer(lambda: config, lambda: {}).start()
+    try:
+        for _ in range(PROBLEMS_PER_MINUTE + 20):
+            assert request(config, {"verb": "nope"})["ok"] is False
+    finally:
+        server.close()
+    assert len(problems(config)) == PROBLEMS_PER_MINUTE

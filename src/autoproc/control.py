@@ -27,6 +27,7 @@ import socket
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ MAX_REPLY_BYTES = 64 * 1024 * 1024
 MAX_SOCKET_PATH = 107
 SERVER_BUSY_TIMEOUT_MS = 5_000
 REPLY_TIMEOUT_SECONDS = 60.0
+PROBLEMS_PER_MINUTE = 30
 
 
 class ControlError(AutoprocError):
@@ -150,6 +152,8 @@ class ControlServer:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
+        self._problem_lock = threading.Lock()
+        self._window_start, self._in_window, self._suppressed = time.monotonic(), 0, 0
 
     def start(self) -> ControlServer:
         cfg = self._config().control
@@ -266,9 +270,19 @@ class ControlServer:
             log.info("%s by %s (uid %s): %s", verb.name, peer.name, peer.uid, "; ".join(result["lines"]))
         return {"ok": True, **result}
 
-    @staticmethod
-    def _problem(config: Config, message: str) -> None:
+    def _problem(self, config: Config, message: str) -> None:
         log.warning("control socket: %s", message)
+        # A local user hammering the socket must not fill the database with problem rows.
+        with self._problem_lock:
+            now = time.monotonic()
+            if now - self._window_start >= 60:
+                if self._suppressed:
+                    message = f"{message} (and {self._suppressed} more control problems in the last minute)"
+                self._window_start, self._in_window, self._suppressed = now, 0, 0
+            if self._in_window >= PROBLEMS_PER_MINUTE:
+                self._suppressed += 1
+                return
+            self._in_window += 1
         store = Store(config.db, create=False, busy_timeout_ms=SERVER_BUSY_TIMEOUT_MS)
         try:
             store.add_problem("control", message)
