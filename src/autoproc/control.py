@@ -187,7 +187,7 @@ class ControlServer:
         self._sock = sock
         self._thread = threading.Thread(target=self._accept, name="control", daemon=True)
         self._thread.start()
-        log.info("control socket %s (group %s)", self.path, grp.getgrgid(os.stat(self.path).st_gid).gr_name)
+        log.info("control socket %s (group id %s)", self.path, os.stat(self.path).st_gid)
         return self
 
     def close(self) -> None:
