@@ -71,11 +71,11 @@ def test_render_matches_the_store(tmp_path):
     assert got["autoproc_subjects"][(("kind", "widget"), ("state", "new"))] == 2
 
 
-def test_write_is_atomic_and_readable(tmp_path):
+def test_write_is_atomic_and_group_readable(tmp_path):
     path = tmp_path / "autoproc.prom"
     write_atomically(path, "a 1\n")
     write_atomically(path, "a 2\n")
-    assert path.read_text() == "a 2\n" and oct(path.stat().st_mode & 0o777) == "0o644"
+    assert path.read_text() == "a 2\n" and oct(path.stat().st_mode & 0o777) == "0o640"
     assert [p.name for p in tmp_path.iterdir()] == ["autoproc.prom"]
 
 

@@ -109,7 +109,9 @@ def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         f.write(text)
-    os.chmod(tmp, 0o644)  # node_exporter runs as its own user; counts are no secret
+    # Like everything else the daemon writes, not world-readable: node_exporter's user reads it
+    # as a member of the daemon's group (which it needs anyway to enter the state directory).
+    os.chmod(tmp, 0o640)
     os.replace(tmp, path)
 
 
