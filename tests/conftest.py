@@ -94,15 +94,16 @@ def write_config(tmp_path: Path) -> Callable[..., tuple[Config, Path]]:
 class Daemon:
     """`autoproc daemon` as a real child process."""
 
-    def __init__(self, config_path: Path, log: Path):
+    def __init__(self, config_path: Path, log: Path, options: tuple[str, ...] = ()):
         self.config_path = config_path
         self.log = log
+        self.options = options  # global options, before the command (e.g. --log-level)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Daemon:
         out = open(self.log, "a")
         self.proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "autoproc.cli", "-c", str(self.config_path), "daemon"],
+            [sys.executable, "-m", "autoproc.cli", "-c", str(self.config_path), *self.options, "daemon"],
             stdout=out, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True)
         out.close()
         return self
@@ -136,8 +137,8 @@ class Daemon:
 def daemon_factory(tmp_path: Path):
     started: list[Daemon] = []
 
-    def make(config_path: Path) -> Daemon:
-        d = Daemon(config_path, tmp_path / f"daemon-{len(started)}.log")
+    def make(config_path: Path, *options: str) -> Daemon:
+        d = Daemon(config_path, tmp_path / f"daemon-{len(started)}.log", options)
         started.append(d)
         return d
 

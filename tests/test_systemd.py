@@ -93,6 +93,8 @@ def test_key_choices(unit):
     assert s["CapabilityBoundingSet"] == [""] and s["NoNewPrivileges"] == ["yes"]
     assert s["ProtectSystem"] == ["strict"] and s["ReadWritePaths"] and s["StateDirectory"] == ["autoproc"]
     assert s["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
+    # The control socket's directory: the service's group may enter it, nobody else.
+    assert s["RuntimeDirectory"] == ["autoproc"] and s["RuntimeDirectoryMode"] == ["0750"]
     # The daemon's own stop (engine, then hooks, each with its kill grace) fits before
     # systemd's SIGKILL.
     stop = parse_config({}).stop_timeout_seconds

@@ -5,7 +5,8 @@ A widget file (`<key>-<n>.w`) holds one instruction the build step obeys: `ok`,
 build's child exits 3), `hang` (the child and a grandchild ignore SIGTERM and never
 finish; their pids are appended to `<root>/hung.pids`), `spew <bytes>` (the child, a C
 tool, writes that much to its log), `bigfile <bytes>` (the child, Python, writes that much
-to a file in its working directory). A `progress` word after an
+to a file in its working directory), `chatter` (the build logs INFO, in the daemon's
+process, as lsst.pipe.base.quantum_graph_builder and transitions.core do). A `progress` word after an
 instruction makes the build report progress before its child starts. Every finished
 action appends a line to `<root>/ledger.txt`, so tests can tell how often each ran.
 """
@@ -42,7 +43,7 @@ def widget_file(path: Path, config) -> FileInfo:
     if not text:
         raise ValueError(f"{path.name}: empty widget file")
     word = text.split()[0]
-    if word not in {"ok", "fail", "flaky", "sleep", "hold", "crash", "hang", "spew", "bigfile"}:
+    if word not in {"ok", "fail", "flaky", "sleep", "hold", "crash", "hang", "spew", "bigfile", "chatter"}:
         raise ValueError(f"{path.name}: unknown instruction {word!r}")
     key = path.name.split("-", 1)[0]
     return FileInfo(subject=("widget", key), info={"instruction": text})
@@ -81,6 +82,12 @@ def build(ctx) -> Outcome:
     out.parent.mkdir(parents=True, exist_ok=True)
     if any("progress" in i.split() for i in instructions):
         ctx.progress("half built")
+    if "chatter" in instructions:
+        import logging
+
+        logging.getLogger("lsst.pipe.base.quantum_graph_builder").info("chatter: processing 4 quanta")
+        logging.getLogger("transitions.core").info("chatter: executed callback")
+        logging.getLogger("autoproc.widgets").info("chatter: for operators")
     script = "import sys, time; time.sleep(float(sys.argv[1])); open(sys.argv[2], 'w').write(sys.argv[3])"
     if "crash" in instructions:
         script = "raise SystemExit(3)"

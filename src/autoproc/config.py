@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autoproc.desgw.ccd import COPYBACK_SLACK_SECONDS
 from autoproc.errors import AutoprocError
@@ -25,6 +25,14 @@ DATA_DIR = PACKAGE_DIR / "data"
 DEFAULT_MACHINES_DIR = DATA_DIR / "statemachines"
 
 Seconds = Annotated[float, Field(ge=0)]
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "VERBOSE", "DEBUG", "TRACE")
+
+
+def check_level(name: str) -> str:
+    """A log level name (lsst.utils' VERBOSE and TRACE included), upper-cased."""
+    if name.upper() not in LOG_LEVELS:
+        raise ValueError(f"{name!r} is not a log level ({', '.join(LOG_LEVELS)})")
+    return name.upper()
 
 
 # The same rules as autoproc.deep.collections (STEP_RE) and statemachines/template.yaml's key_pattern.
@@ -120,6 +128,89 @@ class ReportConfig(Section):
     subjects_per_kind: int = Field(default=500, ge=1, description="Subjects shown per kind (newest keys first).")
     attempt_rows: int = Field(default=100, ge=1, description="Recent attempts shown.")
     journal_rows: int = Field(default=200, ge=1, description="Recent journal rows shown.")
+
+
+class AccessList(Section):
+    """Users and groups (names, as in /etc/passwd and /etc/group)."""
+
+    users: list[str] = Field(default_factory=list, description="User names.")
+    groups: list[str] = Field(default_factory=list, description="Group names; members (primary or supplementary) "
+                              "are included.")
+
+
+class Operators(AccessList):
+    """Who may change state through the control socket, besides the daemon's own user and root
+    (who can write the database anyway)."""
+
+
+class Viewers(AccessList):
+    """Who may read (status, show, history, report, desgw report) through the control socket;
+    operators may too."""
+
+
+class ControlConfig(Section):
+    """The daemon's control socket: the CLI's overrides go through it while the daemon runs, and the
+    daemon journals who sent them from the socket's peer credentials (`autoproc.control`)."""
+
+    enabled: bool = Field(default=True, description="Listen on the socket.")
+    socket: Path | None = Field(
+        default=None, description="Unix socket path; default: <root>/control.sock. Under the system unit: "
+        "/run/autoproc/control.sock (its RuntimeDirectory).")
+    group: str | None = Field(
+        default=None, description="Group given the socket (mode 0660): who may connect at all; default: the "
+        "daemon's own group.")
+    operators: Operators = Field(default_factory=Operators)
+    viewers: Viewers = Field(default_factory=Viewers)
+    timeout_seconds: Seconds = Field(
+        default=5.0, description="A client must send its whole request within this long, and take the reply.")
+    max_request_bytes: int = Field(default=65536, ge=1024, description="Larger requests are refused unread.")
+    max_clients: int = Field(default=8, ge=1, description="Connections served at once; more are refused.")
+
+
+class LoggingConfig(Section):
+    """The daemon's own log (stderr, or the journal under systemd). Library loggers are quiet there:
+    their full output stays in each attempt's log."""
+
+    level: str = Field(default="INFO", description="Level of autoproc's own loggers.")
+    libraries: str = Field(
+        default="WARNING", description="Level of every other logger (lsst.*, transitions, parsl, …).")
+    loggers: dict[str, str] = Field(
+        default_factory=dict, description="Level per logger name, e.g. `lsst.daf.butler: DEBUG`; wins over both.")
+    long: bool = Field(default=False, description="Long format: also the thread, the file and the line.")
+
+    @model_validator(mode="after")
+    def _levels(self) -> LoggingConfig:
+        for where, level in [("level", self.level), ("libraries", self.libraries),
+                             *((f"loggers.{k}", v) for k, v in self.loggers.items())]:
+            try:
+                check_level(level)
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
+        return self
+
+
+class MetricsConfig(Section):
+    """Prometheus metrics (`autoproc.metrics`): a text-format file for node_exporter's textfile collector,
+    and optionally `/metrics` over HTTP on a loopback address."""
+
+    file: Path | None = Field(
+        default=None, description="Written atomically every `interval_seconds`; default: <root>/autoproc.prom. "
+        "Point node_exporter's --collector.textfile.directory at its directory.")
+    interval_seconds: Seconds = Field(default=15.0, description="How often the metrics are gathered.")
+    listen: str | None = Field(
+        default=None, description="`HOST:PORT` to serve `/metrics` on (loopback only, e.g. 127.0.0.1:9464); "
+        "none: no HTTP server.")
+
+    @field_validator("listen")
+    @classmethod
+    def _loopback(cls, listen: str | None) -> str | None:
+        if listen is not None:
+            host, sep, port = listen.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("must be HOST:PORT")
+            if host.strip("[]") not in ("127.0.0.1", "localhost", "::1"):
+                raise ValueError(f"{host!r} is not a loopback address (127.0.0.1, ::1, localhost)")
+        return listen
 
 
 class DeepConfig(Section):
@@ -367,6 +458,9 @@ class Config(Section):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     deep: DeepConfig = Field(default_factory=DeepConfig)
     desgw: DesgwConfig = Field(default_factory=DesgwConfig)
     space_retry_seconds: float = Field(default=60.0, gt=0, description="An action that found its disk full "
@@ -382,6 +476,10 @@ class Config(Section):
             self.work_dir = self.root / "work"
         if self.hooks.directory is None:
             self.hooks.directory = self.root / "hooks"
+        if self.control.socket is None:
+            self.control.socket = self.root / "control.sock"
+        if self.metrics.file is None:
+            self.metrics.file = self.root / "autoproc.prom"
         names = [w.name for w in self.watch]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

@@ -105,6 +105,8 @@ class Engine:
         self.started = self.clock()
         self.night = observing_night(self.started)
         self._status_cache: tuple[float, str] = (float("-inf"), "")
+        self.loop_beat = time.monotonic()  # each loop turn (the metrics' heartbeat age)
+        self.watcher_lag = Lag()
 
     @staticmethod
     def _load_machines(config: Config) -> dict[str, StateMachine]:
@@ -185,6 +187,8 @@ class Engine:
         from autoproc.watch import Watcher
 
         def emit(ready) -> None:
+            if ready.how == "closed":  # close -> event; quiet and scanned files wait by design
+                self.watcher_lag.observe(ready.root, time.time() - ready.mtime)
             self.events.put(intake.Arrival(ready.root, ready.kind, ready.path, ready.size, ready.mtime))
 
         def problem(where: str, message: str) -> None:
@@ -199,6 +203,7 @@ class Engine:
         next_operator = next_reaper = next_beat = 0.0
         next_reconcile = self.clock() + self.config.reconcile_minutes * 60
         while not self.stopping.is_set():
+            self.loop_beat = time.monotonic()
             now = self.clock()
             wait = min(OPERATOR_POLL_SECONDS, max(0.0, (self.timers[0][0] - now) if self.timers else 1.0))
             try:
@@ -696,6 +701,23 @@ class Engine:
             summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no subjects"
             self._status_cache = (now, summary)
         return f"{self._status_cache[1]}; {len(self.running)} running"
+
+
+class Lag:
+    """Seconds from a file's close to the watcher's event, summed per watched root (metrics)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.by_root: dict[str, tuple[float, int]] = {}
+
+    def observe(self, root: str, seconds: float) -> None:
+        with self._lock:
+            total, count = self.by_root.get(root, (0.0, 0))
+            self.by_root[root] = (total + max(0.0, seconds), count + 1)
+
+    def snapshot(self) -> dict[str, tuple[float, int]]:
+        with self._lock:
+            return dict(self.by_root)
 
 
 def _children_on_disk(attempt: dict) -> list[dict]:

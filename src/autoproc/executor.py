@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from autoproc import actions, process
+from autoproc import actions, logs, process
 from autoproc.config import ExecutorConfig
 
 
@@ -38,7 +38,8 @@ def _unexpected(ctx: actions.ActionContext, err: Exception) -> dict[str, Any]:
 def perform(fn: Callable[[actions.ActionContext], actions.Outcome], ctx: actions.ActionContext) -> dict[str, Any]:
     """Run one action and describe its result as data (the engine's only input from it)."""
     try:
-        outcome = fn(ctx)
+        with logs.attempt_log(ctx.workdir / "action.log"):
+            outcome = fn(ctx)
     except actions.Retry as err:
         return {"kind": "retry", "reason": _with_timeouts(ctx, err.reason), "evidence": err.evidence,
                 "adjust": err.adjust}

@@ -524,8 +524,12 @@ def render_problems(info: dict) -> str:
 def write_report(store: Store, machines: dict[str, StateMachine], config: Config, out: Path | None = None) -> Path:
     """Write the page (atomically: readers never see half of it); returns its path."""
     path = page_path(config, out)
+    return write_page(path, render(collect(store, machines, config), path.parent))
+
+
+def write_page(path: Path, text: str) -> Path:
+    """Replace the page at `path` with `text` in one rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = render(collect(store, machines, config), path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index.", suffix=".html")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

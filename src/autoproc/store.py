@@ -27,6 +27,8 @@ BUSY_TIMEOUT_MS = 30_000
 # the database (a backup, a sqlite3 shell left in a transaction) must never crash it, and
 # between slices it can tell systemd's watchdog it is alive and waiting (see `on_busy`).
 DAEMON_BUSY_SLICE_MS = 5_000
+# A write that waited this long for the write lock counts as a wait (see `lock_waits`).
+LOCK_WAIT_COUNTED_SECONDS = 0.01
 
 # Each entry upgrades the schema by one version; `PRAGMA user_version` says where a file is.
 MIGRATIONS: list[str] = [
@@ -176,6 +178,8 @@ class Store:
         waited so far)` is called and the wait goes on."""
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
+        self.lock_waits = 0
+        self.lock_wait_seconds = 0.0
         self.on_busy = on_busy
         if not self.path.exists():
             if not create or readonly:
@@ -224,6 +228,7 @@ class Store:
         while True:
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
+                self._count_wait(time.monotonic() - start)
                 break
             except sqlite3.OperationalError as err:
                 if "locked" not in str(err) and "busy" not in str(err):
@@ -245,6 +250,12 @@ class Store:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise StoreError(f"{self.path}: cannot commit to the state database: {err}") from None
+
+    def _count_wait(self, waited: float) -> None:
+        # For the metrics (autoproc.metrics): how often, and how long, writes waited for the lock.
+        self.lock_wait_seconds += waited
+        if waited >= LOCK_WAIT_COUNTED_SECONDS:
+            self.lock_waits += 1
 
     def schema_version(self) -> int:
         return self.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -314,7 +325,7 @@ class Store:
             "SELECT kind, state, count(*) FROM subjects GROUP BY kind, state ORDER BY kind, state")]
 
     def ensure_subject(self, kind: str, key: str, initial: str, *, actor: str, reason: str = "",
-                       data: dict | None = None) -> tuple[Subject, bool]:
+                       data: dict | None = None, evidence: dict | None = None) -> tuple[Subject, bool]:
         """The subject, created in `initial` (with a journal row) when new."""
         now = time.time()
         with self.write() as c:
@@ -325,7 +336,7 @@ class Store:
                 "INSERT INTO subjects (kind, key, state, version, data, entered, created, updated)"
                 " VALUES (?, ?, ?, 1, ?, ?, ?, ?)", (kind, key, initial, _json(data or {}), now, now, now))
             subject_id = cur.lastrowid
-            entry = self._journal(c, subject_id, None, initial, "create", actor, reason, {}, 1, now)
+            entry = self._journal(c, subject_id, None, initial, "create", actor, reason, evidence or {}, 1, now)
             c.execute("UPDATE subjects SET entry = ? WHERE id = ?", (entry, subject_id))
         return self.subject_by_id(subject_id), True
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -501,7 +502,10 @@ def test_rerun_from_flat_runs_the_flat_steps_again_and_drp_uses_the_new_flats(wr
     journal = store.journal(store.subject("night", night).id)
     i = next(k for k, r in enumerate(journal) if r["trigger"] == "rerun")
     override_row = journal[i]
-    assert (override_row["actor"], override_row["from_state"], override_row["to_state"]) == ("ann", "done", "flat")
+    # The actor is who ran the CLI (its real uid); `--operator ann` is journaled as on whose behalf.
+    me = pwd.getpwuid(os.getuid()).pw_name
+    assert (override_row["actor"], override_row["from_state"], override_row["to_state"]) == (me, "done", "flat")
+    assert override_row["evidence"]["on_behalf_of"] == "ann"
     assert override_row["reason"] == "bad dome flats"
     assert override_row["evidence"]["redo"] == ["flat", "drp", "coadd", "diff"]
     assert len(override_row["evidence"]["set_aside"]) == 3 + 6 + 1 + 1

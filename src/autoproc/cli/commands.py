@@ -14,13 +14,13 @@ from autoproc import actions
 from autoproc.config import Config, load_config
 from autoproc.errors import AutoprocError
 
-CLI_BUSY_TIMEOUT_MS = 5_000
-
 
 class Context:
     def __init__(self, config_path: Path | None):
         self.config_path = config_path
         self._config: Config | None = None
+        self.log_levels: dict[str, str] = {}
+        self.long_log: bool | None = None
 
     @property
     def config(self) -> Config:
@@ -29,10 +29,9 @@ class Context:
         return self._config
 
     def store(self, readonly: bool = False):
+        from autoproc.script.client import CLI_BUSY_TIMEOUT_MS
         from autoproc.store import Store
 
-        # A few seconds, not the library's 30: a command run while another process holds
-        # the database's write lock says so (exit 2, naming the file) instead of hanging.
         return Store(self.config.db, create=not readonly, readonly=readonly, busy_timeout_ms=CLI_BUSY_TIMEOUT_MS)
 
     def machines(self):
@@ -71,15 +70,35 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
         ctx.exit()
 
 
+def _log_levels(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, str]:
+    from autoproc.logs import LogLevelError, parse_levels
+
+    try:
+        return parse_levels(value)
+    except LogLevelError as err:
+        raise click.BadParameter(str(err)) from None
+
+
 @click.group(cls=Group)
 @click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), envvar="AUTOPROC_CONFIG",
               help="autoproc.yaml (default: embedded defaults; env AUTOPROC_CONFIG).")
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
               help="Print autoproc's version and the middleware versions it runs with.")
+@click.option("--log-level", "log_levels", multiple=True, callback=_log_levels, metavar="[NAME=]LEVEL",
+              help="Log level of autoproc's own loggers, or of the logger NAME and those below it (e.g. "
+              "lsst.daf.butler=DEBUG); repeatable. Over the configuration's `logging`.")
+@click.option("--long-log", is_flag=True, default=None, help="Long log lines (thread, file and line too).")
 @click.pass_context
-def main(ctx: click.Context, config_path: Path | None) -> None:
+def main(ctx: click.Context, config_path: Path | None, log_levels: dict[str, str], long_log: bool | None) -> None:
     """autoproc: drive DEEP and DESGW processing forward as data arrives."""
     ctx.obj = Context(config_path)
+    ctx.obj.log_levels, ctx.obj.long_log = log_levels, long_log
+    if (log_levels or long_log) and ctx.invoked_subcommand != "daemon":
+        # The daemon sets up its logging itself, with the configuration's `logging` under these.
+        from autoproc.config import LoggingConfig
+        from autoproc.logs import configure
+
+        configure(LoggingConfig(), log_levels, long_log)
 
 
 @main.command()
@@ -90,13 +109,29 @@ def daemon(obj: Context, no_watch: bool) -> None:
     from autoproc.script.daemon import AlreadyRunning, run_daemon
 
     try:
-        sys.exit(run_daemon(obj.config, obj.config_path, watch=not no_watch))
+        sys.exit(run_daemon(obj.config, obj.config_path, watch=not no_watch, log_levels=obj.log_levels,
+                            long_log=obj.long_log))
     except AlreadyRunning as err:
         fail(str(err))
 
 
 def _ago(t: float) -> str:
     return str(datetime.timedelta(seconds=int(time.time() - t)))
+
+
+def _ask(obj: Context, verb: str, **fields) -> dict:
+    """Carry out one request (`autoproc.requests`): through the daemon when it runs, else directly."""
+    from autoproc.script.client import carry_out
+
+    return carry_out(obj.config, obj.machines, {"verb": verb, **fields})
+
+
+def _view(obj: Context, verb: str, **fields):
+    return _ask(obj, verb, **fields)["data"]
+
+
+def _print_json(value) -> None:
+    click.echo(json.dumps(value, default=str, indent=1))
 
 
 @main.command()
@@ -110,11 +145,12 @@ def _ago(t: float) -> str:
 def status(obj: Context, kind: str | None, state: str | None, limit: int, as_json: bool,
            watch_seconds: float | None) -> None:
     """Subjects by kind and state, what needs a person, and whether the daemon runs."""
-    from autoproc.script.inspect import status as get_status
 
-    store = obj.store(readonly=True)
+    def get() -> dict:
+        return _view(obj, "status", kind=kind, state=state, limit=limit)
+
     if as_json:
-        click.echo(json.dumps(get_status(store, kind=kind, state=state, limit=limit), default=str, indent=1))
+        _print_json(get())
         return
     from rich.console import Console
     from rich.live import Live
@@ -122,13 +158,13 @@ def status(obj: Context, kind: str | None, state: str | None, limit: int, as_jso
     from autoproc.cli.render import status_view
 
     if watch_seconds is None:
-        Console().print(status_view(get_status(store, kind=kind, state=state, limit=limit)))
+        Console().print(status_view(get()))
         return
-    with Live(status_view(get_status(store, kind=kind, state=state, limit=limit)), auto_refresh=False) as live:
+    with Live(status_view(get()), auto_refresh=False) as live:
         try:
             while True:
                 time.sleep(watch_seconds)
-                live.update(status_view(get_status(store, kind=kind, state=state, limit=limit)), refresh=True)
+                live.update(status_view(get()), refresh=True)
         except KeyboardInterrupt:
             pass
 
@@ -136,35 +172,32 @@ def status(obj: Context, kind: str | None, state: str | None, limit: int, as_jso
 @main.command()
 @click.argument("kind")
 @click.argument("key")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--wide", is_flag=True, help="Every attempt column (argv-length paths and results in full).")
 @pass_ctx
-def show(obj: Context, kind: str, key: str, as_json: bool) -> None:
+def show(obj: Context, kind: str, key: str, as_json: bool, wide: bool) -> None:
     """One subject: state, data, attempts with their logs, recent journal."""
-    from autoproc.script.inspect import show as get_show
-
-    info = get_show(obj.store(readonly=True), kind, key)
+    info = _view(obj, "show", kind=kind, key=key)
     if as_json:
-        click.echo(json.dumps(info, default=str, indent=1))
+        _print_json(info)
         return
     from rich.console import Console
 
     from autoproc.cli.render import subject_view
 
-    Console().print(subject_view(info))
+    Console().print(subject_view(info, wide=wide))
 
 
 @main.command()
 @click.argument("kind")
 @click.argument("key")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def history(obj: Context, kind: str, key: str, as_json: bool) -> None:
     """Every journaled change of one subject, oldest first."""
-    from autoproc.script.inspect import history as get_history
-
-    rows = get_history(obj.store(readonly=True), kind, key)
+    rows = _view(obj, "history", kind=kind, key=key)
     if as_json:
-        click.echo(json.dumps(rows, default=str, indent=1))
+        _print_json(rows)
         return
     from rich.console import Console
 
@@ -175,12 +208,14 @@ def history(obj: Context, kind: str, key: str, as_json: bool) -> None:
 
 def _override_options(fn):
     fn = click.option("--reason", required=True, help="Why; goes into the journal.")(fn)
-    fn = click.option("--operator", help="Who (default: $USER).")(fn)
+    fn = click.option("--operator", help="On whose behalf: a note journaled beside your own user name "
+                      "(which the daemon reads from the connection, not from here).")(fn)
     return fn
 
 
-def _report(plan) -> None:
-    click.echo(plan.describe())
+def _change(obj: Context, verb: str, **fields) -> None:
+    for line in _ask(obj, verb, **fields)["lines"]:
+        click.echo(line)
 
 
 @main.command("set")
@@ -193,10 +228,8 @@ def _report(plan) -> None:
 @pass_ctx
 def set_(obj: Context, kind, key, state, reason, operator, force, dry_run) -> None:
     """Move a subject to STATE (validated against its machine)."""
-    from autoproc.script import override
-
-    _report(override.set_state(obj.store(), obj.machines(), kind, key, state, reason=reason, operator=operator,
-                               force=force, dry_run=dry_run))
+    _change(obj, "set", kind=kind, key=key, state=state, reason=reason, operator=operator, force=force,
+            dry_run=dry_run)
 
 
 def _subject_override(name: str, help_text: str) -> None:
@@ -209,10 +242,7 @@ def _subject_override(name: str, help_text: str) -> None:
     @click.option("--dry-run", is_flag=True, help="Say what would change, change nothing.")
     @pass_ctx
     def command(obj: Context, kind, key, reason, operator, dry_run) -> None:
-        from autoproc.script import override
-
-        _report(getattr(override, name)(obj.store(), obj.machines(), kind, key, reason=reason, operator=operator,
-                                        dry_run=dry_run))
+        _change(obj, name, kind=kind, key=key, reason=reason, operator=operator, dry_run=dry_run)
 
 
 _subject_override("retry", "Send a failed subject back to the step that failed, with a fresh retry budget.")
@@ -232,10 +262,7 @@ def rerun_from(obj: Context, kind, key, state, reason, operator, dry_run) -> Non
     """Reset a subject to an earlier STATE: it and the states after it run again, with what
     their earlier runs left set aside (a DEEP night's RUNs and certifications, a DESGW
     exposure's verdicts and older grid outputs)."""
-    from autoproc.script import override
-
-    _report(override.rerun_from(obj.store(), obj.machines(), kind, key, state, reason=reason, operator=operator,
-                                dry_run=dry_run, config=obj.config))
+    _change(obj, "rerun-from", kind=kind, key=key, state=state, reason=reason, operator=operator, dry_run=dry_run)
 
 
 @main.command()
@@ -246,16 +273,13 @@ def rerun_from(obj: Context, kind, key, state, reason, operator, dry_run) -> Non
 @pass_ctx
 def add(obj: Context, kind, key, reason, operator, data_json) -> None:
     """Create a subject by hand."""
-    from autoproc.script import override
-
     try:
         data = json.loads(data_json) if data_json else None
     except json.JSONDecodeError as err:
         fail(f"--data is not JSON: {err}")
     if data is not None and not isinstance(data, dict):
         fail("--data must be a JSON object")
-    subject = override.add(obj.store(), obj.machines(), kind, key, reason=reason, data=data, operator=operator)
-    click.echo(f"added {subject.ref} in {subject.state}")
+    _change(obj, "add", kind=kind, key=key, reason=reason, operator=operator, data=data)
 
 
 @main.command()
@@ -284,12 +308,16 @@ def demo(directory: Path, timeout: float) -> None:
 
 @main.command()
 @click.argument("kind")
+@click.option("--json", "as_json", is_flag=True, help="The machine's definition as JSON instead.")
 @pass_ctx
-def graph(obj: Context, kind: str) -> None:
+def graph(obj: Context, kind: str, as_json: bool) -> None:
     """Print KIND's state machine as a mermaid state diagram."""
     machines = obj.machines()
     if kind not in machines:
         fail(f"unknown kind {kind!r}; known: {', '.join(sorted(machines))}")
+    if as_json:
+        _print_json(machines[kind].spec.model_dump(mode="json"))
+        return
     click.echo(machines[kind].mermaid())
 
 
@@ -308,14 +336,19 @@ def config_reference() -> None:
 
 @config.command("check")
 @click.argument("path", type=click.Path(path_type=Path), required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-def config_check(obj: Context, path: Path | None) -> None:
+def config_check(obj: Context, path: Path | None, as_json: bool) -> None:
     """Validate a configuration file (and the machines it names)."""
     path = path or obj.config_path
     cfg = load_config(path)
     obj._config = cfg
     machines = obj.machines()
     actions.check_environment()
+    if as_json:
+        _print_json({"config": str(path) if path else None, "machines": sorted(machines),
+                     "watch": [w.name for w in cfg.watch], "db": str(cfg.db), "ok": True})
+        return
     click.echo(f"{path or '<defaults>'}: OK ({len(machines)} machines: {', '.join(sorted(machines)) or 'none'};"
                f" {len(cfg.watch)} watched roots; state in {cfg.db})")
 
@@ -326,12 +359,17 @@ main.add_command(__import__("autoproc.cli.deep", fromlist=["deep"]).deep)  # las
 @main.command("report")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for index.html (default: config report.directory, or <root>/report).")
+@click.option("--json", "as_json", is_flag=True, help="Print where the page went as JSON.")
 @pass_ctx
-def report_(obj: Context, out: Path | None) -> None:
+def report_(obj: Context, out: Path | None, as_json: bool) -> None:
     """Write the static HTML report page (no server needed: open it in a browser)."""
     from autoproc.script.report import report as write
 
-    click.echo(write(obj.config, obj.machines(), out))
+    page = write(obj.config, obj.machines(), out)
+    if as_json:
+        _print_json({"page": str(page)})
+        return
+    click.echo(page)
 
 
 @main.command("install-unit")

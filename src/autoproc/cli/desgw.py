@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from autoproc.cli.commands import Context, pass_ctx
+from autoproc.cli.commands import Context, _change, _print_json, _view, pass_ctx
 
 
 @click.group("desgw")
@@ -25,36 +24,30 @@ def desgw() -> None:
 @click.option("--outdir", type=click.Path(path_type=Path), help="Post-processing outdir (default from config).")
 @click.option("--rc", "rc_items", multiple=True, metavar="KEY=VALUE", help="A dagmaker.rc setting (repeatable).")
 @click.option("--reason", default="new season", show_default=True, help="Why (journaled).")
-@click.option("--operator", help="Who (default: $USER).")
+@click.option("--operator", help="On whose behalf (a note journaled beside your own user name).")
 @pass_ctx
 def season(obj: Context, number: str, trigger_mjd, propid, ligoid, triggerid, bands, outdir, rc_items, reason,
            operator) -> None:
     """Create a season: SEASON if it is free (else why not), or `auto` for the lowest free one."""
-    from autoproc.script.desgw import DesgwRequestError, create_season, parse_rc_assignments, season_settings
+    from autoproc.script.desgw import DesgwRequestError, parse_rc_assignments
 
     if number != "auto" and not number.isdigit():
         raise DesgwRequestError(f"SEASON must be a number or 'auto', not {number!r}")
-    settings = season_settings(
-        trigger_mjd=trigger_mjd, propid=propid, ligoid=ligoid, triggerid=triggerid,
-        bands=[b for b in bands.split(",") if b], outdir=str(outdir.resolve()) if outdir else None,
-        rc_values=parse_rc_assignments(rc_items))
-    subject = create_season(obj.store(), obj.machines(), obj.config, None if number == "auto" else int(number),
-                            settings=settings, reason=reason, operator=operator)
-    click.echo(f"created {subject.ref} in {subject.state}")
+    _change(obj, "desgw-season", number=None if number == "auto" else int(number), trigger_mjd=trigger_mjd,
+            propid=propid, ligoid=ligoid, triggerid=triggerid, bands=bands or None,
+            outdir=str(outdir.resolve()) if outdir else None, rc=parse_rc_assignments(rc_items) or None,
+            reason=reason, operator=operator)
 
 
 @desgw.command("add-exposure")
 @click.argument("number", metavar="SEASON", type=int)
 @click.argument("expnums", metavar="EXPNUM...", type=int, nargs=-1, required=True)
 @click.option("--reason", default="added by hand", show_default=True, help="Why (journaled).")
-@click.option("--operator", help="Who (default: $USER).")
+@click.option("--operator", help="On whose behalf (a note journaled beside your own user name).")
 @pass_ctx
 def add_exposure(obj: Context, number: int, expnums: tuple[int, ...], reason: str, operator: str | None) -> None:
     """Add exposures to a season (its list file does the same)."""
-    from autoproc.script.desgw import add_exposures
-
-    for subject in add_exposures(obj.store(), obj.machines(), number, expnums, reason=reason, operator=operator):
-        click.echo(f"added {subject.ref} in {subject.state}")
+    _change(obj, "desgw-add-exposure", number=number, expnums=list(expnums), reason=reason, operator=operator)
 
 
 @desgw.command("report")
@@ -63,11 +56,9 @@ def add_exposure(obj: Context, number: int, expnums: tuple[int, ...], reason: st
 @pass_ctx
 def report(obj: Context, number: int, as_json: bool) -> None:
     """A season's exposures: state, CCDs, forcefiles, job id; and its post-processing runs."""
-    from autoproc.script.desgw import season_report
-
-    info = season_report(obj.store(readonly=True), number)
+    info = _view(obj, "desgw-report", number=number)
     if as_json:
-        click.echo(json.dumps(info, default=str, indent=1))
+        _print_json(info)
         return
     from rich.console import Console
     from rich.table import Table

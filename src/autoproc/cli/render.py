@@ -75,29 +75,22 @@ def journal_table(rows: list[dict], title: str) -> Table:
     for col in ("#", "when", "from", "to", "trigger", "actor", "reason"):
         t.add_column(col)
     for r in rows:
-        actor = Text(r["actor"], style="bold yellow" if r["actor"] != "daemon" else "")
+        behalf = (r.get("evidence") or {}).get("on_behalf_of")
+        actor = Text(r["actor"] + (f" (for {behalf})" if behalf else ""),
+                     style="bold yellow" if r["actor"] != "daemon" else "")
         t.add_row(str(r["id"]), _when(r["time"]), r["from_state"] or "", r["to_state"], r["trigger"], actor,
                   Text(r["reason"]))
     return t
 
 
-def subject_view(info: dict[str, Any]) -> Group:
+def subject_view(info: dict[str, Any], *, wide: bool = False) -> Group:
     head = Text(f"{info['kind']}/{info['key']}: {info['state']} (since {_when(info['since'])})")
     if info["held"]:
         head.append(f"\nHELD: {info['held']}", style="bold red")
     data = Table(title="data", show_header=False)
     for k, v in info["data"].items():
         data.add_row(k, Text(str(v)[:300]))
-    attempts = Table(title="attempts")
-    for col in ("#", "stage", "step", "try", "status", "started", "exit", "log", "result"):
-        attempts.add_column(col)
-    for a in info["attempts"]:
-        reason = a["result"].get("reason") or a["result"].get("trigger") or ""
-        if a["result"].get("progress"):  # what an interrupted attempt got done (see max_interruptions)
-            reason = f"{reason} [progress: {'; '.join(a['result']['progress'])}]".strip()
-        attempts.add_row(str(a["id"]), a["stage"], a["step"], str(a["try"]), a["status"], _when(a["started"]),
-                         "" if a["exit_status"] is None else str(a["exit_status"]), Text(a["log"] or a["cwd"] or ""),
-                         Text(str(reason)[:200]))
+    attempts = attempts_table(info["attempts"], wide=wide)
     parts: list[Any] = [head, data, attempts]
     if info["files"]:
         files = Table(title=f"files ({len(info['files'])})")
@@ -109,6 +102,39 @@ def subject_view(info: dict[str, Any]) -> Group:
         parts.append(files)
     parts.append(journal_table(info["journal"], "recent journal"))
     return Group(*parts)
+
+
+def _took(a: dict) -> str:
+    if not a.get("started") or not a.get("ended"):
+        return ""
+    return str(datetime.timedelta(seconds=int(a["ended"] - a["started"])))
+
+
+def attempts_table(rows: list[dict], *, wide: bool = False) -> Table:
+    """An 80-column view (when, how long, what it said) or, `wide`, every column in full."""
+    t = Table(title="attempts")
+    columns = (("#", "stage", "step", "try", "status", "started", "ended", "exit", "log", "result") if wide
+               else ("#", "stage", "try", "status", "started", "took", "result"))
+    for col in columns:
+        t.add_column(col, overflow="fold" if wide else "ellipsis", no_wrap=not wide and col != "result")
+    for a in rows:
+        reason = a["result"].get("reason") or a["result"].get("trigger") or ""
+        if a["result"].get("progress"):  # what an interrupted attempt got done (see max_interruptions)
+            reason = f"{reason} [progress: {'; '.join(a['result']['progress'])}]".strip()
+        exit_status = "" if a["exit_status"] is None else str(a["exit_status"])
+        if wide:
+            t.add_row(str(a["id"]), a["stage"], a["step"], str(a["try"]), a["status"], _when(a["started"]),
+                      _when(a["ended"]), exit_status, Text(a["log"] or a["cwd"] or ""), Text(str(reason)))
+        else:
+            stage = a["stage"] + (f"/{a['step']}" if a["step"] else "")
+            status = a["status"] + (f" ({exit_status})" if exit_status else "")
+            t.add_row(str(a["id"]), stage, str(a["try"]), status, _short_when(a["started"]), _took(a),
+                      Text(str(reason)[:120]))
+    return t
+
+
+def _short_when(t: float | None) -> str:
+    return datetime.datetime.fromtimestamp(t).strftime("%m-%d %H:%M:%S") if t else ""
 
 
 def demo_summary(summary: dict[str, Any]) -> Group:

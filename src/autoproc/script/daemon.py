@@ -11,11 +11,15 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from autoproc.config import Config
+from autoproc.control import ControlServer
 from autoproc.engine import Engine, Reload
 from autoproc.hooks import Hooks
+from autoproc.logs import configure as configure_logging
+from autoproc.metrics import MetricsWriter
 from autoproc.notify import Notifier
 from autoproc.report import ReportWriter, page_path
 
@@ -40,9 +44,10 @@ def _lock(config: Config) -> int:
     return fd
 
 
-def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool = True) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("parsl").setLevel(logging.WARNING)
+def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool = True,
+               log_levels: Mapping[str, str] | None = None, long_log: bool | None = None) -> int:
+    """`log_levels` and `long_log`: the command line's `--log-level` and `--long-log`."""
+    configure_logging(config.logging, log_levels, long_log)
     notifier = Notifier()  # first: it takes systemd's variables out of what children inherit
     # What the systemd units set (UMask=0027), also when started by hand: everything the daemon and its
     # children create (state, work and attempt directories, logs, hook logs) is not world-readable.
@@ -68,6 +73,13 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
     # Waiting for another process's lock on the state database is not a hung loop: keep
     # the watchdog fed (WatchdogSec is 90 s; the lock may be held longer).
     engine.on_busy.append(lambda e, waited: notifier.on_loop(e))
+    control = None
+    if config.control.enabled:
+        # Before READY: once systemd says the service is up, operators can reach it.
+        control = ControlServer(lambda: engine.config, lambda: engine.machines)
+        engine.on_started.insert(0, lambda e: control.start())
+    metrics = MetricsWriter(lambda: engine.config, engine)
+    engine.on_started.insert(0, lambda e: metrics.start())
     hooks = Hooks(lambda: engine.config, report=page_path(config)).start()
     engine.listeners.append(hooks)
     engine.on_loop.append(ReportWriter(lambda: engine.config, lambda: engine.machines).on_loop)
@@ -85,6 +97,9 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
         engine.run()
     finally:
         notifier.stopping()
+        if control is not None:
+            control.close()
+        metrics.close()
         engine.shutdown()
         hooks.close()
         notifier.close()

@@ -49,7 +49,8 @@ def parse_rc_assignments(items: Iterable[str]) -> dict[str, str]:
 
 
 def create_season(store: Store, machines: dict[str, StateMachine], config: Config, requested: int | None, *,
-                  settings: Mapping[str, Any], reason: str, operator: str | None = None) -> Subject:
+                  settings: Mapping[str, Any], reason: str, operator: str | None = None,
+                  on_behalf_of: str | None = None) -> Subject:
     """Allocate (requested=None) or claim a season number and create its subject.
 
     Used = reserved ∪ seasons autoproc knows ∪ dp{S} directories on disk ∪ the season
@@ -65,16 +66,16 @@ def create_season(store: Store, machines: dict[str, StateMachine], config: Confi
     except (season.SeasonInUseError, season.SeasonQueryError, season.NoFreeSeasonError, ValueError) as err:
         raise DesgwRequestError(str(err)) from None
     return override.add(store, machines, "season", str(number), reason=reason, data=dict(settings),
-                        operator=operator)
+                        operator=operator, on_behalf_of=on_behalf_of)
 
 
 def add_exposures(store: Store, machines: dict[str, StateMachine], number: int, expnums: Iterable[int], *,
-                  reason: str, operator: str | None = None) -> list[Subject]:
+                  reason: str, operator: str | None = None, on_behalf_of: str | None = None) -> list[Subject]:
     """Create `{season}.{expnum}` exposure subjects for a season autoproc knows."""
     if store.find_subject("season", str(number)) is None:
         raise DesgwRequestError(f"no season {number}; create it first with `autoproc desgw season {number} …`")
-    return [override.add(store, machines, "exposure", exposure_key(number, e), reason=reason, operator=operator)
-            for e in expnums]
+    return [override.add(store, machines, "exposure", exposure_key(number, e), reason=reason, operator=operator,
+                         on_behalf_of=on_behalf_of) for e in expnums]
 
 
 def season_report(store: Store, number: int) -> dict[str, Any]:

@@ -1,13 +1,15 @@
 """Operator overrides: every one is a journaled, validated change of one subject.
 
 They write the same store the daemon uses, with a compare-and-set, so they work while
-the daemon runs; the daemon notices them within a second.
+the daemon runs; the daemon notices them within a second. `operator` is who makes the change,
+as established by the caller (the daemon's control socket from its peer credentials, the CLI
+from its real uid: `autoproc.requests`); `on_behalf_of` is only a note journaled beside it.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 from dataclasses import dataclass, field
 
 from autoproc import actions
@@ -55,11 +57,25 @@ class Plan:
         return text
 
 
+def user_name(uid: int) -> str:
+    """The account name of `uid` (`uid:N` when it has none)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid:{uid}"
+
+
 def operator_name(given: str | None = None) -> str:
-    name = given or os.environ.get("USER") or getpass.getuser()
+    """`given`, or the name of the real uid running this process (never $USER: anyone can set that)."""
+    name = given or user_name(os.getuid())
     if not name or name == "daemon":
-        raise OverrideError("an operator name is required (and it cannot be 'daemon'); use --operator")
+        raise OverrideError("an operator name is required (and it cannot be 'daemon', the engine's own)")
     return name
+
+
+def note(on_behalf_of: str | None) -> dict:
+    """The journal evidence that says on whose behalf an operator acted."""
+    return {"on_behalf_of": on_behalf_of} if on_behalf_of else {}
 
 
 def _need_reason(reason: str | None) -> str:
@@ -75,17 +91,18 @@ def _machine(machines: dict[str, StateMachine], kind: str) -> StateMachine:
 
 
 def _move(store: Store, plan: Plan, *, operator: str, reason: str, dry_run: bool,
-          evidence: dict | None = None, data: dict | None = None) -> Plan:
+          evidence: dict | None = None, data: dict | None = None, on_behalf_of: str | None = None) -> Plan:
     if dry_run:
         return plan
     store.transition(plan.subject, plan.to_state, trigger=plan.trigger, actor=operator, reason=reason,
-                     evidence={"override": plan.action, **(evidence or {})}, data=data)
+                     evidence={"override": plan.action, **(evidence or {}), **note(on_behalf_of)}, data=data)
     plan.done = True
     return plan
 
 
 def set_state(store: Store, machines: dict[str, StateMachine], kind: str, key: str, state: str, *,
-              reason: str | None, operator: str | None = None, force: bool = False, dry_run: bool = False) -> Plan:
+              reason: str | None, operator: str | None = None, force: bool = False, dry_run: bool = False,
+              on_behalf_of: str | None = None) -> Plan:
     machine = _machine(machines, kind)
     reason = _need_reason(reason)
     if state not in machine.spec.states:
@@ -98,11 +115,12 @@ def set_state(store: Store, machines: dict[str, StateMachine], kind: str, key: s
         raise OverrideError(f"no transition leads from {subject.state} to {state}; "
                             "--force sets it anyway (journaled as forced)")
     plan = Plan(subject, "set", state, triggers[0] if triggers else "force")
-    return _move(store, plan, operator=operator_name(operator), reason=reason, dry_run=dry_run)
+    return _move(store, plan, operator=operator_name(operator), reason=reason, dry_run=dry_run,
+                 on_behalf_of=on_behalf_of)
 
 
 def retry(store: Store, machines: dict[str, StateMachine], kind: str, key: str, *, reason: str | None,
-          operator: str | None = None, dry_run: bool = False) -> Plan:
+          operator: str | None = None, dry_run: bool = False, on_behalf_of: str | None = None) -> Plan:
     """Send a subject back to the state it failed in, with a fresh retry budget."""
     machine = _machine(machines, kind)
     reason = _need_reason(reason)
@@ -117,12 +135,13 @@ def retry(store: Store, machines: dict[str, StateMachine], kind: str, key: str, 
     if not (machine.state(subject.state).terminal or machine.state(subject.state).attention):
         raise OverrideError(f"{subject.ref} is in {subject.state}, which is neither failed nor waiting for a person")
     plan = Plan(subject, "retry", back, "retry", note="the retry budget starts again")
-    return _move(store, plan, operator=operator_name(operator), reason=reason, dry_run=dry_run)
+    return _move(store, plan, operator=operator_name(operator), reason=reason, dry_run=dry_run,
+                 on_behalf_of=on_behalf_of)
 
 
 def rerun_from(store: Store, machines: dict[str, StateMachine], kind: str, key: str, state: str, *,
                reason: str | None, operator: str | None = None, dry_run: bool = False,
-               config: Config | None = None) -> Plan:
+               config: Config | None = None, on_behalf_of: str | None = None) -> Plan:
     """Reset a subject to an earlier state; it and every later state run again.
 
     What the chain sets aside so that they really run again (a DEEP night's RUNs and
@@ -150,7 +169,7 @@ def rerun_from(store: Store, machines: dict[str, StateMachine], kind: str, key: 
         try:
             return _move(store, plan, operator=operator, reason=reason, dry_run=dry_run,
                          evidence={"rerun_from": state, "redo": redo, "set_aside": list(found.set_aside),
-                                   **found.evidence}, data=found.data)
+                                   **found.evidence}, data=found.data, on_behalf_of=on_behalf_of)
         except Conflict:
             tries += 1
             if tries >= RERUN_CONFLICT_TRIES:
@@ -167,7 +186,7 @@ def rerun_states(machine: StateMachine, state: str) -> list[str]:
 
 
 def hold(store: Store, machines: dict[str, StateMachine], kind: str, key: str, *, reason: str | None,
-         operator: str | None = None, dry_run: bool = False) -> Plan:
+         operator: str | None = None, dry_run: bool = False, on_behalf_of: str | None = None) -> Plan:
     _machine(machines, kind)
     reason = _need_reason(reason)
     subject = store.subject(kind, key)
@@ -175,13 +194,14 @@ def hold(store: Store, machines: dict[str, StateMachine], kind: str, key: str, *
         raise OverrideError(f"{subject.ref} is already held: {subject.held}")
     plan = Plan(subject, "hold", note="no new action starts until it is released")
     if not dry_run:
-        store.update(subject, held=reason, trigger="hold", actor=operator_name(operator), reason=reason)
+        store.update(subject, held=reason, trigger="hold", actor=operator_name(operator), reason=reason,
+                     evidence=note(on_behalf_of))
         plan.done = True
     return plan
 
 
 def release(store: Store, machines: dict[str, StateMachine], kind: str, key: str, *, reason: str | None,
-            operator: str | None = None, dry_run: bool = False) -> Plan:
+            operator: str | None = None, dry_run: bool = False, on_behalf_of: str | None = None) -> Plan:
     _machine(machines, kind)
     reason = _need_reason(reason)
     subject = store.subject(kind, key)
@@ -189,13 +209,14 @@ def release(store: Store, machines: dict[str, StateMachine], kind: str, key: str
         raise OverrideError(f"{subject.ref} is not held")
     plan = Plan(subject, "release", note=f"it was held because: {subject.held}")
     if not dry_run:
-        store.update(subject, held=None, trigger="release", actor=operator_name(operator), reason=reason)
+        store.update(subject, held=None, trigger="release", actor=operator_name(operator), reason=reason,
+                     evidence=note(on_behalf_of))
         plan.done = True
     return plan
 
 
 def add(store: Store, machines: dict[str, StateMachine], kind: str, key: str, *, reason: str | None,
-        data: dict | None = None, operator: str | None = None) -> Subject:
+        data: dict | None = None, operator: str | None = None, on_behalf_of: str | None = None) -> Subject:
     """Create a subject by hand (e.g. an exposure nobody's file announced)."""
     import re
 
@@ -204,7 +225,7 @@ def add(store: Store, machines: dict[str, StateMachine], kind: str, key: str, *,
     if not re.match(machine.spec.key_pattern, key):
         raise OverrideError(f"{key!r} is not a valid {kind} key (must match {machine.spec.key_pattern})")
     subject, created = store.ensure_subject(kind, key, machine.spec.initial, actor=operator_name(operator),
-                                            reason=reason, data=data)
+                                            reason=reason, data=data, evidence=note(on_behalf_of))
     if not created:
         raise OverrideError(f"{subject.ref} already exists (in {subject.state})")
     return subject
