@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from autoproc import actions, process
-from autoproc.config import ExecutorConfig
+from autoproc.config import Config, ExecutorConfig
 from autoproc.engine import Engine
 from autoproc.executor import Executor, build_parsl_config
-from autoproc.store import Store
+from autoproc.store import Store, Subject
 from conftest import TESTS, ancestors, argv_of, group_gone, wait_for
 
 pytestmark = pytest.mark.middleware
@@ -35,9 +35,13 @@ def _count_call(ctx) -> actions.Outcome:
 def test_the_same_action_submitted_twice_runs_twice(tmp_path):
     """Parsl's app cache is off with either parsl API (the memoizer since 2025.12.8,
     `app_cache` before): an action for the same context must run again, not be replayed."""
+    subject = Subject(id=1, kind="widget", key="a", state="working", version=1, data={}, held=None, entry=1,
+                      entered=0.0, created=0.0, updated=0.0)
+    ctx = actions.ActionContext(subject=subject, stage="work", attempt_id=1, try_number=1, workdir=tmp_path,
+                                config=Config(root=tmp_path / "root"))
     executor = Executor(ExecutorConfig(), tmp_path / "parsl")
     try:
-        results = [executor.submit(_count_call, "same context").result(timeout=30) for _ in range(2)]
+        results = [executor.submit(_count_call, ctx).result(timeout=30) for _ in range(2)]
     finally:
         executor.shutdown()
     assert [r["evidence"]["call"] for r in results] == [0, 1]
