@@ -16,6 +16,9 @@ import yaml
 from autoproc.config import Config, load_config
 from autoproc.store import Store
 
+# The session's own Slurm cluster (fixtures `slurm_cluster`, `slurm`).
+pytest_plugins = ["slurm_cluster"]
+
 TESTS = Path(__file__).resolve().parent
 MACHINES = TESTS / "machines"
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from transitions import MachineError
 
-from autoproc import actions, intake, process
+from autoproc import actions, intake, process, slurm
 from autoproc.config import Config
 from autoproc.executor import Executor
 from autoproc.machines import Change, StateMachine, StateSpec, load_machines
@@ -171,7 +171,12 @@ class Engine:
         """Open for business: recover from the last run, start executor and watchers."""
         self.store.heartbeat("starting", started=self.started)
         self.recover_attempts()
-        self.executor = Executor(self.config.executor, self.config.work_dir / "parsl")
+        # The last daemon's Slurm jobs (its HTEX blocks, its steps' blocks) outlive it: none of
+        # them may run beside what this daemon starts.
+        self.cancel_slurm_jobs(slurm.tag_of(self.config.db), "left by the last daemon")
+        self.executor = Executor(self.config.executor, self.config.work_dir / "parsl",
+                                 slurm_comment=slurm.daemon_comment(self.config.db)
+                                 if self.config.executor.uses_slurm else None)
         for s in self.store.subjects():
             if not self.machines.get(s.kind) or not self.machines[s.kind].state(s.state).terminal:
                 self.evaluate(s.id)
@@ -262,6 +267,9 @@ class Engine:
         self.running.clear()
         if self.executor is not None and not self.running:
             threading.Thread(target=self.executor.shutdown, daemon=True).start()
+        # The process exits right after this: its blocks and its steps' jobs are cancelled
+        # here, not left to the executor's shutdown thread.
+        self.cancel_slurm_jobs(slurm.tag_of(self.config.db), "the daemon stopped")
         self.store.heartbeat("stopped")
         self.store.close()
 
@@ -310,9 +318,13 @@ class Engine:
             # The process that ran the action is gone (e.g. a lost HTEX worker), but the children it
             # started live on in their own groups: stop them first, so a retry never runs beside them.
             process.kill_groups(_groups(attempt), grace=2.0)
+        # Nor beside the Slurm jobs its step left (a bps killed from outside never cancels its block).
+        self.cancel_slurm_jobs(slurm.attempt_comment(self.config.db, done.attempt_id), "its attempt ended")
         now = self.clock()
         kind = result.get("kind")
         fields: dict[str, Any] = {"ended": now, "result": _with_progress(attempt, result)}
+        if result.get("ran_on", {}).get("host"):
+            fields["host"] = result["ran_on"]["host"]
         if not attempt.get("pid"):
             # The action ran in another process (HTEX): its children are known from disk.
             children = _children_on_disk(attempt)
@@ -616,6 +628,21 @@ class Engine:
                     self.store.update_attempt(attempt["id"], status="superseded", ended=self.clock(),
                                               result={"reason": "the subject was moved by an operator"})
             self.evaluate(subject_id)
+
+    def cancel_slurm_jobs(self, prefix: str, why: str) -> list[str]:
+        """scancel this store's jobs whose comment starts with `prefix` (see autoproc.slurm);
+        only where the configuration uses Slurm. A controller that does not answer is a problem
+        recorded, not a reason to stop."""
+        if not self.config.uses_slurm:
+            return []
+        try:
+            ids = slurm.cancel_tagged(prefix)
+        except slurm.SlurmError as err:
+            self.store.add_problem("slurm", f"could not cancel the jobs {prefix}* ({why}): {err}")
+            return []
+        if ids:
+            log.info("cancelled Slurm jobs %s (%s): %s", prefix, why, " ".join(ids))
+        return ids
 
     def kill_attempt(self, attempt_id: int) -> bool:
         """Kill every process group the attempt started on this host."""

@@ -10,6 +10,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from autoproc.slurm import describe_ran_on
+
 
 def _when(t: float | None) -> str:
     return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else ""
@@ -81,13 +83,14 @@ def subject_view(info: dict[str, Any]) -> Group:
     for k, v in info["data"].items():
         data.add_row(k, Text(str(v)[:300]))
     attempts = Table(title="attempts")
-    for col in ("#", "stage", "step", "try", "status", "started", "exit", "log", "result"):
+    for col in ("#", "stage", "step", "try", "status", "started", "ran on", "exit", "log", "result"):
         attempts.add_column(col)
     for a in info["attempts"]:
         reason = a["result"].get("reason") or a["result"].get("trigger") or ""
         if a["result"].get("progress"):  # what an interrupted attempt got done (see max_interruptions)
             reason = f"{reason} [progress: {'; '.join(a['result']['progress'])}]".strip()
         attempts.add_row(str(a["id"]), a["stage"], a["step"], str(a["try"]), a["status"], _when(a["started"]),
+                         Text(describe_ran_on(a)),
                          "" if a["exit_status"] is None else str(a["exit_status"]), Text(a["log"] or a["cwd"] or ""),
                          Text(str(reason)[:200]))
     parts: list[Any] = [head, data, attempts]
