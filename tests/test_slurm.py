@@ -4,6 +4,7 @@ and what the daemon does about its jobs when it is killed, stopped, or a job is 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 from autoproc import slurm as autoproc_slurm
 from autoproc.store import Store
-from conftest import child_env, states, wait_for
+from conftest import argv_of, child_env, states, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -148,3 +149,76 @@ def test_kill9_leaves_a_block_the_restart_cancels(write_config, tmp_path, daemon
     assert ran_in == {new} and new != old
     daemon.stop()
     wait_for(lambda: not our_jobs(config), timeout=30, what="no job left after the stop")
+
+
+# --- DEEP steps through bps on the Slurm site ----------------------------------------------
+
+def _environ(pid: str) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+class QuantumWatch(JobWatch):
+    """Also samples the `pipetask run-qbb` processes (the bps jobs, one per quantum cluster)
+    under this test's directory, with the Slurm job they run in."""
+
+    def __init__(self, cluster, tmp_path: Path):
+        super().__init__(cluster)
+        self.tmp_path, self.quanta = str(tmp_path), {}
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+                argv = argv_of(pid)
+                if "run-qbb" in argv and any(self.tmp_path in a for a in argv):
+                    self.quanta.setdefault(pid, _environ(pid).get("SLURM_JOB_ID"))
+            try:
+                for j in self.cluster.jobs():
+                    self.seen.setdefault(j["id"], j)
+            except RuntimeError:
+                pass
+            self.stop.wait(0.1)
+
+
+def bps_slurm_night(write_config, tmp_path, slurm, **deep):
+    from test_daemon_night import deep_config, deep_init
+
+    config, path, raws = deep_config(write_config, tmp_path, mode="bps", bps_site="slurm",
+                                     slurm={"partition": slurm.partition, "walltime": "00:20:00"}, **deep)
+    deep_init(path)
+    return config, path, raws
+
+
+def step_jobs(watch: JobWatch, config) -> dict[str, dict]:
+    """The Slurm jobs seen that carry an attempt's comment (a step's bps block)."""
+    prefix = autoproc_slurm.tag_of(config.db) + ":a"
+    return {i: j for i, j in watch.seen.items() if j["comment"].startswith(prefix)}
+
+
+def test_bps_steps_run_as_slurm_jobs(write_config, tmp_path, daemon_factory, slurm):
+    from test_daemon_night import settled, stream
+
+    night = "20240616"
+    config, path, raws = bps_slurm_night(write_config, tmp_path, slurm)
+    with QuantumWatch(slurm, tmp_path) as watch:
+        daemon = daemon_factory(path).start()
+        assert stream(raws, night, "--science", "VR:0", "--flats", "0", "--n-bias", "4").wait(60) == 0
+        wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=480, interval=0.5, what="done")
+    jobs = step_jobs(watch, config)
+    steps = [a for a in attempts_of(config) if a["step"] == "bias" and a["result"].get("evidence", {}).get("run")]
+    assert len(steps) == 2, steps  # bias step1 and step2, each one bps submission
+    # Each submission's block carried its attempt's comment; every quantum ran inside one of them.
+    assert {j["comment"] for j in jobs.values()} == {autoproc_slurm.attempt_comment(config.db, a["id"])
+                                                     for a in steps}, jobs
+    assert watch.quanta and set(watch.quanta.values()) <= set(jobs), (watch.quanta, jobs)
+    from lsst.daf.butler import Butler
+
+    b = Butler.from_config(str(config.root / "repo"))
+    for dtype, n in (("cpBiasIsr_metadata", 8), ("cpBiasIsrExp", 8), ("bias", 2)):
+        refs = b.query_datasets(dtype, collections=f"DEEP/{night}/bias", find_first=False, explain=False)
+        assert len(refs) == n and len({r.dataId for r in refs}) == n, dtype
+    b.close()
+    assert not our_jobs(config)  # each block was cancelled when its step ended
