@@ -222,3 +222,70 @@ def test_bps_steps_run_as_slurm_jobs(write_config, tmp_path, daemon_factory, slu
         assert len(refs) == n and len({r.dataId for r in refs}) == n, dtype
     b.close()
     assert not our_jobs(config)  # each block was cancelled when its step ended
+
+
+def _running_step_job(config) -> autoproc_slurm.Job | None:
+    prefix = autoproc_slurm.tag_of(config.db) + ":a"
+    return next((j for j in our_jobs(config) if j.comment.startswith(prefix) and j.state == "RUNNING"), None)
+
+
+def test_kill9_during_a_bps_slurm_step_then_restart(write_config, tmp_path, daemon_factory, slurm):
+    """The daemon is killed with -9 while a bias step's block runs on Slurm: the block outlives
+    it. The next daemon cancels that block (found by the killed attempt's comment) before it
+    recovers the step, and the night finishes with every output exactly once."""
+    from test_daemon_night import settled, stream
+
+    night = "20240615"
+    config, path, raws = bps_slurm_night(write_config, tmp_path, slurm)
+    daemon = daemon_factory(path).start()
+    assert stream(raws, night, "--science", "VR:0", "--flats", "0", "--n-bias", "4").wait(60) == 0
+    attempts = config.work_dir / "deep"
+
+    def one_job_done() -> bool:  # a bps job of the bias step1 submit has finished its quantum
+        logs = attempts.glob(f"DEEP_{night}_bias_DEEP-bias_step1_*/submit/logs/**/*.stderr")
+        return any("quanta successfully" in p.read_text(errors="replace") for p in logs)
+
+    wait_for(one_job_done, timeout=240, interval=0.1, what="bps running bias step1 on Slurm")
+    job = _running_step_job(config)
+    assert job is not None, our_jobs(config)
+    daemon.kill9()
+    time.sleep(1.0)
+    assert job.id in [j.id for j in our_jobs(config)], "the killed step's block should outlive the daemon"
+    daemon = daemon_factory(path).start()
+    wait_for(lambda: job.id not in [j.id for j in our_jobs(config)], timeout=60,
+             what="the killed attempt's Slurm job cancelled by the restart")
+    wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=480, interval=0.5, what="done")
+
+    from lsst.daf.butler import Butler
+
+    b = Butler.from_config(str(config.root / "repo"))
+    chain = f"DEEP/{night}/bias"
+    for dtype, n in (("cpBiasIsr_metadata", 8), ("cpBiasIsrExp", 8), ("bias", 2)):
+        refs = b.query_datasets(dtype, collections=chain, find_first=False, explain=False)
+        assert len(refs) == n and len({r.dataId for r in refs}) == n, dtype  # none lost, none twice
+    b.close()
+    store = Store(config.db)
+    assert any(a["status"] == "interrupted" for a in store.attempts(store.subject("night", night).id))
+    store.close()
+    daemon.stop()
+    assert not our_jobs(config)
+
+
+def test_sigterm_during_a_bps_slurm_step_cancels_its_job(write_config, tmp_path, daemon_factory, slurm):
+    from test_daemon_night import stream
+
+    night = "20240617"
+    config, path, raws = bps_slurm_night(write_config, tmp_path, slurm)
+    daemon = daemon_factory(path).start()
+    assert stream(raws, night, "--science", "VR:0", "--flats", "0", "--n-bias", "4").wait(60) == 0
+    job = wait_for(lambda: _running_step_job(config), timeout=240, interval=0.2, what="a step's block running")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(config.stop_timeout_seconds + 5) == 0
+    # The daemon cancelled it before exiting (the test's clean-up has not run yet).
+    left = [j for j in slurm.jobs() if j["id"] == job.id and j["state"] not in ("COMPLETING", "CANCELLED")]
+    assert not left, left
+    wait_for(lambda: not slurm.jobs(), timeout=30, what="squeue empty after SIGTERM")
+    store = Store(config.db)
+    assert [a["status"] for a in store.attempts(store.subject("night", night).id) if a["step"] == "bias"] == [
+        "interrupted"]
+    store.close()
