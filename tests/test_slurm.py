@@ -289,3 +289,31 @@ def test_sigterm_during_a_bps_slurm_step_cancels_its_job(write_config, tmp_path,
     assert [a["status"] for a in store.attempts(store.subject("night", night).id) if a["step"] == "bias"] == [
         "interrupted"]
     store.close()
+
+
+def test_a_step_job_scancelled_from_outside_is_retried(write_config, tmp_path, daemon_factory, slurm):
+    """Someone `scancel`s a running step's block: bps loses its workers, the attempt is judged
+    from the Butler (incomplete), retried, and the night finishes with every output once."""
+    from test_daemon_night import settled, stream
+
+    night = "20240618"
+    config, path, raws = bps_slurm_night(write_config, tmp_path, slurm)
+    daemon = daemon_factory(path).start()
+    assert stream(raws, night, "--science", "VR:0", "--flats", "0", "--n-bias", "4").wait(60) == 0
+    job = wait_for(lambda: _running_step_job(config), timeout=240, interval=0.2, what="a step's block running")
+    slurm.run("scancel", job.id)
+    wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=480, interval=0.5, what="done")
+    assert daemon.proc.poll() is None
+
+    from lsst.daf.butler import Butler
+
+    b = Butler.from_config(str(config.root / "repo"))
+    for dtype, n in (("cpBiasIsr_metadata", 8), ("cpBiasIsrExp", 8), ("bias", 2)):
+        refs = b.query_datasets(dtype, collections=f"DEEP/{night}/bias", find_first=False, explain=False)
+        assert len(refs) == n and len({r.dataId for r in refs}) == n, dtype  # done once
+    b.close()
+    bias = [a for a in attempts_of(config) if a["step"] == "bias"]
+    cancelled = next(a for a in bias if a["id"] == int(job.comment.rpartition(":a")[2]))
+    assert (cancelled["status"], cancelled["result"]["kind"]) == ("failed", "retry"), cancelled["result"]
+    assert bias[-1]["status"] == "succeeded"
+    assert not our_jobs(config)
