@@ -317,3 +317,52 @@ def test_a_step_job_scancelled_from_outside_is_retried(write_config, tmp_path, d
     assert (cancelled["status"], cancelled["result"]["kind"]) == ("failed", "retry"), cancelled["result"]
     assert bias[-1]["status"] == "succeeded"
     assert not our_jobs(config)
+
+
+# --- the demo's chains with every action in a Slurm job -----------------------------------
+
+
+def test_desgw_season_on_htex_over_slurm(write_config, tmp_path, daemon_factory, slurm):
+    from test_daemon_season import NITE, SEASON, desgw_config, exposure_states, subject
+
+    from autoproc.sim.desgw.site import SimExposure, make_site
+
+    expnums = [941201, 941202, 941203]
+    site = make_site(tmp_path / "site", [SimExposure(e, NITE, "i") for e in expnums],
+                     {"seconds_per_batch": 0.2, "batch_size": 30, "postproc_step_sleep": 0.1, "exposures": {}},
+                     season=33)
+    grid = subprocess.Popen(site.grid_argv(once=False), start_new_session=True)  # noqa: S603
+    try:
+        config, path, lists = desgw_config(write_config, site, tmp_path, executor=htex_on_slurm(slurm))
+        made = cli(path, "desgw", "season", str(SEASON), "--trigger-mjd", "58709.437", "--propid", "2019B-0372",
+                   "--ligoid", "S190814bv", "--triggerid", "G298048", "--bands", "i", "--reason", "on Slurm")
+        assert made.returncode == 0, made.stderr
+        with JobWatch(slurm) as watch:
+            daemon_factory(path).start()
+            (lists / f"S{SEASON}_night1.list").write_text("".join(f"{e}\n" for e in expnums))
+            wait_for(lambda: exposure_states(config) == dict.fromkeys(expnums, "done"), timeout=300, interval=0.5,
+                     what="exposures done on HTEX over Slurm")
+            wait_for(lambda: subject(config, "season", str(SEASON))[0].data.get("postproc_runs"), timeout=120,
+                     interval=0.5, what="the season's post-processing run")
+        (run,) = subject(config, "season", str(SEASON))[0].data["postproc_runs"]
+        assert run["expnums"] == expnums and run["status"]["state"] == "complete"
+        for e in expnums:
+            assert_ran_in_our_blocks(config, path, watch, "exposure", f"{SEASON}.{e}")
+        assert_ran_in_our_blocks(config, path, watch, "season", str(SEASON))
+    finally:
+        os.killpg(grid.pid, signal.SIGKILL)
+        grid.wait()
+
+
+def test_deep_night_on_htex_over_slurm(write_config, tmp_path, daemon_factory, slurm):
+    from test_daemon_night import FAST_STEPS, deep_config, deep_init, settled, stream
+
+    night = "20240601"
+    config, path, raws = deep_config(write_config, tmp_path, executor=htex_on_slurm(slurm),
+                                     steps={**FAST_STEPS, "drp": ["step1"]})
+    deep_init(path)
+    with JobWatch(slurm) as watch:
+        daemon = daemon_factory(path).start()
+        assert stream(raws, night, "--science", "VR:1", "--n-bias", "4", "--flats", "1").wait(60) == 0
+        wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=480, interval=0.5, what="done")
+    assert_ran_in_our_blocks(config, path, watch, "night", night)
