@@ -366,3 +366,34 @@ def test_deep_night_on_htex_over_slurm(write_config, tmp_path, daemon_factory, s
         assert stream(raws, night, "--science", "VR:1", "--n-bias", "4", "--flats", "1").wait(60) == 0
         wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=480, interval=0.5, what="done")
     assert_ran_in_our_blocks(config, path, watch, "night", night)
+
+
+def test_a_drained_node_makes_the_step_wait_with_the_reason(write_config, tmp_path, daemon_factory, slurm):
+    """The only node is drained: the step's block stays pending. The attempt says why (the
+    partition, the drained node, Slurm's reason) in `show` and the problems instead of
+    hanging silently, and goes on once the node is resumed."""
+    from test_daemon_night import settled, stream
+
+    night = "20240619"
+    config, path, raws = bps_slurm_night(write_config, tmp_path, slurm)
+    slurm.run("scontrol", "update", f"nodename={slurm.node}", "state=drain", "reason=disk replacement")
+    daemon = daemon_factory(path).start()
+    assert stream(raws, night, "--science", "VR:0", "--flats", "0", "--n-bias", "4").wait(60) == 0
+
+    def waiting() -> str | None:
+        return next((a["result"]["slurm_wait"] for a in attempts_of(config)
+                     if a["status"] == "running" and a["result"].get("slurm_wait")), None)
+
+    reason = wait_for(waiting, timeout=240, interval=0.5, what="the step's attempt waiting on Slurm")
+    assert f"partition {slurm.partition}" in reason and f"{slurm.node} drained" in reason, reason
+    assert "disk replacement" in reason and ("ReqNodeNotAvail" in reason or "DRAINED" in reason), reason
+    shown = cli(path, "show", "night", night)
+    assert f"{slurm.node} drained" in shown.stdout.replace("\n", " "), shown.stdout
+    store = Store(config.db)
+    assert any("drained" in p["message"] for p in store.problems()), store.problems()
+    store.close()
+    assert states(config, "night")[night] == "bias"
+    slurm.resume_node()
+    wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=480, interval=0.5, what="done")
+    assert not any(a["result"].get("slurm_wait") for a in attempts_of(config))
+    assert not our_jobs(config)

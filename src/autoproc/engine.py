@@ -34,6 +34,7 @@ log = logging.getLogger("autoproc.engine")
 
 OPERATOR_POLL_SECONDS = 0.25
 REAPER_SECONDS = 5.0
+SLURM_POLL_SECONDS = 5.0
 HEARTBEAT_SECONDS = 5.0
 HUNG_GRACE_SECONDS = 30.0
 # The observing night a time belongs to: the date of TAI − 12 h (TAI = UTC + 37 s), the
@@ -182,6 +183,8 @@ class Engine:
                 self.evaluate(s.id)
         if self._watch and self.config.watch:
             self.start_watcher()
+        if self.config.uses_slurm:
+            threading.Thread(target=self._watch_slurm, name="slurm-watch", daemon=True).start()
         for fn in self.on_started:
             fn(self)
 
@@ -628,6 +631,41 @@ class Engine:
                     self.store.update_attempt(attempt["id"], status="superseded", ended=self.clock(),
                                               result={"reason": "the subject was moved by an operator"})
             self.evaluate(subject_id)
+
+    def _watch_slurm(self) -> None:
+        """Beside the loop (squeue can take seconds when the controller is down): what keeps
+        this store's Slurm jobs from starting, handed to the loop as an event."""
+        tag = slurm.tag_of(self.config.db)
+        while not self.stopping.wait(SLURM_POLL_SECONDS):
+            try:
+                jobs = slurm.jobs(tag)
+                error = None
+            except slurm.SlurmError as err:
+                jobs, error = [], f"the Slurm controller does not answer: {err}"
+            waits: dict[str, str] = {}
+            by_owner: dict[str, list[slurm.Job]] = {}
+            for job in jobs:
+                by_owner.setdefault(job.comment.removeprefix(tag + ":"), []).append(job)
+            for owner, owned in by_owner.items():
+                reason = slurm.waiting_reason(owned)
+                if reason and not (owner == "htex" and any(j.state == "RUNNING" for j in owned)):
+                    waits[owner] = reason
+            self.events.put(lambda e, waits=waits, error=error: e.note_slurm_waits(waits, error))
+
+    def note_slurm_waits(self, waits: dict[str, str], error: str | None) -> None:
+        """Mark running attempts whose Slurm jobs cannot start (`slurm_wait` in their result,
+        shown by `show`, and one problem row per new reason); clear it once they can. A
+        pending HTEX block holds up every running action; a step's block its own attempt."""
+        for attempt_id in list(self.running):
+            reason = error or waits.get(f"a{attempt_id}") or waits.get("htex")
+            attempt = self.store.attempt(attempt_id)
+            if attempt["result"].get("slurm_wait") == reason:
+                continue
+            result = {k: v for k, v in attempt["result"].items() if k != "slurm_wait"}
+            if reason:
+                result["slurm_wait"] = reason
+                self.store.add_problem("slurm", f"{subject_ref(self.store, attempt)} waits: {reason}")
+            self.store.update_attempt(attempt_id, result=result)
 
     def cancel_slurm_jobs(self, prefix: str, why: str) -> list[str]:
         """scancel this store's jobs whose comment starts with `prefix` (see autoproc.slurm);

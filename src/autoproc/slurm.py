@@ -94,15 +94,39 @@ def cancel_tagged(prefix: str) -> list[str]:
     return cancel(jobs(prefix))
 
 
+# squeue's reasons for a pending job that only waits for its turn; any other needs a look.
+_TURN = frozenset({"None", "Priority", "Resources", "BeginTime", "Dependency", "JobHeldUser", ""})
+_NODE_DOWN = ("drain", "down", "fail", "maint", "inval", "unk")
+
+
+def unavailable_nodes(partition: str) -> list[str]:
+    """`node state (reason)` for the nodes of `partition` that cannot take jobs."""
+    out = _run(["sinfo", "-h", "-N", "-p", partition, "-o", "%N|%T|%E"])
+    found = []
+    for line in out.splitlines():
+        node, _, rest = line.partition("|")
+        state, _, reason = rest.partition("|")
+        if any(word in state.lower() for word in _NODE_DOWN):
+            found.append(f"{node} {state.lower()}" + (f" ({reason})" if reason and reason != "none" else ""))
+    return found
+
+
 def waiting_reason(found: Iterable[Job]) -> str | None:
-    """Why these jobs cannot start, in words naming the partition and the reason Slurm
-    gives (e.g. `ReqNodeNotAvail, UnavailableNodes:node1` for a drained node), or None
-    when none of them waits for anything but its turn."""
-    stuck = [j for j in found if j.state == "PENDING" and j.reason not in ("None", "Priority", "Resources",
-                                                                             "BeginTime", "")]
+    """Why these jobs cannot start, in words naming the partition, its nodes that are out
+    (drained, down) and the reason Slurm gives; None when every pending one just waits for
+    its turn."""
+    stuck = [j for j in found if j.state == "PENDING" and j.reason not in _TURN]
     if not stuck:
         return None
-    return "; ".join(f"Slurm job {j.id} pending in partition {j.partition}: {j.reason}" for j in stuck)
+    parts = []
+    for j in stuck:
+        try:
+            nodes = unavailable_nodes(j.partition)
+        except SlurmError:
+            nodes = []
+        out = f" (nodes out: {', '.join(nodes)})" if nodes else ""
+        parts.append(f"Slurm job {j.id} pending in partition {j.partition}{out}: {j.reason}")
+    return "; ".join(parts)
 
 
 def describe_ran_on(attempt: dict[str, Any]) -> str:

@@ -89,6 +89,8 @@ def subject_view(info: dict[str, Any]) -> Group:
         reason = a["result"].get("reason") or a["result"].get("trigger") or ""
         if a["result"].get("progress"):  # what an interrupted attempt got done (see max_interruptions)
             reason = f"{reason} [progress: {'; '.join(a['result']['progress'])}]".strip()
+        if a["result"].get("slurm_wait"):  # a running attempt whose Slurm job cannot start
+            reason = f"{reason} [waiting: {a['result']['slurm_wait']}]".strip()
         attempts.add_row(str(a["id"]), a["stage"], a["step"], str(a["try"]), a["status"], _when(a["started"]),
                          Text(describe_ran_on(a)),
                          "" if a["exit_status"] is None else str(a["exit_status"]), Text(a["log"] or a["cwd"] or ""),
