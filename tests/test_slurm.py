@@ -397,3 +397,61 @@ def test_a_drained_node_makes_the_step_wait_with_the_reason(write_config, tmp_pa
     wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=480, interval=0.5, what="done")
     assert not any(a["result"].get("slurm_wait") for a in attempts_of(config))
     assert not our_jobs(config)
+
+
+def test_actions_wait_out_a_stopped_controller(write_config, tmp_path, daemon_factory, slurm):
+    """slurmctld is stopped for 30 s while the daemon runs on its HTEX block: actions that
+    arrive meanwhile still run (the block's workers need no controller), the daemon stays
+    up, and everything is done once the controller is back."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config, path = write_config(
+        executor=htex_on_slurm(slurm),
+        watch=[{"name": "inbox", "path": str(inbox), "kind": "widget", "mode": "inotify", "quiet_seconds": 0.2}])
+    daemon = daemon_factory(path).start()
+    (inbox / "a-1.w").write_text("ok")
+    wait_for(lambda: states(config) == {"a": "done"}, timeout=180, interval=0.2, what="a done")
+    assert len(our_jobs(config)) == 1
+    slurm.stop_daemon("slurmctld")
+    try:
+        (inbox / "b-1.w").write_text("ok")
+        (inbox / "c-1.w").write_text("flaky")
+        time.sleep(30)
+        assert daemon.proc.poll() is None
+    finally:
+        slurm.start_daemon("slurmctld")
+    wait_for(lambda: states(config) == dict.fromkeys("abc", "done"), timeout=180, interval=0.5,
+             what="every widget done after the controller came back")
+    assert daemon.proc.poll() is None
+    store = Store(config.db)
+    jobs = {a["result"].get("ran_on", {}).get("slurm_job_id") for s in "bc"
+            for a in store.attempts(store.subject("widget", s).id) if a["status"] == "succeeded"}
+    store.close()
+    assert jobs and None not in jobs, jobs  # still inside Slurm blocks (the first one, or its successor)
+
+
+def test_a_step_waits_out_a_stopped_controller(write_config, tmp_path, daemon_factory, slurm):
+    """slurmctld is down for 30 s when a bps step must submit its block: the step waits (no
+    retry budget spent on the cluster's outage) and the night finishes once it is back."""
+    from test_daemon_night import settled, stream
+
+    night = "20240620"
+    config, path, raws = bps_slurm_night(write_config, tmp_path, slurm)
+    daemon = daemon_factory(path).start()
+    slurm.stop_daemon("slurmctld")
+    try:
+        t0 = time.monotonic()
+        assert stream(raws, night, "--science", "VR:0", "--flats", "0", "--n-bias", "4").wait(60) == 0
+        # The step's attempt runs (bps's Parsl keeps trying sbatch) and says what it waits for.
+        wait_for(lambda: any("does not answer" in (a["result"].get("slurm_wait") or "")
+                             for a in attempts_of(config) if a["status"] == "running" and a["step"] == "bias"),
+                 timeout=120, interval=0.5, what="the bias step waiting on the controller")
+        time.sleep(max(0.0, 30 - (time.monotonic() - t0)))
+        assert daemon.proc.poll() is None
+        assert states(config, "night")[night] == "bias"
+    finally:
+        slurm.start_daemon("slurmctld")
+    wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=480, interval=0.5, what="done")
+    bias = [a for a in attempts_of(config) if a["step"] == "bias" and a["result"].get("evidence", {}).get("run")]
+    assert [a["status"] for a in bias] == ["succeeded", "succeeded"]  # no retry spent on the outage
+    assert not our_jobs(config)
