@@ -72,8 +72,10 @@ InactiveLimit=0
 KillWait=5
 DefMemPerCPU=1000
 NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=20000 State=UNKNOWN
-PartitionName={partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP
+PartitionName={partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 """
+# OverSubscribe: the one node stands in for a cluster, so the daemon's HTEX block and a step's
+# bps block (both --exclusive, Parsl's default) can run on it at the same time.
 
 
 @dataclass

@@ -455,3 +455,45 @@ def test_a_step_waits_out_a_stopped_controller(write_config, tmp_path, daemon_fa
     bias = [a for a in attempts_of(config) if a["step"] == "bias" and a["result"].get("evidence", {}).get("run")]
     assert [a["status"] for a in bias] == ["succeeded", "succeeded"]  # no retry spent on the outage
     assert not our_jobs(config)
+
+
+# --- the README's configuration ------------------------------------------------------------
+
+
+def readme_slurm_config() -> dict:
+    import yaml
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Running on a Slurm cluster", 1)[1]
+    return yaml.safe_load(section.split("```yaml", 1)[1].split("```", 1)[0])
+
+
+@pytest.mark.timeout(600)  # two bps steps on Slurm beside the daemon's block: ~110 s here, more on a busy machine
+def test_the_readme_slurm_configuration_runs_a_night(write_config, tmp_path, daemon_factory, slurm):
+    """The README's autoproc.yaml, with this machine's paths, the address and worker_init
+    replaced (the workers get the test's environment from sbatch), through a DEEP night:
+    actions in the daemon's block, the bps steps in Slurm jobs of their own, both at once."""
+    from test_daemon_night import FAST_STEPS, deep_init, settled, stream
+
+    data = readme_slurm_config()
+    raws = tmp_path / "raws"
+    raws.mkdir()
+    data["executor"]["address"] = "127.0.0.1"
+    data["executor"]["provider"]["worker_init"] = ""
+    data["watch"] = [{**data["watch"][0], "path": str(raws), "mode": "inotify", "quiet_seconds": 0.5}]
+    data.pop("root")
+    data["deep"].update(ingest_quiet_seconds=1.0, steps={**FAST_STEPS, "drp": ["step1"]})
+    config, path = write_config(machines_dir=str(Path(__file__).resolve().parents[1] / "statemachines"),
+                                kinds=["night", "template"], **data)
+    assert config.uses_slurm and config.deep.bps_site == "slurm"
+    deep_init(path)
+    night = "20240621"
+    with QuantumWatch(slurm, tmp_path) as watch:
+        daemon = daemon_factory(path).start()
+        # A night of zeros: bias is the only proc type that runs bps (its two steps).
+        assert stream(raws, night, "--science", "VR:0", "--flats", "0", "--n-bias", "4").wait(60) == 0
+        wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=540, interval=0.5, what="done")
+    assert_ran_in_our_blocks(config, path, watch, "night", night)
+    assert step_jobs(watch, config) and set(watch.quanta.values()) <= set(step_jobs(watch, config)), watch.quanta
+    daemon.stop()
+    assert not our_jobs(config)
