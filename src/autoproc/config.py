@@ -304,6 +304,11 @@ class DeepConfig(Section):
         default_factory=dict, description="Template coadds: name → member nights (a list of YYYYMMDD, or a "
         "regex over the nights known). A member night is differenced against it once it is built.")
 
+    @property
+    def steps_on_slurm(self) -> bool:
+        """Each step's quanta run in a Slurm job of its own (bps on the Slurm site)."""
+        return self.mode == "bps" and self.bps_site == "slurm"
+
     @model_validator(mode="after")
     def _names(self) -> DeepConfig:
         # Step and template names become collection names and argv elements: refuse anything odd here,
@@ -452,7 +457,7 @@ class Config(Section):
     @property
     def uses_slurm(self) -> bool:
         """Actions or DEEP steps run as Slurm jobs (so the daemon looks after Slurm jobs)."""
-        return self.executor.uses_slurm or (self.deep.mode == "bps" and self.deep.bps_site == "slurm")
+        return self.executor.uses_slurm or self.deep.steps_on_slurm
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Config:

@@ -321,8 +321,9 @@ class Engine:
             # The process that ran the action is gone (e.g. a lost HTEX worker), but the children it
             # started live on in their own groups: stop them first, so a retry never runs beside them.
             process.kill_groups(_groups(attempt), grace=2.0)
-        # Nor beside the Slurm jobs its step left (a bps killed from outside never cancels its block).
-        self.cancel_slurm_jobs(slurm.attempt_comment(self.config.db, done.attempt_id), "its attempt ended")
+        if self.config.deep.steps_on_slurm:
+            # Nor beside the Slurm jobs its step left (a bps killed from outside never cancels its block).
+            self.cancel_slurm_jobs(slurm.attempt_comment(self.config.db, done.attempt_id), "its attempt ended")
         now = self.clock()
         kind = result.get("kind")
         fields: dict[str, Any] = {"ended": now, "result": _with_progress(attempt, result)}
