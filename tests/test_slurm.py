@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from autoproc import slurm as autoproc_slurm
+from autoproc.executor import stale_interchanges
 from autoproc.store import Store
-from conftest import argv_of, child_env, states, wait_for
+from conftest import argv_of, child_env, pid_gone, states, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -135,11 +136,14 @@ def test_kill9_leaves_a_block_the_restart_cancels(write_config, tmp_path, daemon
     (inbox / "a-1.w").write_text("ok")
     wait_for(lambda: states(config) == {"a": "done"}, timeout=180, interval=0.2, what="a done")
     (old,) = [j.id for j in our_jobs(config)]
+    (interchange,) = stale_interchanges(config.work_dir / "parsl")  # the running daemon's own
     daemon.kill9()
     time.sleep(1.0)
     assert old in [j.id for j in our_jobs(config)], "the killed daemon's block should still be queued"
+    assert not pid_gone(interchange), "the killed daemon's interchange should still run (under init)"
     daemon = daemon_factory(path).start()
     wait_for(lambda: old not in [j.id for j in our_jobs(config)], timeout=60, what="the old block cancelled")
+    wait_for(lambda: pid_gone(interchange), timeout=30, what="the killed daemon's interchange stopped")
     (inbox / "c-1.w").write_text("ok")
     wait_for(lambda: states(config).get("c") == "done", timeout=180, interval=0.2, what="c done on a new block")
     store = Store(config.db)

@@ -268,11 +268,17 @@ class Engine:
                                       result=_with_progress(self.store.attempt(attempt_id), {
                                           "reason": "daemon stopped before the action returned", "clean_stop": True}))
         self.running.clear()
+        stopper = None
         if self.executor is not None and not self.running:
-            threading.Thread(target=self.executor.shutdown, daemon=True).start()
+            stopper = threading.Thread(target=self.executor.shutdown, daemon=True)
+            stopper.start()
         # The process exits right after this: its blocks and its steps' jobs are cancelled
         # here, not left to the executor's shutdown thread.
         self.cancel_slurm_jobs(slurm.tag_of(self.config.db), "the daemon stopped")
+        if stopper is not None:
+            # What is left of the stop budget lets Parsl stop its interchange (an HTEX one
+            # outlives an exit); the next daemon stops any that did not (executor.py).
+            stopper.join(max(0.0, deadline - time.monotonic()))
         self.store.heartbeat("stopped")
         self.store.close()
 

@@ -9,8 +9,10 @@ picklable description of what happened, which the engine records.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -125,6 +127,38 @@ def _venv_bin_on_path() -> None:
         os.environ["PATH"] = os.pathsep.join([bin_dir, *path])
 
 
+def stale_interchanges(run_dir: Path) -> list[int]:
+    """HTEX interchanges of an earlier daemon of this store: a driver killed without
+    `dfk.cleanup()` leaves its interchange running under init, still holding its log under
+    `run_dir` open (only one daemon runs per store: the store's lock)."""
+    root = str(run_dir.resolve()) + os.sep
+    found = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()):
+        try:
+            if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"parsl: HTEX interchange"):
+                continue
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith(root) for fd in fds):
+                found.append(int(pid))
+        except OSError:
+            continue  # gone, or not ours to look at
+    return found
+
+
+def _stop_pid(pid: int, grace: float = 2.0) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+        end = time.monotonic() + grace
+        while time.monotonic() < end:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+            if state == "Z":  # exited; init reaps it
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+    except (OSError, IndexError):
+        pass  # already gone
+
+
 class Executor:
     """A started Parsl DataFlowKernel running `perform` for the engine."""
 
@@ -134,6 +168,10 @@ class Executor:
 
         run_dir.mkdir(parents=True, exist_ok=True)
         _venv_bin_on_path()
+        if cfg.kind == "htex":
+            # Workers of a killed daemon's blocks would still connect to it; none of it may live on.
+            for pid in stale_interchanges(run_dir):
+                _stop_pid(pid)
         self.dfk = DataFlowKernel(build_parsl_config(cfg, run_dir, slurm_comment=slurm_comment))
         self._app = python_app(perform, data_flow_kernel=self.dfk, executors=["actions"])
 
