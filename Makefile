@@ -43,14 +43,16 @@ demo: $(BIN)/.installed
 
 # System programs the tests drive for real (Debian packages), installed only when missing:
 # systemd-analyze checks the unit files, chromium renders the report page, PostgreSQL's
-# server binaries back the Butler registry tests.
+# server binaries back the Butler registry tests, and a private Slurm cluster (slurm-wlm
+# pulls in slurmctld, slurmd and slurm-client; munge authenticates) runs the scale-out tests.
 PG_BIN := $(firstword $(wildcard /usr/lib/postgresql/*/bin))
-TEST_TOOLS := systemd-analyze=systemd chromium=chromium $(if $(PG_BIN),,initdb=postgresql)
+TEST_TOOLS := systemd-analyze=systemd chromium=chromium $(if $(PG_BIN),,initdb=postgresql) \
+	slurmctld=slurm-wlm slurmd=slurmd sinfo=slurm-client munged=munge
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 test-tools:
 	@missing=""; for pair in $(TEST_TOOLS); do \
-		command -v "$${pair%%=*}" >/dev/null 2>&1 || missing="$$missing $${pair#*=}"; done; \
+		PATH="$$PATH:/usr/sbin:/sbin" command -v "$${pair%%=*}" >/dev/null 2>&1 || missing="$$missing $${pair#*=}"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; $(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 

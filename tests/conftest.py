@@ -16,10 +16,12 @@ import yaml
 from autoproc.config import Config, load_config
 from autoproc.store import Store
 
+# Servers the tests start themselves: the session's own Slurm cluster (fixtures
+# `slurm_cluster`, `slurm`) and PostgreSQL server (`postgres`, `pg_namespace`).
+pytest_plugins = ["slurm_cluster", "postgres_server"]
+
 TESTS = Path(__file__).resolve().parent
 MACHINES = TESTS / "machines"
-
-pytest_plugins = ["postgres_server"]  # the private PostgreSQL server fixtures
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 20.0, interval: float = 0.05, what: str = ""):

@@ -87,3 +87,53 @@ def test_expected_detectors_are_decam_ccds(tmp_path):
     path.write_text("deep:\n  expected_detectors: {'*': [1, 3]}\n  incomplete_grace_seconds: 30\n")
     cfg = load_config(path)
     assert cfg.deep.expected_detectors == {"*": [1, 3]} and cfg.deep.incomplete_grace_seconds == 30
+
+
+@pytest.mark.parametrize(("yaml_text", "where", "says"), [
+    ("executor: {kind: htex, provider: {kind: slurm, walltime: '25:61:00'}}", "executor.provider.walltime",
+     "[D-]HH:MM:SS"),
+    ("executor: {kind: htex, provider: {kind: slurm, walltime: '00:00:00'}}", "executor.provider.walltime",
+     "greater than zero"),
+    ("executor: {kind: htex, provider: {kind: slurm, partition: 'debug; rm -rf /'}}", "executor.provider.partition",
+     "must match"),
+    ("executor: {kind: htex, provider: {kind: slurm, min_blocks: 3, max_blocks: 2}}", "executor.provider",
+     "min_blocks (3) is more than max_blocks (2)"),
+    ("executor: {kind: htex, provider: {kind: slurm, init_blocks: 2}}", "executor.provider",
+     "init_blocks (2) is more than max_blocks (1)"),
+    ("executor: {kind: htex, provider: {kind: slurm, scheduler_options: ['--mem=4G']}}",
+     "executor.provider.scheduler_options", "not one `#SBATCH --option` line"),
+    ("executor: {kind: htex, provider: {kind: slurm, scheduler_options: [\"#SBATCH --mem=4G\\nrm -rf /\"]}}",
+     "executor.provider.scheduler_options", "not one `#SBATCH --option` line"),
+    ("executor: {kind: htex, provider: {kind: slurm, launcher: mpirun}}", "executor.provider.launcher",
+     "'single_node' or 'srun'"),
+    ("executor: {kind: htex, provider: {kind: local, partition: debug}}", "executor.provider",
+     "partition: only for kind slurm"),
+    ("executor: {kind: htex, strategy_period: 0}", "executor.strategy_period", "greater than 0"),
+    ("executor: {kind: htex, address: 'host name'}", "executor.address", "not a host name or IP"),
+    ("executor: {kind: htex, provider: {kind: slurm, mem_per_node: 0}}", "executor.provider.mem_per_node",
+     "greater than or equal to 1"),
+    ("deep: {bps_site: slurm, slurm: {walltime: 4h}}", "deep.slurm.walltime", "[D-]HH:MM:SS"),
+    ("deep: {bps_site: slurm, slurm: {nodes: 0}}", "deep.slurm.nodes", "greater than or equal to 1"),
+    ("deep: {bps_site: condor}", "deep.bps_site", "'local' or 'slurm'"),
+])
+def test_impossible_slurm_settings_are_refused_with_the_key_path(tmp_path, yaml_text, where, says):
+    path = tmp_path / "a.yaml"
+    path.write_text(yaml_text + "\n")
+    result = CliRunner().invoke(main, ["-c", str(path), "config", "check"])
+    assert result.exit_code != 0
+    line = next((ln for ln in result.output.splitlines() if ln.strip().startswith(where + ":")), None)
+    assert line is not None and says in line, result.output
+
+
+def test_a_complete_slurm_site_is_accepted(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text(
+        "executor:\n  kind: htex\n  address: 10.1.2.3\n  strategy_period: 1\n  provider:\n    kind: slurm\n"
+        "    partition: compute\n    account: astro\n    qos: normal\n    walltime: '1-00:00:00'\n"
+        "    nodes_per_block: 2\n    cores_per_node: 32\n    mem_per_node: 120\n    exclusive: false\n"
+        "    init_blocks: 1\n    min_blocks: 1\n    max_blocks: 4\n    launcher: srun\n"
+        "    worker_init: 'source /opt/autoproc/bin/activate; export SLURM_EXPORT_ENV=ALL'\n"
+        "    scheduler_options: ['#SBATCH --constraint=haswell', '#SBATCH --mail-type=FAIL']\n"
+        "deep:\n  bps_site: slurm\n  slurm: {partition: compute, nodes: 1, walltime: '04:00:00'}\n")
+    cfg = load_config(path)
+    assert cfg.uses_slurm and cfg.executor.provider.launcher == "srun" and cfg.deep.slurm.partition == "compute"

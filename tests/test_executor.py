@@ -60,6 +60,28 @@ def test_htex_on_slurm_is_built_from_config(tmp_path):
     assert (provider.partition, provider.account, provider.max_blocks, provider.walltime) == (
         "compute-bigmem", "astro", 4, "04:00:00")
     assert provider.worker_init.strip() == "source /opt/setup.sh"
+    assert type(provider.launcher).__name__ == "SingleNodeLauncher" and cfg.strategy_period == 5
+
+
+def test_every_slurm_site_setting_reaches_the_provider(tmp_path):
+    cfg = build_parsl_config(ExecutorConfig.model_validate({
+        "kind": "htex", "address": "10.1.2.3", "strategy_period": 1,
+        "provider": {"kind": "slurm", "partition": "compute", "account": "astro", "qos": "long",
+                     "constraint": "haswell", "nodes_per_block": 2, "cores_per_node": 16, "mem_per_node": 60,
+                     "exclusive": False, "walltime": "1-00:00:00", "init_blocks": 1, "min_blocks": 1,
+                     "max_blocks": 3, "launcher": "srun", "scheduler_options": ["#SBATCH --mail-type=FAIL"]}}),
+        tmp_path, slurm_comment="autoproc-abc:htex")
+    (executor,) = cfg.executors
+    assert executor.address == "10.1.2.3" and cfg.strategy_period == 1
+    p = executor.provider
+    assert (p.nodes_per_block, p.cores_per_node, p.mem_per_node, p.exclusive, p.walltime) == (
+        2, 16, 60, False, "1-00:00:00")
+    assert (p.init_blocks, p.min_blocks, p.max_blocks, type(p.launcher).__name__) == (1, 1, 3, "SrunLauncher")
+    lines = p.scheduler_options.splitlines()
+    for line in ("#SBATCH --partition=compute", "#SBATCH --account=astro", "#SBATCH --qos=long",
+                 "#SBATCH --constraint=haswell", "#SBATCH --mail-type=FAIL", "#SBATCH --comment=autoproc-abc:htex"):
+        assert line in lines, lines
+    assert "#SBATCH --exclusive" not in lines
 
 
 @pytest.mark.slow

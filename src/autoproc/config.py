@@ -77,20 +77,80 @@ class RetryPolicy(Section):
     max_backoff_seconds: Seconds = Field(default=600.0, description="Upper bound on one wait.")
 
 
+# Slurm names (partition, account, QOS, constraint) go into `#SBATCH` lines of a batch script.
+_SLURM_NAME = re.compile(r"^[A-Za-z0-9_.,+-]+$")
+# sbatch --time forms with hours: [D-]HH:MM:SS (Parsl and the bps Slurm site pass it through as is).
+_WALLTIME = re.compile(r"^(?:(\d+)-)?(\d{1,3}):([0-5]\d):([0-5]\d)$")
+
+
+def _slurm_name(value: str | None) -> str | None:
+    if value is not None and not _SLURM_NAME.match(value):
+        raise ValueError(f"{value!r} must match {_SLURM_NAME.pattern}")
+    return value
+
+
+def _walltime(value: str) -> str:
+    if not _WALLTIME.match(value) or value.replace("-", ":").strip("0:") == "":
+        raise ValueError(f"{value!r} is not a time limit of the form [D-]HH:MM:SS greater than zero")
+    return value
+
+
+def _sbatch_lines(lines: list[str]) -> list[str]:
+    for line in lines:
+        if "\n" in line or "\r" in line or not re.match(r"^#SBATCH\s+--?[A-Za-z]", line):
+            raise ValueError(f"{line!r} is not one `#SBATCH --option` line")
+    return lines
+
+
 class ProviderConfig(Section):
-    """Where an HTEX executor gets its workers (Parsl provider)."""
+    """Where an HTEX executor gets its workers (Parsl provider). Every key but `kind`,
+    `init_blocks`, `min_blocks`, `max_blocks` and `worker_init` is for `kind: slurm` only."""
 
     kind: Literal["local", "slurm"] = Field(default="local", description="LocalProvider or SlurmProvider.")
-    partition: str | None = None
-    account: str | None = None
-    nodes_per_block: int = Field(default=1, ge=1)
-    cores_per_node: int | None = Field(default=None, ge=1)
+    partition: str | None = Field(default=None, description="Slurm partition of the blocks; default: the "
+                                  "cluster's default partition.")
+    account: str | None = Field(default=None, description="Slurm account charged for the blocks.")
+    qos: str | None = Field(default=None, description="Slurm quality of service of the blocks.")
+    constraint: str | None = Field(default=None, description="Slurm node features a block needs (`--constraint`).")
+    nodes_per_block: int = Field(default=1, ge=1, description="Nodes per block (one Slurm job).")
+    cores_per_node: int | None = Field(default=None, ge=1, description="Cores per node of a block; default: "
+                                       "all of them.")
     mem_per_node: int | None = Field(default=None, ge=1, description="GB per node (Slurm).")
-    walltime: str = "24:00:00"
-    init_blocks: int = Field(default=0, ge=0)
-    min_blocks: int = Field(default=0, ge=0)
-    max_blocks: int = Field(default=1, ge=1)
-    worker_init: str = ""
+    exclusive: bool = Field(default=True, description="A block takes whole nodes (`--exclusive`); false shares "
+                            "them, which `cores_per_node` and `mem_per_node` then bound.")
+    walltime: str = Field(default="24:00:00", description="Time limit of one block, `[D-]HH:MM:SS`; a block that "
+                          "reaches it is replaced (the actions it ran are retried).")
+    init_blocks: int = Field(default=0, ge=0, description="Blocks started with the daemon (local: at least 1).")
+    min_blocks: int = Field(default=0, ge=0, description="Blocks kept even when idle.")
+    max_blocks: int = Field(default=1, ge=1, description="Blocks at most.")
+    launcher: Literal["single_node", "srun"] = Field(
+        default="single_node", description="How a block starts its worker pools: `single_node` (one pool, on the "
+        "batch host) or `srun` (one per node; with `--export=NONE` put `export SLURM_EXPORT_ENV=ALL` in "
+        "worker_init).")
+    worker_init: str = Field(default="", description="Shell lines run before a block's workers start, e.g. "
+                             "`source /opt/autoproc/bin/activate`: a worker needs the daemon's Python environment.")
+    scheduler_options: list[str] = Field(
+        default_factory=list, description="Extra `#SBATCH --option` lines of a block's batch script.")
+
+    _names = field_validator("partition", "account", "qos", "constraint")(_slurm_name)
+    _walltime = field_validator("walltime")(_walltime)
+    _sbatch = field_validator("scheduler_options")(_sbatch_lines)
+
+    @model_validator(mode="after")
+    def _check(self) -> ProviderConfig:
+        if self.min_blocks > self.max_blocks:
+            raise ValueError(f"min_blocks ({self.min_blocks}) is more than max_blocks ({self.max_blocks})")
+        if self.init_blocks > self.max_blocks:
+            raise ValueError(f"init_blocks ({self.init_blocks}) is more than max_blocks ({self.max_blocks})")
+        if self.kind != "slurm":
+            slurm_only = sorted(k for k in self.model_fields_set if k in _SLURM_ONLY)
+            if slurm_only:
+                raise ValueError(f"{', '.join(slurm_only)}: only for kind slurm (kind is {self.kind})")
+        return self
+
+
+_SLURM_ONLY = frozenset(set(ProviderConfig.model_fields) - {"kind", "init_blocks", "min_blocks", "max_blocks",
+                                                             "worker_init"})
 
 
 class ExecutorConfig(Section):
@@ -104,6 +164,23 @@ class ExecutorConfig(Section):
         default=30, ge=1, description="HTEX only: how often worker pools check their workers and talk to the "
         "interchange. A killed worker's action is retried (its children killed first) within about this long; "
         "a silent pool is given up after four heartbeats.")
+    address: str | None = Field(
+        default=None, description="HTEX only: the address workers reach the daemon's interchange at (a host name "
+        "or IP of the daemon's host that compute nodes can route to); default: Parsl's guess.")
+    strategy_period: float = Field(
+        default=5.0, gt=0, description="HTEX only: seconds between Parsl's looks at the queue to start or stop "
+        "blocks (the first block starts after about one period).")
+
+    @property
+    def uses_slurm(self) -> bool:
+        return self.kind == "htex" and self.provider.kind == "slurm"
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z0-9_.:-]+$", value):
+            raise ValueError(f"{value!r} is not a host name or IP address")
+        return value
 
 
 class HooksConfig(Section):
@@ -213,6 +290,34 @@ class MetricsConfig(Section):
         return listen
 
 
+class BpsSlurmSite(Section):
+    """The Slurm jobs of a DEEP step under `deep.bps_site: slurm` (ctrl_bps_parsl's `Slurm`
+    site: one block of `nodes` per step, cancelled when the step ends)."""
+
+    partition: str | None = Field(default=None, description="Slurm partition; default: the cluster's default.")
+    account: str | None = Field(default=None, description="Slurm account charged.")
+    qos: str | None = Field(default=None, description="Slurm quality of service.")
+    nodes: int = Field(default=1, ge=1, description="Nodes of a step's block.")
+    cores_per_node: int | None = Field(default=None, ge=1, description="Cores per node; default: all.")
+    mem_per_node: int | None = Field(default=None, ge=1, description="GB per node; default: Slurm's.")
+    walltime: str = Field(default="04:00:00", description="Time limit of a step's block, `[D-]HH:MM:SS`.")
+    scheduler_options: list[str] = Field(default_factory=list, description="Extra `#SBATCH --option` lines.")
+
+    _names = field_validator("partition", "account", "qos")(_slurm_name)
+    _walltime = field_validator("walltime")(_walltime)
+    _sbatch = field_validator("scheduler_options")(_sbatch_lines)
+
+    def site_settings(self, comment: str | None = None) -> dict[str, Any]:
+        """The bps `site.slurm` values these give (`comment` tags the block, see autoproc.slurm)."""
+        lines = [*([f"#SBATCH --partition={self.partition}"] if self.partition else []), *self.scheduler_options,
+                 *([f"#SBATCH --comment={comment}"] if comment else [])]
+        out: dict[str, Any] = {"nodes": self.nodes, "walltime": self.walltime, "scheduler_options": "\n".join(lines)}
+        for key in ("account", "qos", "cores_per_node", "mem_per_node"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
 class DeepConfig(Section):
     """DEEP nights on the Rubin middleware (domain/SPEC.md part A). The defaults run the simulated
     DECam and the mock DEEP pipelines shipped in `autoproc.sim.deep`; a site with the real science
@@ -274,8 +379,14 @@ class DeepConfig(Section):
                        description="Data query of every graph (the chains already select the night).")
     mode: Literal["bps", "pipetask"] = Field(
         default="bps", description="`bps`: `bps submit` with the Parsl plugin; `pipetask`: `pipetask run -j 1`.")
+    bps_site: Literal["local", "slurm"] = Field(
+        default="local", description="Where `bps` runs a step's quanta: `local` (Parsl threads beside bps) or "
+        "`slurm` (ctrl_bps_parsl's Slurm site, one Slurm job per step; see `slurm`). Picks the shipped submit "
+        "template.")
+    slurm: BpsSlurmSite = Field(default_factory=BpsSlurmSite, description="The Slurm site (bps_site: slurm).")
     submit_template: Path | None = Field(
-        default=None, description="bps submit YAML template; default: the simulator's (Parsl LocalThreads site).")
+        default=None, description="bps submit YAML template; default: the shipped one of `bps_site` (the "
+        "simulator's Parsl LocalThreads site, or ctrl_bps_parsl's Slurm site).")
     cores: int = Field(default=2, ge=1, description="Cores of the bps Parsl site.")
     clusters: dict[str, dict[str, Any]] | None = Field(
         default=None, description="bps `cluster:` entries ({name: {pipetasks, dimensions, equalDimensions}}), "
@@ -299,6 +410,11 @@ class DeepConfig(Section):
     templates: dict[str, list[str] | str] = Field(
         default_factory=dict, description="Template coadds: name → member nights (a list of YYYYMMDD, or a "
         "regex over the nights known). A member night is differenced against it once it is built.")
+
+    @property
+    def steps_on_slurm(self) -> bool:
+        """Each step's quanta run in a Slurm job of its own (bps on the Slurm site)."""
+        return self.mode == "bps" and self.bps_site == "slurm"
 
     @model_validator(mode="after")
     def _names(self) -> DeepConfig:
@@ -466,6 +582,11 @@ class Config(Section):
     space_retry_seconds: float = Field(default=60.0, gt=0, description="An action that found its disk full "
                                        "(no space, file too large) waits this long, then tries again.")
     stop_timeout_seconds: float = Field(default=8.0, gt=0, description="SIGTERM to exit, children included.")
+
+    @property
+    def uses_slurm(self) -> bool:
+        """Actions or DEEP steps run as Slurm jobs (so the daemon looks after Slurm jobs)."""
+        return self.executor.uses_slurm or self.deep.steps_on_slurm
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Config:

@@ -24,7 +24,7 @@ from typing import Any
 
 from transitions import MachineError
 
-from autoproc import actions, intake, process
+from autoproc import actions, intake, process, slurm
 from autoproc.config import Config
 from autoproc.executor import Executor
 from autoproc.machines import Change, StateMachine, StateSpec, load_machines
@@ -34,6 +34,7 @@ log = logging.getLogger("autoproc.engine")
 
 OPERATOR_POLL_SECONDS = 0.25
 REAPER_SECONDS = 5.0
+SLURM_POLL_SECONDS = 5.0
 HEARTBEAT_SECONDS = 5.0
 HUNG_GRACE_SECONDS = 30.0
 # The observing night a time belongs to: the date of TAI − 12 h (TAI = UTC + 37 s), the
@@ -174,12 +175,19 @@ class Engine:
         """Open for business: recover from the last run, start executor and watchers."""
         self.store.heartbeat("starting", started=self.started)
         self.recover_attempts()
-        self.executor = Executor(self.config.executor, self.config.work_dir / "parsl")
+        # The last daemon's Slurm jobs (its HTEX blocks, its steps' blocks) outlive it: none of
+        # them may run beside what this daemon starts.
+        self.cancel_slurm_jobs(slurm.tag_of(self.config.db), "left by the last daemon")
+        self.executor = Executor(self.config.executor, self.config.work_dir / "parsl",
+                                 slurm_comment=slurm.daemon_comment(self.config.db)
+                                 if self.config.executor.uses_slurm else None)
         for s in self.store.subjects():
             if not self.machines.get(s.kind) or not self.machines[s.kind].state(s.state).terminal:
                 self.evaluate(s.id)
         if self._watch and self.config.watch:
             self.start_watcher()
+        if self.config.uses_slurm:
+            threading.Thread(target=self._watch_slurm, name="slurm-watch", daemon=True).start()
         for fn in self.on_started:
             fn(self)
 
@@ -266,8 +274,17 @@ class Engine:
                                       result=_with_progress(self.store.attempt(attempt_id), {
                                           "reason": "daemon stopped before the action returned", "clean_stop": True}))
         self.running.clear()
+        stopper = None
         if self.executor is not None and not self.running:
-            threading.Thread(target=self.executor.shutdown, daemon=True).start()
+            stopper = threading.Thread(target=self.executor.shutdown, daemon=True)
+            stopper.start()
+        # The process exits right after this: its blocks and its steps' jobs are cancelled
+        # here, not left to the executor's shutdown thread.
+        self.cancel_slurm_jobs(slurm.tag_of(self.config.db), "the daemon stopped")
+        if stopper is not None:
+            # What is left of the stop budget lets Parsl stop its interchange (an HTEX one
+            # outlives an exit); the next daemon stops any that did not (executor.py).
+            stopper.join(max(0.0, deadline - time.monotonic()))
         self.store.heartbeat("stopped")
         self.store.close()
 
@@ -321,9 +338,14 @@ class Engine:
             # The process that ran the action is gone (e.g. a lost HTEX worker), but the children it
             # started live on in their own groups: stop them first, so a retry never runs beside them.
             process.kill_groups(_groups(attempt), grace=2.0)
+        if self.config.deep.steps_on_slurm:
+            # Nor beside the Slurm jobs its step left (a bps killed from outside never cancels its block).
+            self.cancel_slurm_jobs(slurm.attempt_comment(self.config.db, done.attempt_id), "its attempt ended")
         now = self.clock()
         kind = result.get("kind")
         fields: dict[str, Any] = {"ended": now, "result": _with_progress(attempt, result)}
+        if result.get("ran_on", {}).get("host"):
+            fields["host"] = result["ran_on"]["host"]
         if not attempt.get("pid"):
             # The action ran in another process (HTEX): its children are known from disk.
             children = _children_on_disk(attempt)
@@ -630,6 +652,56 @@ class Engine:
                     self.store.update_attempt(attempt["id"], status="superseded", ended=self.clock(),
                                               result={"reason": "the subject was moved by an operator"})
             self.evaluate(subject_id)
+
+    def _watch_slurm(self) -> None:
+        """Beside the loop (squeue can take seconds when the controller is down): what keeps
+        this store's Slurm jobs from starting, handed to the loop as an event."""
+        tag = slurm.tag_of(self.config.db)
+        while not self.stopping.wait(SLURM_POLL_SECONDS):
+            try:
+                jobs = slurm.jobs(tag)
+                error = None
+            except slurm.SlurmError as err:
+                jobs, error = [], f"the Slurm controller does not answer: {err}"
+            waits: dict[str, str] = {}
+            by_owner: dict[str, list[slurm.Job]] = {}
+            for job in jobs:
+                by_owner.setdefault(job.comment.removeprefix(tag + ":"), []).append(job)
+            for owner, owned in by_owner.items():
+                reason = slurm.waiting_reason(owned)
+                if reason and not (owner == "htex" and any(j.state == "RUNNING" for j in owned)):
+                    waits[owner] = reason
+            self.events.put(lambda e, waits=waits, error=error: e.note_slurm_waits(waits, error))
+
+    def note_slurm_waits(self, waits: dict[str, str], error: str | None) -> None:
+        """Mark running attempts whose Slurm jobs cannot start (`slurm_wait` in their result,
+        shown by `show`, and one problem row per new reason); clear it once they can. A
+        pending HTEX block holds up every running action; a step's block its own attempt."""
+        for attempt_id in list(self.running):
+            reason = error or waits.get(f"a{attempt_id}") or waits.get("htex")
+            attempt = self.store.attempt(attempt_id)
+            if attempt["result"].get("slurm_wait") == reason:
+                continue
+            result = {k: v for k, v in attempt["result"].items() if k != "slurm_wait"}
+            if reason:
+                result["slurm_wait"] = reason
+                self.store.add_problem("slurm", f"{subject_ref(self.store, attempt)} waits: {reason}")
+            self.store.update_attempt(attempt_id, result=result)
+
+    def cancel_slurm_jobs(self, prefix: str, why: str) -> list[str]:
+        """scancel this store's jobs whose comment starts with `prefix` (see autoproc.slurm);
+        only where the configuration uses Slurm. A controller that does not answer is a problem
+        recorded, not a reason to stop."""
+        if not self.config.uses_slurm:
+            return []
+        try:
+            ids = slurm.cancel_tagged(prefix)
+        except slurm.SlurmError as err:
+            self.store.add_problem("slurm", f"could not cancel the jobs {prefix}* ({why}): {err}")
+            return []
+        if ids:
+            log.info("cancelled Slurm jobs %s (%s): %s", prefix, why, " ".join(ids))
+        return ids
 
     def kill_attempt(self, attempt_id: int) -> bool:
         """Kill every process group the attempt started on this host."""

@@ -9,7 +9,10 @@ picklable description of what happened, which the engine records.
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -35,8 +38,21 @@ def _unexpected(ctx: actions.ActionContext, err: Exception) -> dict[str, Any]:
             "evidence": {"traceback": tb}}
 
 
+def ran_on() -> dict[str, str]:
+    """Where this process runs: the host, and the Slurm job when inside one (an HTEX block)."""
+    where = {"host": socket.gethostname()}
+    if os.environ.get("SLURM_JOB_ID"):
+        where["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    return where
+
+
 def perform(fn: Callable[[actions.ActionContext], actions.Outcome], ctx: actions.ActionContext) -> dict[str, Any]:
-    """Run one action and describe its result as data (the engine's only input from it)."""
+    """Run one action and describe its result as data (the engine's only input from it),
+    with where it ran (`ran_on`)."""
+    return {**_perform(fn, ctx), "ran_on": ran_on()}
+
+
+def _perform(fn: Callable[[actions.ActionContext], actions.Outcome], ctx: actions.ActionContext) -> dict[str, Any]:
     try:
         with logs.attempt_log(ctx.workdir / "action.log"):
             outcome = fn(ctx)
@@ -64,34 +80,44 @@ def perform(fn: Callable[[actions.ActionContext], actions.Outcome], ctx: actions
     return {"kind": "outcome", **asdict(outcome)}
 
 
-def build_parsl_config(cfg: ExecutorConfig, run_dir: Path):
-    """The Parsl Config for `cfg` (building it starts nothing)."""
+def _provider(cfg: ExecutorConfig, slurm_comment: str | None):
+    p = cfg.provider
+    if p.kind == "slurm":
+        from parsl.launchers import SingleNodeLauncher, SrunLauncher
+        from parsl.providers import SlurmProvider
+
+        # The comment marks the daemon's blocks as its own: a restart after kill -9 finds and
+        # cancels them (autoproc.slurm), and never touches anyone else's jobs.
+        options = [*p.scheduler_options, *([f"#SBATCH --comment={slurm_comment}"] if slurm_comment else [])]
+        return SlurmProvider(
+            partition=p.partition, account=p.account, qos=p.qos, constraint=p.constraint,
+            nodes_per_block=p.nodes_per_block, cores_per_node=p.cores_per_node, mem_per_node=p.mem_per_node,
+            exclusive=p.exclusive, walltime=p.walltime, init_blocks=p.init_blocks, min_blocks=p.min_blocks,
+            max_blocks=p.max_blocks, worker_init=p.worker_init, scheduler_options="\n".join(options),
+            launcher=SrunLauncher() if p.launcher == "srun" else SingleNodeLauncher())
+    from parsl.providers import LocalProvider
+
+    return LocalProvider(init_blocks=p.init_blocks or 1, min_blocks=p.min_blocks,
+                         max_blocks=p.max_blocks, worker_init=p.worker_init)
+
+
+def build_parsl_config(cfg: ExecutorConfig, run_dir: Path, *, slurm_comment: str | None = None):
+    """The Parsl Config for `cfg` (building it starts nothing). `slurm_comment` tags the
+    Slurm blocks (`--comment`) so they can be found again."""
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
 
     if cfg.kind == "threads":
         executor = ThreadPoolExecutor(label="actions", max_threads=cfg.max_workers)
     else:
-        p = cfg.provider
-        if p.kind == "slurm":
-            from parsl.providers import SlurmProvider
-
-            provider = SlurmProvider(
-                partition=p.partition, account=p.account, nodes_per_block=p.nodes_per_block,
-                cores_per_node=p.cores_per_node, mem_per_node=p.mem_per_node, walltime=p.walltime,
-                init_blocks=p.init_blocks, min_blocks=p.min_blocks, max_blocks=p.max_blocks,
-                worker_init=p.worker_init)
-        else:
-            from parsl.providers import LocalProvider
-
-            provider = LocalProvider(init_blocks=p.init_blocks or 1, min_blocks=p.min_blocks,
-                                     max_blocks=p.max_blocks, worker_init=p.worker_init)
-        executor = HighThroughputExecutor(label="actions", provider=provider, max_workers_per_node=cfg.max_workers,
+        executor = HighThroughputExecutor(label="actions", provider=_provider(cfg, slurm_comment),
+                                          max_workers_per_node=cfg.max_workers,
                                           heartbeat_period=cfg.heartbeat_seconds,
-                                          heartbeat_threshold=4 * cfg.heartbeat_seconds)
+                                          heartbeat_threshold=4 * cfg.heartbeat_seconds,
+                                          **({"address": cfg.address} if cfg.address else {}))
     return Config(executors=[executor], run_dir=str(run_dir), retries=0,
-                  strategy="none" if cfg.kind == "threads" else "simple", initialize_logging=False,
-                  **no_memoization())
+                  strategy="none" if cfg.kind == "threads" else "simple", strategy_period=cfg.strategy_period,
+                  initialize_logging=False, **no_memoization())
 
 
 def no_memoization() -> dict[str, Any]:
@@ -118,16 +144,52 @@ def _venv_bin_on_path() -> None:
         os.environ["PATH"] = os.pathsep.join([bin_dir, *path])
 
 
+def stale_interchanges(run_dir: Path) -> list[int]:
+    """HTEX interchanges of an earlier daemon of this store: a driver killed without
+    `dfk.cleanup()` leaves its interchange running under init, still holding its log under
+    `run_dir` open (only one daemon runs per store: the store's lock)."""
+    root = str(run_dir.resolve()) + os.sep
+    found = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()):
+        try:
+            if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"parsl: HTEX interchange"):
+                continue
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith(root) for fd in fds):
+                found.append(int(pid))
+        except OSError:
+            continue  # gone, or not ours to look at
+    return found
+
+
+def _stop_pid(pid: int, grace: float = 2.0) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+        end = time.monotonic() + grace
+        while time.monotonic() < end:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+            if state == "Z":  # exited; init reaps it
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+    except (OSError, IndexError):
+        pass  # already gone
+
+
 class Executor:
     """A started Parsl DataFlowKernel running `perform` for the engine."""
 
-    def __init__(self, cfg: ExecutorConfig, run_dir: Path):
+    def __init__(self, cfg: ExecutorConfig, run_dir: Path, *, slurm_comment: str | None = None):
         from parsl.app.app import python_app
         from parsl.dataflow.dflow import DataFlowKernel
 
         run_dir.mkdir(parents=True, exist_ok=True)
         _venv_bin_on_path()
-        self.dfk = DataFlowKernel(build_parsl_config(cfg, run_dir))
+        if cfg.kind == "htex":
+            # Workers of a killed daemon's blocks would still connect to it; none of it may live on.
+            for pid in stale_interchanges(run_dir):
+                _stop_pid(pid)
+        self.dfk = DataFlowKernel(build_parsl_config(cfg, run_dir, slurm_comment=slurm_comment))
         self._app = python_app(perform, data_flow_kernel=self.dfk, executors=["actions"])
 
     def submit(self, fn: Callable[[actions.ActionContext], actions.Outcome], ctx: actions.ActionContext) -> Future:

@@ -35,6 +35,7 @@ from urllib.parse import quote
 
 from autoproc.config import Config
 from autoproc.machines import StateMachine
+from autoproc.slurm import describe_ran_on
 from autoproc.store import Store, StoreError, Subject
 
 log = logging.getLogger("autoproc.report")
@@ -485,11 +486,11 @@ def render_attempts(info: dict, out_dir: Path) -> str:
         rows.append(f'<tr class="attempt {esc(a["status"])}"><td class="num">{a["id"]}</td>'
                     f'<td>{esc(names.get(a["subject_id"], a["subject_id"]))}</td><td>{esc(a["stage"])}</td>'
                     f'<td>{esc(a["step"])}</td><td class="num">{esc(a["try"])}</td><td>{esc(a["status"])}</td>'
-                    f'<td>{esc(when(a["started"]))}</td><td>{esc(duration(took))}</td>'
+                    f'<td>{esc(when(a["started"]))}</td><td>{esc(duration(took))}</td><td>{esc(describe_ran_on(a))}</td>'
                     f'<td class="num">{esc("" if a["exit_status"] is None else a["exit_status"])}</td>'
                     f'<td>{logs}</td><td>{esc(str(reason)[:300])}</td></tr>')
     return ('<h2 id="attempts">Recent attempts</h2><table id="attempts-table"><tr><th>#</th><th>subject</th>'
-            '<th>stage</th><th>step</th><th>try</th><th>status</th><th>started</th><th>took</th><th>exit</th>'
+            '<th>stage</th><th>step</th><th>try</th><th>status</th><th>started</th><th>took</th><th>ran on</th><th>exit</th>'
             '<th>log</th><th>result</th></tr>' + "".join(rows) + "</table>")
 
 

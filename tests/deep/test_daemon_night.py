@@ -33,12 +33,12 @@ FAST_STEPS = {"bias": ["step1", "step2"], "flat": ["step1", "step2", "step3"],
               "drp": ["step1", "step2a", "step2b", "step2c", "step2d", "step3a"], "diff_drp": ["step4a"]}
 
 
-def deep_config(write_config, tmp_path: Path, **deep):
+def deep_config(write_config, tmp_path: Path, executor: dict | None = None, **deep):
     raws = tmp_path / "raws"
     raws.mkdir(exist_ok=True)
     settings = {"mode": "pipetask", "ingest_quiet_seconds": 1.0, "steps": FAST_STEPS, **deep}
     config, path = write_config(
-        machines_dir=str(ROOT / "statemachines"), kinds=["night", "template"],
+        machines_dir=str(ROOT / "statemachines"), kinds=["night", "template"], **({"executor": executor} if executor else {}),
         watch=[{"name": "raws", "path": str(raws), "kind": "raw", "patterns": ["*.fits"], "mode": "inotify",
                 "quiet_seconds": 0.5}],
         deep=settings)

@@ -73,12 +73,13 @@ def slow_jobsub(site: SimSite, directory: Path, expnum: int) -> Path:
     return path
 
 
-def desgw_config(write_config, site: SimSite, tmp_path: Path, **desgw) -> tuple:
+def desgw_config(write_config, site: SimSite, tmp_path: Path, executor: dict | None = None, **desgw) -> tuple:
     lists = tmp_path / "lists"
     lists.mkdir(exist_ok=True)
     config, path = write_config(
         machines_dir=str(REPO / "statemachines"), kinds=["exposure", "season"], limits={"dagmaker": 5},
-        deadlines={"exposure.ccd_check": 8, "exposure.forcefile_check": 20}, executor={"max_workers": 12},
+        deadlines={"exposure.ccd_check": 8, "exposure.forcefile_check": 20},
+        executor={"max_workers": 12, **(executor or {})},
         watch=[{"name": "lists", "path": str(lists), "kind": "desgw_exposure_list", "patterns": ["*.list"],
                 "mode": "inotify", "quiet_seconds": 0.2}],
         desgw={"gw_workflow": str(site.gw_workflow), "exp_root": str(site.exp_root),

@@ -10,6 +10,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from autoproc.slurm import describe_ran_on
+
 
 def _when(t: float | None) -> str:
     return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else ""
@@ -113,19 +115,25 @@ def _took(a: dict) -> str:
 def attempts_table(rows: list[dict], *, wide: bool = False) -> Table:
     """An 80-column view (when, how long, what it said) or, `wide`, every column in full."""
     t = Table(title="attempts")
-    columns = (("#", "stage", "step", "try", "status", "started", "ended", "exit", "log", "result") if wide
-               else ("#", "stage", "try", "status", "started", "took", "result"))
+    columns = (("#", "stage", "step", "try", "status", "started", "ended", "ran on", "exit", "log", "result")
+               if wide else ("#", "stage", "try", "status", "started", "took", "result"))
     for col in columns:
         t.add_column(col, overflow="fold" if wide else "ellipsis", no_wrap=not wide and col != "result")
     for a in rows:
         reason = a["result"].get("reason") or a["result"].get("trigger") or ""
         if a["result"].get("progress"):  # what an interrupted attempt got done (see max_interruptions)
             reason = f"{reason} [progress: {'; '.join(a['result']['progress'])}]".strip()
+        if a["result"].get("slurm_wait"):  # a running attempt whose Slurm job cannot start
+            reason = f"{reason} [waiting: {a['result']['slurm_wait']}]".strip()
         exit_status = "" if a["exit_status"] is None else str(a["exit_status"])
+        ran_on = describe_ran_on(a)
         if wide:
             t.add_row(str(a["id"]), a["stage"], a["step"], str(a["try"]), a["status"], _when(a["started"]),
-                      _when(a["ended"]), exit_status, Text(a["log"] or a["cwd"] or ""), Text(str(reason)))
+                      _when(a["ended"]), Text(ran_on), exit_status, Text(a["log"] or a["cwd"] or ""),
+                      Text(str(reason)))
         else:
+            if "Slurm job" in ran_on:  # where it ran matters once it is a cluster's node
+                reason = f"{reason} [on {ran_on}]".strip()
             stage = a["stage"] + (f"/{a['step']}" if a["step"] else "")
             status = a["status"] + (f" ({exit_status})" if exit_status else "")
             t.add_row(str(a["id"]), stage, str(a["try"]), status, _short_when(a["started"]), _took(a),

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from autoproc import slurm
 from autoproc.actions import (
     ActionContext,
     Fail,
@@ -258,9 +259,19 @@ def _clusters(cfg: DeepConfig, labels: list[str]) -> dict[str, dict[str, Any]]:
 def _submit_template(cfg: DeepConfig) -> Path:
     if cfg.submit_template is not None:
         return cfg.submit_template
-    from autoproc.sim.deep.bps_site import SUBMIT_TEMPLATE
+    from autoproc.sim.deep.bps_site import SLURM_SUBMIT_TEMPLATE, SUBMIT_TEMPLATE
 
-    return SUBMIT_TEMPLATE
+    return SLURM_SUBMIT_TEMPLATE if cfg.bps_site == "slurm" else SUBMIT_TEMPLATE
+
+
+def _submit_extra(ctx: ActionContext) -> dict[str, Any] | None:
+    """What the attempt sets in the submit yaml beyond the template: on the Slurm site, the
+    `deep.slurm` values and the comment that ties the step's Slurm job to this attempt (so
+    the daemon can cancel it when the attempt ends or is interrupted; autoproc.slurm)."""
+    cfg = ctx.config.deep
+    if cfg.bps_site != "slurm":
+        return None
+    return {"site": {"slurm": cfg.slurm.site_settings(slurm.attempt_comment(ctx.config.db, ctx.attempt_id))}}
 
 
 def _failure_lines(failures: list[dict]) -> str:
@@ -322,7 +333,7 @@ class Steps:
             out = runner.run_step(
                 self.butler, str(repo_path(ctx.config)), self.pipeline, step, self.parent,
                 ctx.config.work_dir / "deep", fixed_inputs=self.fixed, where=cfg.where, mode=cfg.mode,
-                submit_template=_submit_template(cfg), request_memory=memory, cores=cfg.cores,
+                submit_template=_submit_template(cfg), submit_extra=_submit_extra(ctx), request_memory=memory, cores=cfg.cores,
                 clusters=_clusters(cfg, labels), env=cfg.env, timeout=cfg.step_timeout_seconds,
                 # The engine records the child's pid/pgid (to kill it after a restart) and stops it on SIGTERM.
                 on_start=(lambda child: notify(ctx.attempt_id, child)) if notify is not None else None,

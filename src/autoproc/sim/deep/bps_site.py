@@ -15,9 +15,11 @@ from typing import Any
 
 import yaml
 
-__all__ = ["DEFAULT_CLUSTERS", "SUBMIT_TEMPLATE", "LocalThreads", "pipeline_labels", "render_submit"]
+__all__ = ["DEFAULT_CLUSTERS", "SLURM_SUBMIT_TEMPLATE", "SUBMIT_TEMPLATE", "LocalThreads", "pipeline_labels", "render_submit"]
 
 SUBMIT_TEMPLATE = Path(__file__).resolve().parent / "bps" / "submit.yaml"
+# The same for ctrl_bps_parsl's Slurm site (`deep.bps_site: slurm`).
+SLURM_SUBMIT_TEMPLATE = SUBMIT_TEMPLATE.with_name("submit-slurm.yaml")
 
 # name -> (labels, dimensions, equalDimensions); only clusters with labels in the submitted pipeline
 # are written, restricted to those labels.
