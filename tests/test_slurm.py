@@ -101,12 +101,18 @@ def assert_ran_in_our_blocks(config, path: Path, watch: JobWatch, kind: str, key
 # --- actions on HTEX over Slurm ------------------------------------------------------------
 
 
-def test_widgets_run_in_slurm_blocks_and_sigterm_cancels_them(write_config, tmp_path, daemon_factory, slurm):
+def htex_widget_config(write_config, tmp_path, slurm):
+    """Widgets (tests/widgets.py) from an inbox, on HTEX blocks of the test cluster."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     config, path = write_config(
         executor=htex_on_slurm(slurm),
         watch=[{"name": "inbox", "path": str(inbox), "kind": "widget", "mode": "inotify", "quiet_seconds": 0.2}])
+    return config, path, inbox
+
+
+def test_widgets_run_in_slurm_blocks_and_sigterm_cancels_them(write_config, tmp_path, daemon_factory, slurm):
+    config, path, inbox = htex_widget_config(write_config, tmp_path, slurm)
     with JobWatch(slurm) as watch:
         daemon = daemon_factory(path).start()
         (inbox / "a-1.w").write_text("ok")
@@ -124,17 +130,19 @@ def test_widgets_run_in_slurm_blocks_and_sigterm_cancels_them(write_config, tmp_
         assert time.monotonic() - t0 < config.stop_timeout_seconds + 30
 
 
-def test_kill9_leaves_a_block_the_restart_cancels(write_config, tmp_path, daemon_factory, slurm):
-    """A daemon killed with -9 cannot cancel its HTEX block (Slurm jobs outlive it): the next
-    daemon finds it by its comment and cancels it before starting its own."""
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    config, path = write_config(
-        executor=htex_on_slurm(slurm),
-        watch=[{"name": "inbox", "path": str(inbox), "kind": "widget", "mode": "inotify", "quiet_seconds": 0.2}])
+def widget_done_on_htex(write_config, tmp_path, daemon_factory, slurm):
+    """A daemon on an HTEX block of the test cluster that has taken one widget to done."""
+    config, path, inbox = htex_widget_config(write_config, tmp_path, slurm)
     daemon = daemon_factory(path).start()
     (inbox / "a-1.w").write_text("ok")
     wait_for(lambda: states(config) == {"a": "done"}, timeout=180, interval=0.2, what="a done")
+    return config, path, inbox, daemon
+
+
+def test_kill9_leaves_a_block_the_restart_cancels(write_config, tmp_path, daemon_factory, slurm):
+    """A daemon killed with -9 cannot cancel its HTEX block (Slurm jobs outlive it): the next
+    daemon finds it by its comment and cancels it before starting its own."""
+    config, path, inbox, daemon = widget_done_on_htex(write_config, tmp_path, daemon_factory, slurm)
     (old,) = [j.id for j in our_jobs(config)]
     (interchange,) = stale_interchanges(config.work_dir / "parsl")  # the running daemon's own
     daemon.kill9()
@@ -237,19 +245,13 @@ def test_kill9_during_a_bps_slurm_step_then_restart(write_config, tmp_path, daem
     """The daemon is killed with -9 while a bias step's block runs on Slurm: the block outlives
     it. The next daemon cancels that block (found by the killed attempt's comment) before it
     recovers the step, and the night finishes with every output exactly once."""
-    from test_daemon_night import settled, stream
+    from test_daemon_night import assert_bias_once, bias_step1_job_done, settled, stream
 
     night = "20240615"
     config, path, raws = bps_slurm_night(write_config, tmp_path, slurm)
     daemon = daemon_factory(path).start()
     assert stream(raws, night, "--science", "VR:0", "--flats", "0", "--n-bias", "4").wait(60) == 0
-    attempts = config.work_dir / "deep"
-
-    def one_job_done() -> bool:  # a bps job of the bias step1 submit has finished its quantum
-        logs = attempts.glob(f"DEEP_{night}_bias_DEEP-bias_step1_*/submit/logs/**/*.stderr")
-        return any("quanta successfully" in p.read_text(errors="replace") for p in logs)
-
-    wait_for(one_job_done, timeout=240, interval=0.1, what="bps running bias step1 on Slurm")
+    wait_for(bias_step1_job_done(config, night), timeout=240, interval=0.1, what="bps running bias step1 on Slurm")
     job = _running_step_job(config)
     assert job is not None, our_jobs(config)
     daemon.kill9()
@@ -263,10 +265,7 @@ def test_kill9_during_a_bps_slurm_step_then_restart(write_config, tmp_path, daem
     from lsst.daf.butler import Butler
 
     b = Butler.from_config(str(config.root / "repo"))
-    chain = f"DEEP/{night}/bias"
-    for dtype, n in (("cpBiasIsr_metadata", 8), ("cpBiasIsrExp", 8), ("bias", 2)):
-        refs = b.query_datasets(dtype, collections=chain, find_first=False, explain=False)
-        assert len(refs) == n and len({r.dataId for r in refs}) == n, dtype  # none lost, none twice
+    assert_bias_once(b, night)
     b.close()
     store = Store(config.db)
     assert any(a["status"] == "interrupted" for a in store.attempts(store.subject("night", night).id))
@@ -407,14 +406,7 @@ def test_actions_wait_out_a_stopped_controller(write_config, tmp_path, daemon_fa
     """slurmctld is stopped for 30 s while the daemon runs on its HTEX block: actions that
     arrive meanwhile still run (the block's workers need no controller), the daemon stays
     up, and everything is done once the controller is back."""
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    config, path = write_config(
-        executor=htex_on_slurm(slurm),
-        watch=[{"name": "inbox", "path": str(inbox), "kind": "widget", "mode": "inotify", "quiet_seconds": 0.2}])
-    daemon = daemon_factory(path).start()
-    (inbox / "a-1.w").write_text("ok")
-    wait_for(lambda: states(config) == {"a": "done"}, timeout=180, interval=0.2, what="a done")
+    config, path, inbox, daemon = widget_done_on_htex(write_config, tmp_path, daemon_factory, slurm)
     assert len(our_jobs(config)) == 1
     slurm.stop_daemon("slurmctld")
     try:

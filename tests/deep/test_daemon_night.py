@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,26 @@ def settled(config, expect: dict[str, str], kind: str = "night", daemon=None):
         if state == "failed" and expect.get(key) != "failed":
             pytest.fail(f"{kind}/{key} failed unexpectedly:\n{daemon.output()[-3000:] if daemon else ''}")
     return all(now.get(k) == s for k, s in expect.items())
+
+
+def bias_step1_job_done(config, night: str) -> Callable[[], bool]:
+    """Wait condition: a bps job of the night's bias step1 submit has finished its quantum."""
+    attempts = config.work_dir / "deep"
+
+    def done() -> bool:
+        logs = attempts.glob(f"DEEP_{night}_bias_DEEP-bias_step1_*/submit/logs/**/*.stderr")
+        return any("quanta successfully" in p.read_text(errors="replace") for p in logs)
+
+    return done
+
+
+def assert_bias_once(b, night: str) -> str:
+    """The night's 4-zero, 2-CCD bias chain holds every output once: none lost, none twice."""
+    chain = f"DEEP/{night}/bias"
+    for dtype, n in (("cpBiasIsr_metadata", 8), ("cpBiasIsrExp", 8), ("bias", 2)):
+        refs = b.query_datasets(dtype, collections=chain, find_first=False, explain=False)
+        assert len(refs) == n and len({r.dataId for r in refs}) == n, dtype
+    return chain
 
 
 def mock_get(butler, ref):
@@ -209,13 +230,7 @@ def test_kill9_during_bps_submit_then_restart(write_config, tmp_path, daemon_fac
     deep_init(path)
     daemon = daemon_factory(path).start()
     assert stream(raws, night, "--science", "VR:1", "--n-bias", "4", "--flats", "1").wait(60) == 0
-    attempts = config.work_dir / "deep"
-
-    def one_job_done() -> bool:  # a bps job of the bias step1 submit has finished its quantum
-        logs = attempts.glob(f"DEEP_{night}_bias_DEEP-bias_step1_*/submit/logs/**/*.stderr")
-        return any("quanta successfully" in p.read_text(errors="replace") for p in logs)
-
-    wait_for(one_job_done, timeout=120, interval=0.1, what="bps running bias step1")
+    wait_for(bias_step1_job_done(config, night), timeout=120, interval=0.1, what="bps running bias step1")
     daemon.kill9()
     time.sleep(0.5)
     daemon = daemon_factory(path).start()
@@ -224,10 +239,7 @@ def test_kill9_during_bps_submit_then_restart(write_config, tmp_path, daemon_fac
     from lsst.daf.butler import Butler
 
     b = Butler.from_config(str(config.root / "repo"))
-    chain = f"DEEP/{night}/bias"
-    for dtype, n in (("cpBiasIsr_metadata", 8), ("cpBiasIsrExp", 8), ("bias", 2)):
-        refs = b.query_datasets(dtype, collections=chain, find_first=False, explain=False)
-        assert len(refs) == n and len({r.dataId for r in refs}) == n, dtype  # none lost, none twice
+    chain = assert_bias_once(b, night)
     runs = [c for c in b.collections.get_info(chain).children if "/DEEP-bias/step1/" in c]
     assert len(runs) >= 2  # the killed submission's RUN was recovered into the chain, then the rest ran
     b.close()
