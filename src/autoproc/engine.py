@@ -26,6 +26,7 @@ from transitions import MachineError
 
 from autoproc import actions, intake, process
 from autoproc.config import Config
+from autoproc.errors import AutoprocError
 from autoproc.executor import Executor
 from autoproc.machines import Change, StateMachine, StateSpec, load_machines
 from autoproc.store import DAEMON_BUSY_SLICE_MS, Conflict, Store, Subject
@@ -85,7 +86,8 @@ class Engine:
         self.clock = clock
         # The daemon never gives up on a write because another process holds the database
         # (a backup, a sqlite3 shell left in a transaction): it waits, and says so.
-        self.store = Store(config.db, busy_timeout_ms=DAEMON_BUSY_SLICE_MS, on_busy=self._store_busy)
+        self.store = Store(config.db, busy_timeout_ms=DAEMON_BUSY_SLICE_MS, on_busy=self._store_busy,
+                           check=True)
         self.on_busy: list[Callable[[Engine, float], None]] = []  # while waiting for the lock (watchdog)
         self._busy_waited = 0.0
         self.machines: dict[str, StateMachine] = self._load_machines(config)
@@ -173,6 +175,8 @@ class Engine:
         self.store.heartbeat("starting", started=self.started)
         self.recover_attempts()
         self.executor = Executor(self.config.executor, self.config.work_dir / "parsl")
+        self._check_watch_kinds()
+        self.recheck_files(intake.to_recheck(self.store, self.config))
         for s in self.store.subjects():
             if not self.machines.get(s.kind) or not self.machines[s.kind].state(s.state).terminal:
                 self.evaluate(s.id)
@@ -288,6 +292,22 @@ class Engine:
             self.reload()
         elif callable(event):
             event(self)
+
+    def _check_watch_kinds(self) -> None:
+        """A watch root of a kind nobody provides is the configuration's fault: say so (its
+        files are kept as environment verdicts, examined again once it is fixed)."""
+        try:
+            intake.check_watch_kinds(self.config)
+        except AutoprocError as err:
+            self.store.add_problem("config", str(err))
+
+    def recheck_files(self, arrivals: list[intake.Arrival]) -> None:
+        """Examine bad files again (environment verdicts after a reload or restart, or those
+        an operator sent back), through intake like new arrivals."""
+        if arrivals:
+            log.info("examining %d bad file(s) again", len(arrivals))
+        for arrival in arrivals:
+            self.on_arrival(arrival)
 
     def on_arrival(self, arrival: intake.Arrival) -> None:
         accepted = intake.accept(self.store, self.config, self.machines, arrival)
@@ -591,7 +611,8 @@ class Engine:
     # -- operators, crashes and hangs ---------------------------------------------------
 
     def check_operator_changes(self) -> None:
-        """Pick up what the CLI wrote (overrides, holds, new subjects) within a second."""
+        """Pick up what the CLI wrote (overrides, holds, new subjects, files sent back) within a second."""
+        self.recheck_files(intake.requested_rechecks(self.store, self.config))
         newest = self.store.last_journal_id()
         if newest <= self.last_journal:
             return
@@ -678,6 +699,8 @@ class Engine:
                 self.start_watcher()
         self.store.add_problem("config", f"reloaded {self.config_path}")
         log.info("configuration reloaded from %s", self.config_path)
+        self._check_watch_kinds()
+        self.recheck_files(intake.to_recheck(self.store, self.config))
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= and the heartbeat (the counts are cached a few

@@ -31,6 +31,7 @@ from typing import Any
 
 from autoproc.actions import (
     ActionContext,
+    EnvironmentVerdict,
     Fail,
     FileInfo,
     Hold,
@@ -154,10 +155,14 @@ def raw_file(path: Path, config: Config) -> FileInfo:
     info = ingest.read_raw_header(path, day_obs_rule=cfg.day_obs_rule)
     night = info.day_obs
     if cfg.manifest is not None:
-        manifest = _manifest(str(cfg.manifest), cfg.manifest.stat().st_mtime)
+        try:
+            manifest = _manifest(str(cfg.manifest), cfg.manifest.stat().st_mtime)
+        except (ingest.ManifestError, OSError) as err:
+            raise EnvironmentVerdict(f"{path.name}: manifest unusable: {err}") from None
         row = manifest.lookup(path)
         if row is None:
-            raise ValueError(f"{path.name}: not listed in manifest {cfg.manifest.name}")
+            # A manifest not yet updated for this raw: look again once it is (reload, restart, retry).
+            raise EnvironmentVerdict(f"{path.name}: not listed in manifest {cfg.manifest.name}")
         if ingest._md5(path) != row.md5sum:
             raise ValueError(f"{path.name}: md5 does not match the manifest (partial or corrupt download)")
         night = row.night

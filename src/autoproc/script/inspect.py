@@ -25,7 +25,9 @@ def status(store: Store, *, kind: str | None = None, state: str | None = None, l
         "subjects": [_brief(s) for s in listed],
         "held": [_brief(s) for s in held],
         "files": store.file_counts(),
-        "bad_files": [{"path": f["path"], "reason": f["reason"]} for f in store.files(status="bad", limit=limit)],
+        "bad_files": [{"path": f["path"], "reason": f["reason"], "cause": f["cause"]}
+                      for f in store.files(status="bad", limit=limit)],
+        "backups": store.backups(limit=3),
         "problems": store.problems(limit=10),
         "daemon": daemon,
     }
