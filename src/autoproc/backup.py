@@ -22,7 +22,7 @@ from typing import Any
 
 from autoproc.config import Config
 from autoproc.process import make_dirs
-from autoproc.store import Store, StoreDamaged, StoreError, StoreUnsafe, is_damage
+from autoproc.store import Store, StoreDamaged, StoreError, StoreMissing, StoreUnsafe, is_damage
 
 log = logging.getLogger("autoproc.backup")
 
@@ -46,6 +46,18 @@ def refuse_network_db(db: Path, mounts_file: str = "/proc/self/mounts") -> None:
             "which the daemon and the CLI share it with, needs shared memory and locks that network and FUSE "
             "file systems do not give reliably, so it could be damaged. Put it on a local disk: set `db:` (or "
             "`root:`) in the configuration; the watched directories and outputs may stay where they are.")
+
+
+def refuse_missing_db(config: Config) -> None:
+    """StoreMissing when the database is gone but backups of it exist: a fresh, empty store
+    would start every subject again (and could submit to the grid twice)."""
+    found = backups(config.backup.directory)
+    if not config.db.exists() and found:
+        raise StoreMissing(
+            f"{config.db}: the state database is missing, but {len(found)} backup(s) of it are in "
+            f"{config.backup.directory} (newest {found[0].name}). Starting with an empty one would redo the work. "
+            "Put the newest back with `autoproc store restore` (then start the daemon: it finds the work done "
+            "since from the evidence), or move the backups away to start afresh on purpose.")
 
 
 def check_file(path: Path, *, full: bool = True) -> None:

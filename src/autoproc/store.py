@@ -177,6 +177,12 @@ class StoreUnsafe(StoreError):
     exit_status = EXIT_STORE_UNSAFE
 
 
+class StoreMissing(StoreError):
+    """The state database is gone but backups of it exist: starting afresh would redo work."""
+
+    exit_status = EXIT_STORE_DAMAGED
+
+
 def damage_message(path: Path, said: str) -> str:
     """The one message every command gives for a damaged state database."""
     return (f"{path}: the state database is damaged (SQLite says: {said.strip()}).\n"

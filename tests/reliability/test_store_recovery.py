@@ -290,3 +290,25 @@ def test_named_backup_is_checked_before_restore(write_config, tmp_path):
     res = cli(path, "store", "restore", str(bogus))
     assert res.returncode == EXIT_STORE_DAMAGED and "Traceback" not in res.stderr
     assert len(states(config)) == 10  # untouched
+
+
+def test_deleted_database_is_not_silently_started_afresh(write_config, tmp_path, daemon_factory):
+    config, path, inbox = widget_config(write_config, tmp_path, backup={"interval_minutes": 0})
+    d = daemon_factory(path).start()
+    (inbox / "d-1.w").write_text("ok")
+    wait_for(lambda: states(config).get("d") == "done", what="d done")
+    d.signal(signal.SIGTERM)
+    assert d.wait(timeout=30) == 0  # and a backup at the clean stop
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(config.db) + suffix).unlink(missing_ok=True)
+    refused = daemon_factory(path).start()
+    assert refused.wait(timeout=30) == EXIT_STORE_DAMAGED
+    assert "the state database is missing, but 1 backup(s)" in refused.output()
+    assert "Traceback" not in refused.output() and not config.db.exists()
+    assert cli(path, "store", "restore").returncode == 0
+    daemon_factory(path).start()
+    wait_for(lambda: Store(config.db).daemon_info()["status"] != "stopped", what="daemon up again")
+    time.sleep(2.0)  # the start-up scan has seen d's file again
+    assert states(config) == {"d": "done"}
+    ledger = (config.root / "ledger.txt").read_text().splitlines()
+    assert sum(1 for line in ledger if line.startswith("build d ")) == 1

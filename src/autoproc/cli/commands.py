@@ -57,11 +57,11 @@ class Group(click.Group):
     """Turns the errors operators can cause into one clear line and exit status 2."""
 
     def invoke(self, ctx):
-        from autoproc.store import StoreDamaged, StoreUnsafe, is_damage
+        from autoproc.store import StoreDamaged, StoreMissing, StoreUnsafe, is_damage
 
         try:
             return super().invoke(ctx)
-        except (StoreDamaged, StoreUnsafe) as err:
+        except (StoreDamaged, StoreMissing, StoreUnsafe) as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(err.exit_status)
         except AutoprocError as err:

@@ -12,7 +12,7 @@ import signal
 import threading
 from pathlib import Path
 
-from autoproc.backup import BackupScheduler, refuse_network_db
+from autoproc.backup import BackupScheduler, refuse_missing_db, refuse_network_db
 from autoproc.config import Config
 from autoproc.engine import Engine, Reload
 from autoproc.hooks import Hooks
@@ -53,6 +53,7 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
     # exit status the units do not restart on (RestartPreventExitStatus=).
     refuse_network_db(config.db)
     lock = _lock(config)
+    refuse_missing_db(config)  # under the lock: a restore may be putting it back
     engine = Engine(config, config_path=config_path, watch=watch)
     if stop_requested.is_set():
         engine.stop()
