@@ -488,6 +488,12 @@ class Engine:
                                                 try_number=try_number)
         workdir = (self.config.work_dir / safe_component(subject.kind) / safe_component(subject.key)
                    / f"{attempt_id:06d}-{subject.state}")
+        n = 1
+        while reuse is None and workdir.exists():
+            # The directory of an attempt the store forgot (restored from an older backup, whose
+            # attempt ids start again): kept as evidence, never mixed with this attempt's files.
+            workdir = workdir.with_name(f"{attempt_id:06d}-{subject.state}.{n}")
+            n += 1
         try:
             process.make_dirs(workdir)
         except OSError as err:
