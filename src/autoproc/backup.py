@@ -229,7 +229,7 @@ def restore(config: Config, backup: Path | None = None) -> tuple[Path, Path | No
         skipped: list[str] = []
         candidates = [backup] if backup is not None else backups(config.backup.directory)
         if not candidates:
-            raise StoreError(f"no backups in {config.backup.directory} (`autoproc store rebuild` works without one)")
+            raise StoreError(f"no backups in {config.backup.directory}")
         chosen = None
         for c in candidates:
             try:

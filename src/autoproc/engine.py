@@ -98,6 +98,7 @@ class Engine:
         self.on_loop: list[Callable[[Engine], None]] = []        # every loop turn (watchdog pings)
         self.on_started: list[Callable[[Engine], None]] = []     # once the store and watchers are up
         self.running: dict[int, Future] = {}      # attempt id -> future
+        self.looked: set[tuple[int, int | None]] = set()  # (subject, entry) whose action returned since start
         self.running_groups: dict[str, int] = {}  # concurrency group -> attempts running
         self.timers: list[tuple[float, int]] = []  # (when, subject id)
         self.last_journal = self.store.last_journal_id()
@@ -366,6 +367,7 @@ class Engine:
             fields["status"] = "failed"
             fields["not_before"] = now + self._backoff(attempt)
         self.store.update_attempt(done.attempt_id, **fields)
+        self.looked.add((attempt["subject_id"], attempt["entry"]))
         self.evaluate(attempt["subject_id"])
         self._dispatch_waiting(group)
 
@@ -388,10 +390,16 @@ class Engine:
         now = self.clock()
         if st.deadline:
             after = self.config.deadlines.get(f"{subject.kind}.{subject.state}", st.deadline.after)
-            if now - subject.entered >= after:
+            # A state with an action looks at its evidence once in this daemon's life before
+            # its deadline counts: after a long stop or a restore from a backup, the time since
+            # `entered` says nothing about what happened meanwhile.
+            # (Past due and not looked yet: the attempt's end evaluates it again.)
+            looked = not st.action or (subject.id, subject.entry) in self.looked
+            if now - subject.entered < after:
+                self.schedule(subject.entered + after, subject.id)
+            elif looked:
                 self.fire(subject, st.deadline.trigger, reason=f"in {subject.state} for more than {after:.0f} s")
                 return
-            self.schedule(subject.entered + after, subject.id)
         if st.action:
             self._advance_action(subject, st, now)
             return

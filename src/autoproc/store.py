@@ -189,8 +189,7 @@ def damage_message(path: Path, said: str) -> str:
             "  Nothing was changed. To recover (with the daemon stopped):\n"
             "    autoproc store check              # the full integrity check, to see the damage\n"
             "    autoproc store restore            # put the newest good backup back (the damaged file is kept)\n"
-            "    autoproc store rebuild            # no backup: re-create the subjects from the evidence\n"
-            "  then start the daemon again; it finds the work done since from the evidence.")
+            "  then start the daemon again; it finds the work done since the backup from the evidence.")
 
 
 def is_damage(err: BaseException) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,11 +13,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
+from steps_support import outputs_twice
 
 from autoproc import backup
 from autoproc.script import demo as scenario
 from autoproc.store import Store
-from conftest import child_env, journal_consistent, wait_for
+from conftest import child_env, journal_consistent
 from reliability.test_crash import expected_states, raws_in_butler, settle, steps_by_launch
 
 pytestmark = pytest.mark.middleware
@@ -30,39 +33,48 @@ def submissions(site) -> Counter[int]:
     return found
 
 
-def early(config) -> bool:
-    """Exposures exist and none has been submitted to the grid yet."""
-    if not config.db.exists():
-        return False
-    store = Store(config.db, readonly=True)
-    try:
-        exposures = store.subjects("exposure")
-        return bool(exposures) and all(s.state in ("new", "queued", "dagmaker") for s in exposures)
-    finally:
-        store.close()
+def pick_mid_demo(backups: list[Path]) -> tuple[Path, dict[str, str]]:
+    """The newest backup in which some exposure had not been submitted yet and some night
+    was not done (the restore then has submissions and DEEP steps to not repeat)."""
+    for path in backups:  # newest first
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            states = {f"{k}/{key}": state for k, key, state in conn.execute("SELECT kind, key, state FROM subjects")}
+        finally:
+            conn.close()
+        exposures = [st for ref, st in states.items() if ref.startswith("exposure/")]
+        nights = [st for ref, st in states.items() if ref.startswith("night/")]
+        if any(st in ("new", "queued", "dagmaker") for st in exposures) and any(st != "done" for st in nights):
+            return path, states
+    raise AssertionError(f"no backup of {len(backups)} caught the demo before its submissions")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_restore_a_mid_demo_backup_and_carry_on(tmp_path: Path):
     demo, site = scenario.set_up(tmp_path / "demo", quiet=True)
+    # Backups every 3 s, all kept: the test then picks one taken before the submissions.
+    settings = yaml.safe_load(demo.config_path.read_text())
+    settings["backup"] = {"interval_minutes": 0.05, "keep": 1000}
+    demo.config_path.write_text(yaml.safe_dump(settings))
     config = demo.config
     try:
         daemon = scenario.start_daemon(demo)
         scenario.start_data(demo, site)
-        wait_for(lambda: early(config), timeout=120, interval=0.1, what="exposures before any submission")
-        res = subprocess.run([sys.executable, "-m", "autoproc.cli", "-c", str(demo.config_path),  # noqa: S603
-                              "store", "backup"], capture_output=True, text=True, env=child_env(), timeout=60)
-        assert res.returncode == 0, res.stderr
-        mid = backup.backups(config.backup.directory)[0]
         assert settle(config, daemon), "the demo did not settle before the restore"
         before = submissions(site)
+        store = Store(config.db, readonly=True)
+        outdir = Path(store.subject("season", str(scenario.SEASON)).data["outdir"])
+        store.close()
+        launches_before = steps_by_launch(outdir)
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=30) == 0
+        mid, mid_states = pick_mid_demo(backup.backups(config.backup.directory))
         res = subprocess.run([sys.executable, "-m", "autoproc.cli", "-c", str(demo.config_path),  # noqa: S603
                               "store", "restore", str(mid)], capture_output=True, text=True, env=child_env(),
                              timeout=60)
         assert res.returncode == 0, res.stderr
+        print("restored", mid.name, json.dumps(mid_states))
         daemon = scenario.start_daemon(demo)
         time.sleep(5.0)
         assert settle(config, daemon), "the demo did not settle after the restore"
@@ -84,7 +96,7 @@ def test_restore_a_mid_demo_backup_and_carry_on(tmp_path: Path):
     assert after == before and set(after.values()) == {1}, (before, after)
     # Raws: no (exposure, detector) twice in the Butler.
     assert not [k for k, n in Counter(raws_in_butler(str(config.deep.repo))).items() if n > 1]
-    # Post-processing: step 0 (reading the exposure list) at most once per distinct list.
-    runs = season.data.get("postproc_runs") or []
-    launches = steps_by_launch(Path(season.data["outdir"]))
-    assert sum(1 for launch in launches if 0 in launch) <= max(1, len({tuple(sorted(r["expnums"])) for r in runs}))
+    # DEEP: no quantum's outputs in two RUNs of a chain (nothing recomputed).
+    assert not outputs_twice(str(config.deep.repo))
+    # Post-processing: not launched again after the restore.
+    assert steps_by_launch(Path(season.data["outdir"])) == launches_before

@@ -58,7 +58,7 @@ def assert_damage_message(res: subprocess.CompletedProcess, db: Path) -> None:
     assert res.returncode == EXIT_STORE_DAMAGED, res.stdout + res.stderr
     assert "Traceback" not in res.stderr
     assert f"{db}: the state database is damaged (SQLite says:" in res.stderr
-    for command in ("autoproc store check", "autoproc store restore", "autoproc store rebuild"):
+    for command in ("autoproc store check", "autoproc store restore"):
         assert command in res.stderr
 
 

@@ -509,6 +509,14 @@ def run_postprocessing(ctx: ActionContext) -> Outcome:
     if not subjects:
         raise Fail("no ready exposures to post-process")
     expnums = [split_exposure_key(s.key)[1] for s in subjects]
+    known = any(sorted(r.get("expnums", [])) == sorted(expnums) for r in data.get("postproc_runs") or [])
+    finished = None if known else _run_finished(cfg, number, outdir, expnums)
+    if finished is not None:
+        # A completed run over exactly these exposures that the store does not know of (it
+        # was restored from an older backup): taken as done, never launched again (DESIGN rule 1).
+        return _finished_outcome(ctx, {"expnums": expnums, "recovered": True, "status": _status_flags(finished)},
+                                 expnums, outdir, f"found a completed post-processing run over {len(expnums)} "
+                                 "exposures that the store did not know of")
     template = cfg.template_ini or pp / "template_postproc.ini"
     list_name = postproc.exposure_list_name(number)
     extra = {("general", "rootdir"): str(cfg.exp_root.parent)}
