@@ -397,7 +397,7 @@ class Engine:
             looked = not st.action or (subject.id, subject.entry) in self.looked
             if now - subject.entered < after:
                 self.schedule(subject.entered + after, subject.id)
-            elif looked:
+            elif looked and not self._found(subject):
                 self.fire(subject, st.deadline.trigger, reason=f"in {subject.state} for more than {after:.0f} s")
                 return
         if st.action:
@@ -406,6 +406,12 @@ class Engine:
         for trigger in st.auto:
             if self.fire(subject, trigger, reason="conditions met", quiet=True):
                 return
+
+    def _found(self, subject: Subject) -> bool:
+        """The action's last attempt in this state succeeded (not applied yet): what it found
+        wins over a deadline that passed meanwhile."""
+        attempts = self.store.attempts(subject.id, entry=subject.entry, limit=1, newest_first=True)
+        return bool(attempts) and attempts[0]["status"] == "succeeded"
 
     def _advance_action(self, subject: Subject, st: StateSpec, now: float) -> None:
         attempts = self.store.attempts(subject.id, entry=subject.entry)
