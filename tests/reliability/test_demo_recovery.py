@@ -41,15 +41,26 @@ def states_in(path: Path) -> dict[str, str]:
         conn.close()
 
 
+def cli(demo, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autoproc.cli", "-c", str(demo.config_path), *args],  # noqa: S603
+                          capture_output=True, text=True, env=child_env(), timeout=60)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_restore_a_mid_demo_backup_and_carry_on(tmp_path: Path):
+@pytest.mark.parametrize("which", ["first scheduled", "before the daemon started"])
+def test_restore_a_backup_after_the_demo_and_carry_on(tmp_path: Path, which: str):
+    """`first scheduled`: DESGW's exposures were on the grid, post-processing had not run,
+    the nights were ingesting. `before the daemon started`: only the season existed; every
+    exposure, night and template is forgotten and must be found again from the evidence."""
     demo, site = scenario.set_up(tmp_path / "demo", quiet=True)
-    # Backups every 3 s, all kept: the test then picks one taken before the submissions.
+    # Backups every 3 s, all kept (the first one is restored).
     settings = yaml.safe_load(demo.config_path.read_text())
-    settings["backup"] = {"interval_minutes": 0.05, "keep": 1000}  # keep the first one
+    settings["backup"] = {"interval_minutes": 0.05, "keep": 1000}
     demo.config_path.write_text(yaml.safe_dump(settings))
     config = demo.config
+    if which == "before the daemon started":
+        assert cli(demo, "store", "backup").returncode == 0
     try:
         daemon = scenario.start_daemon(demo)
         scenario.start_data(demo, site)
@@ -61,15 +72,13 @@ def test_restore_a_mid_demo_backup_and_carry_on(tmp_path: Path):
         launches_before = steps_by_launch(outdir)
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=30) == 0
-        # The first scheduled backup: DESGW's exposures were on the grid, post-processing had not
-        # run; the nights were ingesting (everything DEEP did after it is forgotten).
-        mid = backup.backups(config.backup.directory)[-1]
+        mid = backup.backups(config.backup.directory)[-1]  # the oldest
         mid_states = states_in(mid)
         assert mid_states[f"season/{scenario.SEASON}"] != "postprocessing"
-        assert all(mid_states[f"night/{night}"] != "done" for night, _, _ in scenario.NIGHTS)
-        res = subprocess.run([sys.executable, "-m", "autoproc.cli", "-c", str(demo.config_path),  # noqa: S603
-                              "store", "restore", str(mid)], capture_output=True, text=True, env=child_env(),
-                             timeout=60)
+        assert all(mid_states.get(f"night/{night}") != "done" for night, _, _ in scenario.NIGHTS)
+        if which == "before the daemon started":
+            assert not [ref for ref in mid_states if not ref.startswith("season/")]
+        res = cli(demo, "store", "restore", str(mid))
         assert res.returncode == 0, res.stderr
         print("restored", mid.name, json.dumps(mid_states))
         daemon = scenario.start_daemon(demo)
