@@ -19,6 +19,7 @@ import pytest
 
 from autoproc import hooks, process
 from autoproc.config import parse_config
+from autoproc.store import EXIT_STORE_DAMAGED, EXIT_STORE_UNSAFE
 
 UNITS_DIR = Path(__file__).resolve().parents[1] / "systemd"
 UNITS = {
@@ -102,3 +103,5 @@ def test_key_choices(unit):
     assert float(s["TimeoutStopSec"][0].rstrip("s")) >= needed
     # Watchdog pings come at half the interval from a loop that may wait 30 s on SQLite.
     assert float(s["WatchdogSec"][0].rstrip("s")) > 60
+    # A damaged or unsafe state database stops the daemon for good: no restart loop.
+    assert set(s["RestartPreventExitStatus"][0].split()) == {str(EXIT_STORE_DAMAGED), str(EXIT_STORE_UNSAFE)}

@@ -166,7 +166,13 @@ class FileInfo:
 
 class FileKind(Protocol):
     def __call__(self, path: Path, config: Config) -> FileInfo:
-        """Validate the file; raise ValueError with a clear reason when it is bad."""
+        """Validate the file; raise ValueError with a clear reason when it is bad, or
+        EnvironmentVerdict when the cause is outside the file."""
+
+
+class EnvironmentVerdict(ValueError):
+    """A file kind cannot accept the file for a reason outside it (a stale or unusable
+    manifest, the configuration): the verdict is re-examined after a reload or restart."""
 
 
 @dataclass

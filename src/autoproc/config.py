@@ -318,6 +318,17 @@ class BpsSlurmSite(Section):
         return out
 
 
+class BackupConfig(Section):
+    """Online copies of the state database (SQLite's backup API), see RELIABILITY.md."""
+
+    directory: Path | None = Field(default=None, description="Where backups go; default: <root>/backups. Best on "
+                                   "another disk than the database.")
+    interval_minutes: float = Field(default=60.0, ge=0, description="The daemon writes one this often (0: only at a "
+                                    "clean stop and by hand, `autoproc store backup`).")
+    keep: int = Field(default=24, ge=1, description="Backups kept; older ones are deleted after each new one.")
+    at_stop: bool = Field(default=True, description="Write one when the daemon stops cleanly.")
+
+
 class DeepConfig(Section):
     """DEEP nights on the Rubin middleware (domain/SPEC.md part A). The defaults run the simulated
     DECam and the mock DEEP pipelines shipped in `autoproc.sim.deep`; a site with the real science
@@ -577,6 +588,7 @@ class Config(Section):
     control: ControlConfig = Field(default_factory=ControlConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    backup: BackupConfig = Field(default_factory=BackupConfig)
     deep: DeepConfig = Field(default_factory=DeepConfig)
     desgw: DesgwConfig = Field(default_factory=DesgwConfig)
     space_retry_seconds: float = Field(default=60.0, gt=0, description="An action that found its disk full "
@@ -601,6 +613,8 @@ class Config(Section):
             self.control.socket = self.root / "control.sock"
         if self.metrics.file is None:
             self.metrics.file = self.root / "autoproc.prom"
+        if self.backup.directory is None:
+            self.backup.directory = self.root / "backups"
         names = [w.name for w in self.watch]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

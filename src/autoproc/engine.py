@@ -26,6 +26,7 @@ from transitions import MachineError
 
 from autoproc import actions, intake, process, slurm
 from autoproc.config import Config
+from autoproc.errors import AutoprocError
 from autoproc.executor import Executor
 from autoproc.machines import Change, StateMachine, StateSpec, load_machines
 from autoproc.store import DAEMON_BUSY_SLICE_MS, Conflict, Store, Subject
@@ -86,7 +87,8 @@ class Engine:
         self.clock = clock
         # The daemon never gives up on a write because another process holds the database
         # (a backup, a sqlite3 shell left in a transaction): it waits, and says so.
-        self.store = Store(config.db, busy_timeout_ms=DAEMON_BUSY_SLICE_MS, on_busy=self._store_busy)
+        self.store = Store(config.db, busy_timeout_ms=DAEMON_BUSY_SLICE_MS, on_busy=self._store_busy,
+                           check=True)
         self.on_busy: list[Callable[[Engine, float], None]] = []  # while waiting for the lock (watchdog)
         self._busy_waited = 0.0
         self.machines: dict[str, StateMachine] = self._load_machines(config)
@@ -97,6 +99,7 @@ class Engine:
         self.on_loop: list[Callable[[Engine], None]] = []        # every loop turn (watchdog pings)
         self.on_started: list[Callable[[Engine], None]] = []     # once the store and watchers are up
         self.running: dict[int, Future] = {}      # attempt id -> future
+        self.looked: set[tuple[int, int | None]] = set()  # (subject, entry) whose action returned since start
         self.running_groups: dict[str, int] = {}  # concurrency group -> attempts running
         self.timers: list[tuple[float, int]] = []  # (when, subject id)
         self.last_journal = self.store.last_journal_id()
@@ -181,6 +184,8 @@ class Engine:
         self.executor = Executor(self.config.executor, self.config.work_dir / "parsl",
                                  slurm_comment=slurm.daemon_comment(self.config.db)
                                  if self.config.executor.uses_slurm else None)
+        self._check_watch_kinds()
+        self.recheck_files(intake.to_recheck(self.store, self.config))
         for s in self.store.subjects():
             if not self.machines.get(s.kind) or not self.machines[s.kind].state(s.state).terminal:
                 self.evaluate(s.id)
@@ -311,6 +316,22 @@ class Engine:
         elif callable(event):
             event(self)
 
+    def _check_watch_kinds(self) -> None:
+        """A watch root of a kind nobody provides is the configuration's fault: say so (its
+        files are kept as environment verdicts, examined again once it is fixed)."""
+        try:
+            intake.check_watch_kinds(self.config)
+        except AutoprocError as err:
+            self.store.add_problem("config", str(err))
+
+    def recheck_files(self, arrivals: list[intake.Arrival]) -> None:
+        """Examine bad files again (environment verdicts after a reload or restart, or those
+        an operator sent back), through intake like new arrivals."""
+        if arrivals:
+            log.info("examining %d bad file(s) again", len(arrivals))
+        for arrival in arrivals:
+            self.on_arrival(arrival)
+
     def on_arrival(self, arrival: intake.Arrival) -> None:
         accepted = intake.accept(self.store, self.config, self.machines, arrival)
         if accepted is None:
@@ -378,6 +399,7 @@ class Engine:
             fields["status"] = "failed"
             fields["not_before"] = now + self._backoff(attempt)
         self.store.update_attempt(done.attempt_id, **fields)
+        self.looked.add((attempt["subject_id"], attempt["entry"]))
         self.evaluate(attempt["subject_id"])
         self._dispatch_waiting(group)
 
@@ -400,16 +422,28 @@ class Engine:
         now = self.clock()
         if st.deadline:
             after = self.config.deadlines.get(f"{subject.kind}.{subject.state}", st.deadline.after)
-            if now - subject.entered >= after:
+            # A state with an action looks at its evidence once in this daemon's life before
+            # its deadline counts: after a long stop or a restore from a backup, the time since
+            # `entered` says nothing about what happened meanwhile.
+            # (Past due and not looked yet: the attempt's end evaluates it again.)
+            looked = not st.action or (subject.id, subject.entry) in self.looked
+            if now - subject.entered < after:
+                self.schedule(subject.entered + after, subject.id)
+            elif looked and not self._found(subject):
                 self.fire(subject, st.deadline.trigger, reason=f"in {subject.state} for more than {after:.0f} s")
                 return
-            self.schedule(subject.entered + after, subject.id)
         if st.action:
             self._advance_action(subject, st, now)
             return
         for trigger in st.auto:
             if self.fire(subject, trigger, reason="conditions met", quiet=True):
                 return
+
+    def _found(self, subject: Subject) -> bool:
+        """The action's last attempt in this state succeeded (not applied yet): what it found
+        wins over a deadline that passed meanwhile."""
+        attempts = self.store.attempts(subject.id, entry=subject.entry, limit=1, newest_first=True)
+        return bool(attempts) and attempts[0]["status"] == "succeeded"
 
     def _advance_action(self, subject: Subject, st: StateSpec, now: float) -> None:
         attempts = self.store.attempts(subject.id, entry=subject.entry)
@@ -500,6 +534,12 @@ class Engine:
                                                 try_number=try_number)
         workdir = (self.config.work_dir / safe_component(subject.kind) / safe_component(subject.key)
                    / f"{attempt_id:06d}-{subject.state}")
+        n = 1
+        while reuse is None and workdir.exists():
+            # The directory of an attempt the store forgot (restored from an older backup, whose
+            # attempt ids start again): kept as evidence, never mixed with this attempt's files.
+            workdir = workdir.with_name(f"{attempt_id:06d}-{subject.state}.{n}")
+            n += 1
         try:
             process.make_dirs(workdir)
         except OSError as err:
@@ -624,7 +664,8 @@ class Engine:
     # -- operators, crashes and hangs ---------------------------------------------------
 
     def check_operator_changes(self) -> None:
-        """Pick up what the CLI wrote (overrides, holds, new subjects) within a second."""
+        """Pick up what the CLI wrote (overrides, holds, new subjects, files sent back) within a second."""
+        self.recheck_files(intake.requested_rechecks(self.store, self.config))
         newest = self.store.last_journal_id()
         if newest <= self.last_journal:
             return
@@ -761,6 +802,8 @@ class Engine:
                 self.start_watcher()
         self.store.add_problem("config", f"reloaded {self.config_path}")
         log.info("configuration reloaded from %s", self.config_path)
+        self._check_watch_kinds()
+        self.recheck_files(intake.to_recheck(self.store, self.config))
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= and the heartbeat (the counts are cached a few

@@ -7,6 +7,7 @@ The journal is append-only (enforced by triggers).
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
@@ -119,6 +120,30 @@ MIGRATIONS: list[str] = [
         status TEXT NOT NULL DEFAULT ''
     );
     """,
+    # 2: bad-file verdicts say whose fault they were ("file", or "environment": the config, a
+    # manifest, permissions), so environment verdicts can be re-examined; the backups taken.
+    """
+    ALTER TABLE files ADD COLUMN cause TEXT NOT NULL DEFAULT 'file';
+    CREATE TABLE backups (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL,
+        time REAL NOT NULL,
+        size INTEGER NOT NULL,
+        why TEXT NOT NULL
+    );
+    CREATE TABLE intake_journal (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL,
+        action TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        time REAL NOT NULL
+    );
+    CREATE TRIGGER intake_journal_no_update BEFORE UPDATE ON intake_journal
+        BEGIN SELECT RAISE(ABORT, 'the intake journal is append-only'); END;
+    CREATE TRIGGER intake_journal_no_delete BEFORE DELETE ON intake_journal
+        BEGIN SELECT RAISE(ABORT, 'the intake journal is append-only'); END;
+    """,
 ]
 
 ATTEMPT_ACTIVE = ("queued", "running")
@@ -126,6 +151,78 @@ ATTEMPT_ACTIVE = ("queued", "running")
 
 class StoreError(AutoprocError):
     """The store cannot do what was asked (it says why)."""
+
+
+# Exit status of a daemon (or CLI verb) that found the state database damaged or unsafe:
+# the systemd units do not restart on it (RestartPreventExitStatus=), since a restart
+# cannot fix it and a person must (see `damage_message`).
+EXIT_STORE_DAMAGED = 65  # EX_DATAERR
+EXIT_STORE_UNSAFE = 78  # EX_CONFIG
+# SQLite's primary result codes meaning the file itself is bad (not a lock or a full disk).
+_DAMAGE_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+class StoreDamaged(StoreError):
+    """The state database file is damaged: the message says what SQLite found and how to recover."""
+
+    exit_status = EXIT_STORE_DAMAGED
+
+    def __init__(self, path: Path | str, said: str):
+        self.path = Path(path)
+        self.said = said
+        super().__init__(damage_message(self.path, said))
+
+
+class StoreUnsafe(StoreError):
+    """The state database is somewhere SQLite's WAL mode is not safe (a network file system)."""
+
+    exit_status = EXIT_STORE_UNSAFE
+
+
+class StoreMissing(StoreError):
+    """The state database is gone but backups of it exist: starting afresh would redo work."""
+
+    exit_status = EXIT_STORE_DAMAGED
+
+
+def damage_message(path: Path, said: str) -> str:
+    """The one message every command gives for a damaged state database."""
+    return (f"{path}: the state database is damaged (SQLite says: {said.strip()}).\n"
+            "  Nothing was changed. To recover (with the daemon stopped):\n"
+            "    autoproc store check              # the full integrity check, to see the damage\n"
+            "    autoproc store restore            # put the newest good backup back (the damaged file is kept)\n"
+            "  then start the daemon again; it finds the work done since the backup from the evidence.")
+
+
+def is_damage(err: BaseException) -> bool:
+    """True when `err` is SQLite saying the database file itself is bad."""
+    if not isinstance(err, sqlite3.DatabaseError):
+        return False
+    code = getattr(err, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _DAMAGE_CODES
+    text = str(err)
+    return "malformed" in text or "not a database" in text
+
+
+class AlreadyRunning(StoreError):
+    """A daemon holds the store's lock."""
+
+
+def lock_store(db: Path) -> int:
+    """An exclusive lock next to the database (`<db>.lock`, holding the pid): one daemon per
+    store, and no restore under a running one. Returns the fd that holds it."""
+    path = Path(str(db) + ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise AlreadyRunning(f"another autoproc daemon (pid {holder}) is running on {db}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
 
 
 class Conflict(StoreError):
@@ -171,8 +268,10 @@ class Store:
     """One connection to the state database. Not shared between threads."""
 
     def __init__(self, path: Path | str, *, create: bool = True, readonly: bool = False,
-                 busy_timeout_ms: int = BUSY_TIMEOUT_MS, on_busy: Callable[[float], None] | None = None):
-        """`busy_timeout_ms`: how long one write waits for another process's write lock
+                 busy_timeout_ms: int = BUSY_TIMEOUT_MS, on_busy: Callable[[float], None] | None = None,
+                 check: bool = False):
+        """`check`: run SQLite's quick check first (the daemon does; StoreDamaged if it fails).
+        `busy_timeout_ms`: how long one write waits for another process's write lock
         before giving up with a StoreError that says so (the CLI: a few seconds). With
         `on_busy` (the daemon) a write never gives up: after each timeout `on_busy(seconds
         waited so far)` is called and the wait goes on."""
@@ -199,12 +298,25 @@ class Store:
                 conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as err:
+            if is_damage(err):
+                raise StoreDamaged(self.path, str(err)) from None
             raise StoreError(f"{self.path}: cannot open the state database: {err}") from None
         self.conn = conn
-        if not readonly:
-            self.migrate()
-        elif self.schema_version() != len(MIGRATIONS):
-            raise StoreError(f"{self.path}: schema version {self.schema_version()}, expected {len(MIGRATIONS)}")
+        try:
+            if check:
+                self.check(full=False)
+            if not readonly:
+                self.migrate()
+            elif self.schema_version() != len(MIGRATIONS):
+                raise StoreError(f"{self.path}: schema version {self.schema_version()}, expected {len(MIGRATIONS)}")
+        except sqlite3.DatabaseError as err:
+            conn.close()
+            if is_damage(err):
+                raise StoreDamaged(self.path, str(err)) from None
+            raise
+        except StoreError:
+            conn.close()
+            raise
 
     @functools.cached_property
     def db(self):
@@ -256,6 +368,18 @@ class Store:
         self.lock_wait_seconds += waited
         if waited >= LOCK_WAIT_COUNTED_SECONDS:
             self.lock_waits += 1
+
+    def check(self, *, full: bool = True) -> None:
+        """SQLite's integrity_check (or the faster quick_check); StoreDamaged naming what it found."""
+        pragma = "integrity_check" if full else "quick_check"
+        try:
+            rows = [r[0] for r in self.conn.execute(f"PRAGMA {pragma}(20)").fetchall()]
+        except sqlite3.DatabaseError as err:
+            if is_damage(err):
+                raise StoreDamaged(self.path, str(err)) from None
+            raise
+        if rows != ["ok"]:
+            raise StoreDamaged(self.path, "; ".join(rows))
 
     def schema_version(self) -> int:
         return self.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -475,19 +599,41 @@ class Store:
         return self._one("SELECT * FROM files WHERE path = ?", (path,))
 
     def record_file(self, *, path: str, root: str, kind: str, size: int, mtime: float, status: str,
-                    reason: str = "", subject_id: int | None = None, info: dict | None = None) -> None:
+                    reason: str = "", subject_id: int | None = None, info: dict | None = None,
+                    cause: str = "file") -> None:
+        """`cause` of a bad verdict: "file" (the file itself) or "environment" (the config, a
+        manifest, permissions: re-examined after a reload or restart)."""
         now = time.time()
         with self.write() as c:
             c.execute(
-                "INSERT INTO files (path, root, kind, size, mtime, subject_id, status, reason, info, seen, updated)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET"
+                "INSERT INTO files (path, root, kind, size, mtime, subject_id, status, reason, info, seen, updated,"
+                " cause) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET"
                 " root = excluded.root, kind = excluded.kind, size = excluded.size, mtime = excluded.mtime,"
                 " subject_id = excluded.subject_id, status = excluded.status, reason = excluded.reason,"
-                " info = excluded.info, updated = excluded.updated",
-                (path, root, kind, size, mtime, subject_id, status, reason, _json(info or {}), now, now))
+                " info = excluded.info, updated = excluded.updated, cause = excluded.cause",
+                (path, root, kind, size, mtime, subject_id, status, reason, _json(info or {}), now, now, cause))
+
+    def request_recheck(self, paths: Sequence[str], *, actor: str, reason: str) -> list[str]:
+        """Mark bad files for the daemon to examine again (journaled with `actor`); the paths marked."""
+        now = time.time()
+        marked = []
+        with self.write() as c:
+            for path in paths:
+                cur = c.execute("UPDATE files SET status = 'recheck', updated = ? WHERE path = ? AND status = 'bad'",
+                                (now, path))
+                if cur.rowcount:
+                    marked.append(path)
+                    c.execute("INSERT INTO intake_journal (path, action, actor, reason, time) VALUES (?, ?, ?, ?, ?)",
+                              (path, "recheck", actor, reason, now))
+        return marked
+
+    def intake_journal(self, path: str | None = None) -> list[dict]:
+        if path is None:
+            return self._all("SELECT * FROM intake_journal ORDER BY id")
+        return self._all("SELECT * FROM intake_journal WHERE path = ? ORDER BY id", (path,))
 
     def files(self, *, subject_id: int | None = None, status: str | Sequence[str] | None = None,
-              limit: int | None = None) -> list[dict]:
+              limit: int | None = None, root: str | None = None, cause: str | None = None) -> list[dict]:
         where, params = [], []
         if subject_id is not None:
             where.append("subject_id = ?")
@@ -496,6 +642,12 @@ class Store:
             statuses = [status] if isinstance(status, str) else list(status)
             where.append(f"status IN ({', '.join('?' * len(statuses))})")
             params.extend(statuses)
+        if root:
+            where.append("root = ?")
+            params.append(root)
+        if cause:
+            where.append("cause = ?")
+            params.append(cause)
         sql = "SELECT * FROM files" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY path"
         if limit:
             sql += f" LIMIT {int(limit)}"
@@ -527,3 +679,12 @@ class Store:
 
     def daemon_info(self) -> dict | None:
         return self._one("SELECT * FROM daemon WHERE id = 1")
+
+    # -- backups ------------------------------------------------------------------------
+
+    def record_backup(self, path: str, size: int, why: str) -> None:
+        with self.write() as c:
+            c.execute("INSERT INTO backups (path, time, size, why) VALUES (?, ?, ?, ?)", (path, time.time(), size, why))
+
+    def backups(self, limit: int = 5) -> list[dict]:
+        return self._all("SELECT * FROM backups ORDER BY id DESC LIMIT ?", (limit,))

@@ -149,13 +149,18 @@ def resolve_mode(path: Path, requested: str, mounts_file: str = "/proc/self/moun
     if requested != "auto":
         raise ValueError(f"unknown watch mode {requested!r}")
     try:
-        found = mount_of(path, mounts_file)
+        found = network_mount(path, mounts_file)
     except OSError as err:
         log.warning("cannot read %s (%s); assuming a local file system for %s", mounts_file, err, path)
         return "inotify"
-    if found is not None and _is_network_fs(found[1]):
-        return "poll"
-    return "inotify"
+    return "poll" if found is not None else "inotify"
+
+
+def network_mount(path: str | os.PathLike[str], mounts_file: str = "/proc/self/mounts") -> tuple[str, str] | None:
+    """(mount point, fs type) when `path` is on a network or FUSE file system, else None.
+    Also used for the state database, where SQLite's WAL mode is unsafe on such mounts."""
+    found = mount_of(path, mounts_file)
+    return found if found is not None and _is_network_fs(found[1]) else None
 
 
 # --------------------------------------------------------------------------- inotify observer

@@ -56,10 +56,22 @@ class Group(click.Group):
     """Turns the errors operators can cause into one clear line and exit status 2."""
 
     def invoke(self, ctx):
+        from autoproc.store import StoreDamaged, StoreMissing, StoreUnsafe, is_damage
+
         try:
             return super().invoke(ctx)
+        except (StoreDamaged, StoreMissing, StoreUnsafe) as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_status)
         except AutoprocError as err:
             fail(str(err))
+        except Exception as err:
+            # A damaged page met mid-query (opening only reads the header): the same message.
+            if not is_damage(err) or not isinstance(ctx.obj, Context):
+                raise
+            damaged = StoreDamaged(ctx.obj.config.db, str(err))
+            click.echo(f"error: {damaged}", err=True)
+            sys.exit(damaged.exit_status)
 
 
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -344,6 +356,9 @@ def config_check(obj: Context, path: Path | None, as_json: bool) -> None:
     cfg = load_config(path)
     obj._config = cfg
     machines = obj.machines()
+    from autoproc.intake import check_watch_kinds
+
+    check_watch_kinds(cfg)
     actions.check_environment()
     if as_json:
         _print_json({"config": str(path) if path else None, "machines": sorted(machines),
@@ -354,6 +369,8 @@ def config_check(obj: Context, path: Path | None, as_json: bool) -> None:
 
 main.add_command(__import__("autoproc.cli.desgw", fromlist=["desgw"]).desgw)  # last: it uses pass_ctx
 main.add_command(__import__("autoproc.cli.deep", fromlist=["deep"]).deep)  # last: it uses pass_ctx
+main.add_command(__import__("autoproc.cli.store", fromlist=["store"]).store)  # last: it uses pass_ctx
+main.add_command(__import__("autoproc.cli.files", fromlist=["files"]).files)  # last: it uses pass_ctx
 
 
 @main.command("report")

@@ -30,6 +30,9 @@ def status_view(info: dict[str, Any]) -> Group:
                           f"{_age(daemon['heartbeat'])} ago): {daemon['status']}"))
     else:
         parts.append(Text("no daemon has run on this store yet"))
+    last = (info.get("backups") or [None])[0]
+    parts.append(Text(f"last backup {_age(last['time'])} ago ({last['why']}): {last['path']}" if last
+                      else "no backup of this store yet (`autoproc store backup`)"))
     counts = Table(title="subjects")
     counts.add_column("kind")
     counts.add_column("state")
@@ -49,9 +52,10 @@ def status_view(info: dict[str, Any]) -> Group:
     if info["bad_files"]:
         t = Table(title="bad files")
         t.add_column("path")
+        t.add_column("cause")
         t.add_column("reason")
         for f in info["bad_files"]:
-            t.add_row(Text(f["path"]), Text(f["reason"]))
+            t.add_row(Text(f["path"]), f.get("cause", "file"), Text(f["reason"]))
         parts.append(t)
     if info.get("waiting_files"):
         t = Table(title="waiting files (incomplete)")

@@ -34,6 +34,7 @@ from typing import Any
 from autoproc import slurm
 from autoproc.actions import (
     ActionContext,
+    EnvironmentVerdict,
     Fail,
     FileInfo,
     Hold,
@@ -158,7 +159,14 @@ def raw_file(path: Path, config: Config) -> FileInfo:
     info = ingest.read_raw_header(path, day_obs_rule=cfg.day_obs_rule)
     night, row = info.day_obs, None
     if cfg.manifest is not None:
-        row = ingest.manifest_row(_manifest(str(cfg.manifest), cfg.manifest.stat().st_mtime), path, info)
+        try:
+            manifest = _manifest(str(cfg.manifest), cfg.manifest.stat().st_mtime)
+        except (ingest.ManifestError, OSError) as err:
+            raise EnvironmentVerdict(f"{path.name}: manifest unusable: {err}") from None
+        if manifest.lookup(path) is None:
+            # A manifest not yet updated for this raw: look again once it is (reload, restart, retry).
+            raise EnvironmentVerdict(f"{path.name}: not listed in manifest {cfg.manifest.name}")
+        row = ingest.manifest_row(manifest, path, info)  # its md5 decides completeness below
         night = row.night
     done = ingest.completeness(info, cfg.expected_detectors, row)
     return FileInfo(subject=("night", f"{night:08d}"), info={

@@ -202,6 +202,9 @@ def submit_dag(ctx: ActionContext) -> Outcome:
     except DesgwInputError as err:
         raise Fail(str(err)) from None
     argv[0] = cfg.jobsub_program
+    forgotten = _forgotten_submission(ctx)
+    if forgotten is not None:
+        return forgotten
     result = ctx.run(argv, name="jobsub", cwd=gw_workflow_dir(cfg))
     evidence = {"log": str(result.log), "exit": result.returncode, "argv": argv}
     try:
@@ -216,6 +219,34 @@ def submit_dag(ctx: ActionContext) -> Outcome:
                    "`autoproc set exposure KEY ccd_check`; if not, `autoproc release exposure KEY` submits it",
                    evidence=evidence)
     raise Retry(f"jobsub_submit_dag exited {result.returncode}: {result.tail(3)}", evidence=evidence)
+
+
+def _forgotten_submission(ctx: ActionContext) -> Outcome | None:
+    """A submission the store does not know of but the world shows (the store was restored
+    from a backup taken before it): never submit twice (DESIGN rule 1). Only when the data
+    records no submission, so an operator's rerun of a submitted exposure still submits."""
+    data = ctx.subject.data
+    if data.get("submitted"):
+        return None
+    for log in sorted(ctx.workdir.parent.glob("*/jobsub.log"), reverse=True):
+        if log.parent == ctx.workdir:
+            continue
+        try:
+            job_id = dagmaker.parse_jobsub_job_id(log.read_text(errors="replace"), str(log))
+        except (DesgwInputError, OSError):
+            continue
+        if job_id:
+            return Outcome("submitted", reason=f"job {job_id}, found in an earlier submission's output {log}",
+                           evidence={"log": str(log), "recovered": True},
+                           data={"job_id": job_id, "submitted": log.stat().st_mtime})
+    number, expnum = split_exposure_key(ctx.subject.key)
+    report = ccd.sweep_exposure(ctx.config.desgw.exp_root, data["nite"], expnum, number, data["band"],
+                                ctx.config.desgw.chips)
+    started = [c.chip for c in report.chips if c.status not in ("never_started", "missing")]
+    if started:
+        return Outcome("submitted", reason=f"{len(started)} CCDs already have grid outputs under {report.dp_dir}",
+                       evidence={"recovered": True, "chips": started}, data={"job_id": None, "submitted": None})
+    return None
 
 
 def _interrupted_attempt_dir(ctx: ActionContext) -> Path | None:
@@ -485,6 +516,14 @@ def run_postprocessing(ctx: ActionContext) -> Outcome:
     if not subjects:
         raise Fail("no ready exposures to post-process")
     expnums = [split_exposure_key(s.key)[1] for s in subjects]
+    known = any(sorted(r.get("expnums", [])) == sorted(expnums) for r in data.get("postproc_runs") or [])
+    finished = None if known else _run_finished(cfg, number, outdir, expnums)
+    if finished is not None:
+        # A completed run over exactly these exposures that the store does not know of (it
+        # was restored from an older backup): taken as done, never launched again (DESIGN rule 1).
+        return _finished_outcome(ctx, {"expnums": expnums, "recovered": True, "status": _status_flags(finished)},
+                                 expnums, outdir, f"found a completed post-processing run over {len(expnums)} "
+                                 "exposures that the store did not know of")
     template = cfg.template_ini or pp / "template_postproc.ini"
     list_name = postproc.exposure_list_name(number)
     extra = {("general", "rootdir"): str(cfg.exp_root.parent)}

@@ -6,7 +6,6 @@ SIGHUP reloads the configuration (a bad file is reported and the old one kept).
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -14,6 +13,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from autoproc.backup import BackupScheduler, refuse_missing_db, refuse_network_db
 from autoproc.config import Config
 from autoproc.control import ControlServer
 from autoproc.engine import Engine, Reload
@@ -22,26 +22,15 @@ from autoproc.logs import configure as configure_logging
 from autoproc.metrics import MetricsWriter
 from autoproc.notify import Notifier
 from autoproc.report import ReportWriter, page_path
+from autoproc.store import AlreadyRunning, lock_store
 
-
-class AlreadyRunning(Exception):
-    pass
+__all__ = ["AlreadyRunning", "run_daemon"]
 
 
 def _lock(config: Config) -> int:
     """An exclusive lock next to the database: one daemon per store."""
     config.root.mkdir(parents=True, exist_ok=True, mode=0o750)
-    path = Path(str(config.db) + ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise AlreadyRunning(f"another autoproc daemon (pid {holder}) is running on {config.db}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
+    return lock_store(config.db)
 
 
 def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool = True,
@@ -64,7 +53,12 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Refused before anything is opened: a database on NFS or FUSE, or a damaged one
+    # (the engine runs SQLite's quick check), stops the daemon with the reason and the
+    # exit status the units do not restart on (RestartPreventExitStatus=).
+    refuse_network_db(config.db)
     lock = _lock(config)
+    refuse_missing_db(config)  # under the lock: a restore may be putting it back
     engine = Engine(config, config_path=config_path, watch=watch)
     if stop_requested.is_set():
         engine.stop()
@@ -83,6 +77,8 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
     hooks = Hooks(lambda: engine.config, report=page_path(config)).start()
     engine.listeners.append(hooks)
     engine.on_loop.append(ReportWriter(lambda: engine.config, lambda: engine.machines).on_loop)
+    backups = BackupScheduler(lambda: engine.config)
+    engine.on_loop.append(backups.on_loop)
 
     def reload(signum, frame) -> None:
         notifier.reloading()
@@ -102,8 +98,9 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
         metrics.close()
         engine.shutdown()
         hooks.close()
-        notifier.close()
-        os.close(lock)
+    backups.at_stop()  # a clean stop only: after an exception the database may be why
+    notifier.close()
+    os.close(lock)
     logging.getLogger("autoproc").info("daemon stopped")
     logging.shutdown()
     # Everything is recorded and every child group killed; an action hung in Python itself

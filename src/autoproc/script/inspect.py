@@ -25,10 +25,12 @@ def status(store: Store, *, kind: str | None = None, state: str | None = None, l
         "subjects": [_brief(s) for s in listed],
         "held": [_brief(s) for s in held],
         "files": store.file_counts(),
-        "bad_files": [{"path": f["path"], "reason": f["reason"]} for f in store.files(status="bad", limit=limit)],
+        "bad_files": [{"path": f["path"], "reason": f["reason"], "cause": f["cause"]}
+                      for f in store.files(status="bad", limit=limit)],
         # Valid but incomplete (a raw short of HDUs): its stage waits for the rest, for a while.
         "waiting_files": [{"path": f["path"], "reason": f["reason"], "since": f["updated"]}
                           for f in store.files(status="waiting", limit=limit)],
+        "backups": store.backups(limit=3),
         "problems": store.problems(limit=10),
         "daemon": daemon,
     }
