@@ -52,7 +52,7 @@ def test_show_fits_80_columns_and_prints_dates(write_config):
     assert re.search(r"\d\d-\d\d \d\d:\d\d:\d\d", text) and "0:01:15" in text  # started, and how long it took
     assert "alice (for bob)" in text
     assert LONG_LOG not in text  # the compact view leaves the log path to --wide
-    wide = _render(info, 250, wide=True)
+    wide = _render(info, 300, wide=True)  # every column in full wants a wide terminal
     assert LONG_LOG in wide and not EPOCH.search(wide)
 
 
@@ -65,5 +65,5 @@ def test_every_read_verb_has_json(write_config, tmp_path):
         assert res.returncode == 0, (args, res.stderr)
         json.loads(res.stdout)
     assert json.loads(cli(path, "graph", "widget", "--json").stdout)["initial"] == "new"
-    res = cli(path, "show", "widget", "w", "--wide", columns=250)
+    res = cli(path, "show", "widget", "w", "--wide", columns=300)
     assert res.returncode == 0 and LONG_LOG in res.stdout
