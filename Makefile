@@ -28,13 +28,13 @@ endef
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(call need_python,$(PYTHON),3.12,PYTHON)
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python $(PIP_INSTALL) -c constraints.txt -e '.[test]'
 	touch $@
 
 $(OLDEST_BIN)/.installed: pyproject.toml constraints-oldest.txt
 	$(call need_python,$(OLDEST_PYTHON),3.11,OLDEST_PYTHON)
-	$(OLDEST_PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_PYTHON) -m venv --clear $(OLDEST_VENV)
 	$(OLDEST_BIN)/python $(PIP_INSTALL) -c constraints-oldest.txt -e '.[test]'
 	touch $@
 
