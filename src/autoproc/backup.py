@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from autoproc.config import Config
-from autoproc.process import make_dirs
+from autoproc.process import make_dirs, pid_alive
 from autoproc.store import Store, StoreDamaged, StoreError, StoreMissing, StoreUnsafe, is_damage
 
 log = logging.getLogger("autoproc.backup")
@@ -96,20 +96,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_temps(directory: Path) -> None:
     for p in directory.iterdir():
         m = _TEMP.match(p.name)
-        if m and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
+        if m and (int(m.group(1)) == os.getpid() or not pid_alive(int(m.group(1)))):
             p.unlink(missing_ok=True)
 
 

@@ -201,14 +201,23 @@ def signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def group_alive(pgid: int) -> bool:
+def _exists(send: Callable[[int, int], None], ident: int) -> bool:
+    """Signal 0 to a process or group: it exists (perhaps someone else's) unless none is found."""
     try:
-        os.killpg(pgid, 0)
+        send(ident, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
     return True
+
+
+def pid_alive(pid: int) -> bool:
+    return _exists(os.kill, pid)
+
+
+def group_alive(pgid: int) -> bool:
+    return _exists(os.killpg, pgid)
 
 
 def kill_group(pgid: int, grace: float = 3.0) -> bool:
