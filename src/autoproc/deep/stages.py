@@ -34,6 +34,7 @@ from typing import Any
 from autoproc import slurm
 from autoproc.actions import (
     ActionContext,
+    ActionError,
     EnvironmentVerdict,
     Fail,
     FileInfo,
@@ -135,7 +136,7 @@ def open_butler(config: Config) -> Iterator[Any]:
     try:
         yield butler
     except Exception as err:
-        if not isinstance(err, Wait | Hold | Fail | Retry) and (why := registry.unreachable(err)) is not None:
+        if not isinstance(err, ActionError) and (why := registry.unreachable(err)) is not None:
             raise registry_wait(config, why) from err
         raise
     finally:
