@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -36,41 +37,50 @@ def wait_for(condition: Callable[[], object], timeout: float = 20.0, interval: f
         time.sleep(interval)
 
 
-def _stat(pid: int | str) -> list[str] | None:
-    """/proc/<pid>/stat's fields after the command name (state first), or None if gone."""
+def _running(proc: psutil.Process) -> bool:
+    """Alive and not a zombie (a reparented orphan not reaped yet is no longer running)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except (OSError, NotADirectoryError):
-        return None
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def argv_of(pid: int | str) -> list[str]:
     """A process's argv ([] if gone or unreadable)."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
+        return psutil.Process(int(pid)).cmdline()
+    except psutil.Error:
         return []
 
 
 def ancestors(pid: int) -> list[int]:
     """`pid`, its parent, its parent's parent, … up to (not including) init."""
-    out = []
-    while pid > 1 and (stat := _stat(pid)) is not None:
-        out.append(pid)
-        pid = int(stat[1])
-    return out
+    try:
+        proc = psutil.Process(pid)
+        return [p.pid for p in [proc, *proc.parents()] if p.pid > 1]
+    except psutil.Error:
+        return []
 
 
 def pid_gone(pid: int) -> bool:
     """Dead or a zombie (a reparented orphan not reaped yet is no longer running)."""
-    stat = _stat(pid)
-    return stat is None or stat[0] == "Z"
+    try:
+        return not _running(psutil.Process(pid))
+    except psutil.Error:
+        return True
+
+
+def pgid_of(proc: psutil.Process) -> int | None:
+    """A process's group (psutil has no field for it), or None if it is gone."""
+    try:
+        return os.getpgid(proc.pid)
+    except OSError:
+        return None
 
 
 def group_gone(pgid: int) -> bool:
     """No running process left in the process group."""
-    return all(stat is None or stat[0] == "Z" or int(stat[2]) != pgid
-               for stat in (_stat(p) for p in os.listdir("/proc") if p.isdigit()))
+    return not any(pgid_of(p) == pgid and _running(p) for p in psutil.process_iter())
 
 
 def child_env() -> dict[str, str]:

@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -68,10 +71,29 @@ def test_kind_must_match_file_name(tmp_path):
 
 def test_mermaid_lists_every_transition():
     text = load_machines(MACHINES)["widget"].mermaid()
-    assert text.startswith("stateDiagram-v2\n    [*] --> new")
-    assert "new --> building: start [has_files]" in text
-    assert "checking --> stalled: stall" in text
-    assert "done --> [*]" in text
+    lines = [line.strip() for line in text.splitlines()]
+    assert "stateDiagram-v2" in lines and "[*] --> new" in lines
+    assert "new --> building: start [has_files]" in lines
+    assert "checking --> stalled: stall" in lines
+    assert "checking --> failed: fail" in lines and "building --> failed: fail" in lines
+    assert {"done --> [*]", "failed --> [*]"} <= set(lines) and "stalled --> [*]" not in lines
+    assert 'state "building\\n- enter:\\n  + build" as building' in lines
+
+
+def test_mermaid_of_every_shipped_machine_has_each_transition_and_guard():
+    for machine in load_machines(Path(__file__).resolve().parents[1] / "statemachines").values():
+        text = machine.mermaid()
+        edges = {}
+        for line in text.splitlines():
+            if match := re.fullmatch(r"\s*(\w+) --> (\w+): (.*)", line):
+                edges[match[1], match[2]] = match[3].split(" | ")
+        for t in machine.spec.transitions:
+            guard = " & ".join([*t.conditions, *(f"!{u}" for u in t.unless)])
+            label = f"{t.trigger} [{guard}]" if guard else t.trigger
+            for src in t.sources:
+                assert label in edges.get((src, t.dest), []), (machine.kind, src, t.dest, label)
+        for name, st in machine.spec.states.items():
+            assert (f"  {name} --> [*]" in text.splitlines()) == st.terminal, (machine.kind, name)
 
 
 def test_downstream_order():

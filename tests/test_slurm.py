@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from autoproc import slurm as autoproc_slurm
@@ -165,12 +166,11 @@ def test_kill9_leaves_a_block_the_restart_cancels(write_config, tmp_path, daemon
 
 # --- DEEP steps through bps on the Slurm site ----------------------------------------------
 
-def _environ(pid: str) -> dict[str, str]:
+def _environ(pid: int) -> dict[str, str]:
     try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
+        return psutil.Process(pid).environ()
+    except psutil.Error:
         return {}
-    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
 class QuantumWatch(JobWatch):
@@ -183,7 +183,7 @@ class QuantumWatch(JobWatch):
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+            for pid in psutil.pids():
                 argv = argv_of(pid)
                 if "run-qbb" in argv and any(self.tmp_path in a for a in argv):
                     self.quanta.setdefault(pid, _environ(pid).get("SLURM_JOB_ID"))

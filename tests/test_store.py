@@ -5,6 +5,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,101 @@ def test_two_processes_lose_no_update(tmp_path):
     notes = [r for r in s.journal(final.id) if r["trigger"] == "note"]
     assert len(notes) == 2 * n
     assert {r["actor"] for r in notes} == {"daemon-like", "cli-like"}
+
+
+# -- databases made by the previous autoproc (schema written as SQL DDL) -------------------
+
+OLD_SCHEMA = Path(__file__).parent / "data" / "store-schema"
+
+
+def old_database(path: Path, version: int) -> None:
+    """A state database as autoproc made it before sqlite-utils wrote its schema, at `version`,
+    with a subject, a journal row, an attempt and a file in it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for number in range(1, version + 1):
+        conn.executescript((OLD_SCHEMA / f"v{number}.sql").read_text())
+        conn.execute(f"PRAGMA user_version = {number}")
+    conn.execute("INSERT INTO subjects (kind, key, state, entered, created, updated) VALUES ('widget', 'w1', 'new',"
+                 " 1, 1, 1)")
+    conn.execute("INSERT INTO journal (subject_id, to_state, trigger, actor, version, time)"
+                 " VALUES (1, 'new', 'create', 'daemon', 1, 1)")
+    conn.execute("INSERT INTO attempts (subject_id, stage, try, entry, status) VALUES (1, 'building', 1, 1, 'done')")
+    conn.execute("INSERT INTO files (path, root, kind, size, mtime, subject_id, status, seen, updated)"
+                 " VALUES ('/raw/a.fits', 'raw', 'raw', 10, 1, 1, 'bad', 1, 1)")
+    conn.close()
+
+
+def schema_of(conn: sqlite3.Connection) -> dict:
+    """What a schema means (columns, keys, unique and plain indexes, triggers' tables), not
+    how its DDL was spelled or what its indexes are called."""
+
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    out = {}
+    for t in tables:
+        columns = [(c[1], c[2], c[3], c[4], c[5]) for c in conn.execute(f"PRAGMA table_info({t})")]
+        fks = sorted((f[2], f[3], f[4]) for f in conn.execute(f"PRAGMA foreign_key_list({t})"))
+        indexes = sorted((tuple(i[2] for i in conn.execute(f"PRAGMA index_info('{ix[1]}')")), ix[2])
+                         for ix in conn.execute(f"PRAGMA index_list({t})"))
+        out[t] = {"columns": columns, "foreign_keys": fks, "indexes": indexes}
+    out["triggers on"] = sorted(r[0] for r in conn.execute("SELECT tbl_name FROM sqlite_master WHERE type = 'trigger'"
+                                                           " AND name NOT LIKE 'daemon_one_row%'"))
+    return out
+
+
+def test_the_schema_means_what_the_previous_versions_ddl_meant(tmp_path):
+    old_database(tmp_path / "old.db", len(MIGRATIONS))
+    old = sqlite3.connect(tmp_path / "old.db")
+    new = Store(tmp_path / "new.db")
+    assert schema_of(new.conn) == schema_of(old)
+    old.close()
+
+
+@pytest.mark.parametrize("version", range(1, len(MIGRATIONS) + 1))
+def test_a_database_from_the_previous_version_opens_and_migrates(tmp_path, version):
+    old_database(tmp_path / "a.db", version)
+    s = Store(tmp_path / "a.db")
+    assert s.schema_version() == len(MIGRATIONS)
+    subject = s.subject("widget", "w1")
+    assert subject.state == "new" and [r["trigger"] for r in s.journal(subject.id)] == ["create"]
+    assert [a["status"] for a in s.attempts(subject.id)] == ["done"]
+    assert s.file("/raw/a.fits")["cause"] == "file"  # the column migration 2 adds, with its default
+    s.transition(subject, "building", trigger="start", actor="alice")
+    s.record_file(path="/raw/b.fits", root="raw", kind="raw", size=1, mtime=1, status="bad", cause="environment")
+    assert s.request_recheck(["/raw/b.fits"], actor="alice", reason="fixed") == ["/raw/b.fits"]
+    s.record_backup("/backups/x.db", 1, "test")
+    assert s.backups()[0]["why"] == "test"
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        s.conn.execute("DELETE FROM journal")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        s.conn.execute("UPDATE intake_journal SET actor = 'mallory'")
+    s.close()
+
+
+def test_a_migration_that_fails_leaves_the_database_as_it_was(tmp_path):
+    """sqlite-utils runs inside the migration's transaction: nothing of a failed step stays."""
+    old_database(tmp_path / "a.db", 1)
+    conn = sqlite3.connect(tmp_path / "a.db", isolation_level=None)
+    conn.execute("CREATE TABLE intake_journal (x)")  # in the way of migration 2's last table
+    conn.close()
+    with pytest.raises(sqlite3.OperationalError, match="intake_journal"):
+        Store(tmp_path / "a.db")
+    conn = sqlite3.connect(tmp_path / "a.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert "cause" not in [c[1] for c in conn.execute("PRAGMA table_info(files)")]
+    assert "backups" not in [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    conn.close()
+
+
+@pytest.mark.parametrize("made_by", ["previous", "current"])
+def test_the_daemon_table_has_one_row(tmp_path, made_by):
+    if made_by == "previous":
+        old_database(tmp_path / "a.db", len(MIGRATIONS))
+    s = Store(tmp_path / "a.db")
+    s.heartbeat("up", started=1.0)
+    s.heartbeat("still up")
+    assert s.daemon_info()["status"] == "still up"
+    with pytest.raises(sqlite3.IntegrityError):
+        s.conn.execute("INSERT INTO daemon (id, pid, host, started, heartbeat) VALUES (2, 1, 'h', 1, 1)")
+    with pytest.raises(sqlite3.IntegrityError):
+        s.conn.execute("UPDATE daemon SET id = 3")
+    s.close()

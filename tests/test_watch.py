@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from watchdog.observers.inotify import InotifyObserver
+from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, WatchDescriptor
 
 from autoproc.config import WatchRoot
-from autoproc.watch import FileReady, Watcher, mount_of, resolve_mode
+from autoproc.watch import FileReady, WatchdogInternalsChanged, Watcher, _hook_inotify, mount_of, resolve_mode
 
 QUIET = 0.3
 POLL = 0.1
@@ -587,7 +589,8 @@ def test_inotify_limit_falls_back_to_polling(tmp_path: Path, watch) -> None:
 
 
 def test_inotify_overflow_triggers_a_rescan(tmp_path: Path, watch) -> None:
-    """Overflow injected as above (IN_Q_OVERFLOW needs 16k unread events)."""
+    """A real IN_Q_OVERFLOW needs 16k unread events; the overflow event is handed to the
+    observer's own inotify reader, so it takes watchdog's path and the watcher's hook."""
     root = tmp_path / "raw"
     root.mkdir()
     w, sink = watch(make_root(root, mode="inotify"))
@@ -598,9 +601,50 @@ def test_inotify_overflow_triggers_a_rescan(tmp_path: Path, watch) -> None:
     with w._lock:
         r.emitted.clear()
     sink.items.clear()
-    w._flag(r, overflow=True)
+    overflow = InotifyEvent(WatchDescriptor(-1), InotifyConstants.IN_Q_OVERFLOW, 0, b"")
+    r.observer._inotify_fd.handle_event(overflow)
     assert sink.wait(lambda: sink.for_path(root / "lost.fits"), timeout=3.0)
     assert "overflowed" in sink.problem_text()
+    write(root / "after.fits")  # watchdog rebuilt its watches: events flow again
+    assert sink.wait(lambda: sink.for_path(root / "after.fits"), timeout=3.0)
+
+
+def test_the_watchdog_internals_the_watcher_hooks_are_there(tmp_path: Path, watch) -> None:
+    """watch.py hooks two methods of the inotify observer's reader (the only place that sees
+    queue overflows and watch limits); a watchdog that moved them must fail here, loudly."""
+    observer = InotifyObserver(generate_full_events=True)
+    try:
+        _hook_inotify(observer, on_overflow=lambda: None, on_limit=lambda err: None)
+    except WatchdogInternalsChanged as err:
+        pytest.fail(f"watchdog changed under autoproc.watch: {err}")
+    finally:
+        observer.stop()  # never started: this stops and closes its inotify reader
+    root = tmp_path / "raw"
+    root.mkdir()
+    w, sink = watch(make_root(root, mode="inotify"))
+    fd = w._by_name["raw"].observer._inotify_fd
+    assert hasattr(fd.handle_event, "__wrapped__") and hasattr(fd.add_callback, "__wrapped__"), (
+        "the running observer's inotify reader is not hooked")
+    assert "watchdog" not in sink.problem_text()
+    # The reader really adds watches through the hooked method: a new subdirectory is watched.
+    # A file written before that watch is up is still found (quietly); once it is, a close is seen.
+    (root / "sub").mkdir()
+    written = []
+
+    def closed_in_sub() -> bool:
+        written.append(root / "sub" / f"a{len(written)}.fits")
+        write(written[-1])
+        return any(r.how == "closed" for p in written for r in sink.for_path(p))
+
+    assert sink.wait(closed_in_sub, timeout=3.0), sink.problem_text()
+
+
+def test_changed_watchdog_internals_are_a_clear_problem() -> None:
+    class NotAnInotifyObserver:
+        _inotify_fd = None
+
+    with pytest.raises(WatchdogInternalsChanged, match=r"InotifyObserver\._inotify_fd.*reconcile scan"):
+        _hook_inotify(NotAnInotifyObserver(), on_overflow=lambda: None, on_limit=lambda err: None)  # type: ignore[arg-type]
 
 
 def test_stop_is_prompt_and_leaves_no_threads(tmp_path: Path, watch) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from transitions import Machine, MachineError
+from transitions.extensions.diagrams import GraphMachine
 
 from autoproc import actions
 from autoproc.errors import AutoprocError
@@ -119,6 +120,10 @@ class Change:
 
 class _Model:
     """What transitions moves around: a stand-in for one stored subject."""
+
+    # Set by transitions when the machine adds the model.
+    state: str
+    trigger: Callable[[str], bool]
 
     def __init__(self, subject: Subject, env: actions.Env):
         self.subject = subject
@@ -230,10 +235,15 @@ class StateMachine:
         return [name for t in self.spec.transitions if t.trigger == trigger and t.dest == to_state
                 and ("*" in t.sources or from_state in t.sources) for name in t.after]
 
+    def _dests(self, state: str) -> list[tuple[str, str]]:
+        """(trigger, dest) of every transition out of `state`, as `transitions` resolved them
+        (a `*` source included), in the machine's order."""
+        return [(trigger, t.dest) for trigger in self._machine.get_triggers(state)
+                for t in self._machine.events[trigger].transitions[state] if t.dest is not None]
+
     def reachable(self, from_state: str, to_state: str) -> list[str]:
         """Triggers that lead directly from one state to the other."""
-        return sorted({t.trigger for t in self.spec.transitions if t.dest == to_state
-                       and ("*" in t.sources or from_state in t.sources)})
+        return sorted({trigger for trigger, dest in self._dests(from_state) if dest == to_state})
 
     def downstream(self, state: str) -> list[str]:
         """States reachable from `state`, in breadth-first order (for rerun previews)."""
@@ -241,32 +251,37 @@ class StateMachine:
         while frontier:
             nxt = []
             for s in frontier:
-                for t in self.spec.transitions:
-                    if (s in t.sources) and t.dest not in seen and t.trigger != self.spec.on_failure:
-                        seen.add(t.dest)
-                        order.append(t.dest)
-                        nxt.append(t.dest)
+                for trigger, dest in self._dests(s):
+                    if dest not in seen and trigger != self.spec.on_failure:
+                        seen.add(dest)
+                        order.append(dest)
+                        nxt.append(dest)
             frontier = nxt
         return order
 
     def mermaid(self) -> str:
-        lines = ["stateDiagram-v2", f"    [*] --> {self.spec.initial}"]
-        for t in self.spec.transitions:
-            guard = ""
-            if t.conditions or t.unless:
-                guard = " [" + ", ".join([*t.conditions, *(f"not {u}" for u in t.unless)]) + "]"
-            for src in (self.spec.states if "*" in t.sources else t.sources):
-                if src == t.dest and "*" in t.sources:
-                    continue
-                if "*" in t.sources and self.spec.states[src].terminal:
-                    continue
-                lines.append(f"    {src} --> {t.dest}: {t.trigger}{guard}")
-        for name, st in self.spec.states.items():
-            if st.action:
-                lines.append(f"    {name}: {name} / {st.action}")
-            if st.terminal:
-                lines.append(f"    {name} --> [*]")
-        return "\n".join(lines)
+        """The machine as a mermaid state diagram, drawn by `transitions`' diagram extension.
+
+        The one thing it does not draw is added here: a terminal state's arrow to `[*]`
+        (transitions accepts `final` states but its mermaid output leaves them out)."""
+        spec = self.spec
+        # A state's action runs on entering it: shown as transitions' `enter` callback (the
+        # diagram's model never moves, so nothing calls it).
+        states = [{"name": name, "on_enter": [st.action] if st.action else []} for name, st in spec.states.items()]
+        transitions = [{"trigger": t.trigger, "source": t.source, "dest": t.dest,
+                        "conditions": t.conditions, "unless": t.unless} for t in spec.transitions]
+        model = _Diagram()
+        graph = GraphMachine(model=model, states=states, transitions=transitions, initial=spec.initial,
+                             auto_transitions=False, graph_engine="mermaid", show_conditions=True,
+                             show_state_attributes=True, title=spec.kind)
+        # The diagram shows the machine, not one subject in it: no state is marked current.
+        graph.model_graphs[id(model)].reset_styling()
+        text = str(graph.get_combined_graph().draw(None))
+        return "\n".join([text, *(f"  {name} --> [*]" for name, st in spec.states.items() if st.terminal)])
+
+
+class _Diagram:
+    """The model `transitions` needs to draw a machine's diagram; it never moves."""
 
 
 def _format(source: str, err: ValidationError) -> str:

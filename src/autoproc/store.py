@@ -18,10 +18,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoproc.errors import AutoprocError
 from autoproc.process import make_dirs
+
+if TYPE_CHECKING:  # imported when first used (`Store.db`): it takes ~0.4 s, and most opens need no migration
+    import sqlite_utils
 
 BUSY_TIMEOUT_MS = 30_000
 # The daemon waits for the write lock in slices this long, forever: another process holding
@@ -31,120 +34,74 @@ DAEMON_BUSY_SLICE_MS = 5_000
 # A write that waited this long for the write lock counts as a wait (see `lock_waits`).
 LOCK_WAIT_COUNTED_SECONDS = 0.01
 
-# Each entry upgrades the schema by one version; `PRAGMA user_version` says where a file is.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE subjects (
-        id INTEGER PRIMARY KEY,
-        kind TEXT NOT NULL,
-        key TEXT NOT NULL,
-        state TEXT NOT NULL,
-        version INTEGER NOT NULL DEFAULT 1,
-        data TEXT NOT NULL DEFAULT '{}',
-        held TEXT,
-        entry INTEGER,
-        entered REAL NOT NULL,
-        created REAL NOT NULL,
-        updated REAL NOT NULL,
-        UNIQUE (kind, key)
-    );
-    CREATE INDEX subjects_kind_state ON subjects (kind, state);
-    CREATE TABLE journal (
-        id INTEGER PRIMARY KEY,
-        subject_id INTEGER NOT NULL REFERENCES subjects (id),
-        from_state TEXT,
-        to_state TEXT NOT NULL,
-        trigger TEXT NOT NULL,
-        actor TEXT NOT NULL,
-        reason TEXT NOT NULL DEFAULT '',
-        evidence TEXT NOT NULL DEFAULT '{}',
-        version INTEGER NOT NULL,
-        time REAL NOT NULL
-    );
-    CREATE INDEX journal_subject ON journal (subject_id, id);
-    CREATE TRIGGER journal_no_update BEFORE UPDATE ON journal
-        BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
-    CREATE TRIGGER journal_no_delete BEFORE DELETE ON journal
-        BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
-    CREATE TABLE attempts (
-        id INTEGER PRIMARY KEY,
-        subject_id INTEGER NOT NULL REFERENCES subjects (id),
-        stage TEXT NOT NULL,
-        step TEXT NOT NULL DEFAULT '',
-        try INTEGER NOT NULL,
-        entry INTEGER NOT NULL,
-        status TEXT NOT NULL,
-        argv TEXT,
-        cwd TEXT,
-        log TEXT,
-        pid INTEGER,
-        pgid INTEGER,
-        host TEXT,
-        started REAL,
-        ended REAL,
-        exit_status INTEGER,
-        result TEXT NOT NULL DEFAULT '{}',
-        applied INTEGER NOT NULL DEFAULT 0,
-        not_before REAL
-    );
-    CREATE INDEX attempts_subject ON attempts (subject_id, id);
-    CREATE INDEX attempts_status ON attempts (status);
-    CREATE TABLE files (
-        id INTEGER PRIMARY KEY,
-        path TEXT NOT NULL UNIQUE,
-        root TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        mtime REAL NOT NULL,
-        subject_id INTEGER REFERENCES subjects (id),
-        status TEXT NOT NULL,
-        reason TEXT NOT NULL DEFAULT '',
-        info TEXT NOT NULL DEFAULT '{}',
-        seen REAL NOT NULL,
-        updated REAL NOT NULL
-    );
-    CREATE INDEX files_subject ON files (subject_id, status);
-    CREATE INDEX files_status ON files (status);
-    CREATE TABLE problems (
-        id INTEGER PRIMARY KEY,
-        time REAL NOT NULL,
-        source TEXT NOT NULL,
-        message TEXT NOT NULL
-    );
-    CREATE TABLE daemon (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        pid INTEGER NOT NULL,
-        host TEXT NOT NULL,
-        started REAL NOT NULL,
-        heartbeat REAL NOT NULL,
-        status TEXT NOT NULL DEFAULT ''
-    );
-    """,
-    # 2: bad-file verdicts say whose fault they were ("file", or "environment": the config, a
+def _append_only(db: sqlite_utils.Database, table: str, what: str) -> None:
+    # sqlite-utils declares tables, columns and indexes but not triggers: these stay SQL.
+    for verb in ("UPDATE", "DELETE"):
+        db.execute(f"CREATE TRIGGER {table}_no_{verb.lower()} BEFORE {verb} ON {table} "
+                   f"BEGIN SELECT RAISE(ABORT, '{what} is append-only'); END")
+
+
+def _schema_1(db: sqlite_utils.Database) -> None:
+    subject_fk = [("subject_id", "subjects", "id")]
+    db.table("subjects").create(
+        {"id": int, "kind": str, "key": str, "state": str, "version": int, "data": str, "held": str, "entry": int,
+         "entered": float, "created": float, "updated": float},
+        pk="id", not_null={"kind", "key", "state", "version", "data", "entered", "created", "updated"},
+        defaults={"version": 1, "data": "{}"})
+    db.table("subjects").create_index(["kind", "key"], index_name="subjects_kind_key", unique=True)
+    db.table("subjects").create_index(["kind", "state"], index_name="subjects_kind_state")
+    db.table("journal").create(
+        {"id": int, "subject_id": int, "from_state": str, "to_state": str, "trigger": str, "actor": str,
+         "reason": str, "evidence": str, "version": int, "time": float},
+        pk="id", foreign_keys=subject_fk,
+        not_null={"subject_id", "to_state", "trigger", "actor", "reason", "evidence", "version", "time"},
+        defaults={"reason": "", "evidence": "{}"})
+    db.table("journal").create_index(["subject_id", "id"], index_name="journal_subject")
+    _append_only(db, "journal", "the journal")
+    db.table("attempts").create(
+        {"id": int, "subject_id": int, "stage": str, "step": str, "try": int, "entry": int, "status": str,
+         "argv": str, "cwd": str, "log": str, "pid": int, "pgid": int, "host": str, "started": float,
+         "ended": float, "exit_status": int, "result": str, "applied": int, "not_before": float},
+        pk="id", foreign_keys=subject_fk,
+        not_null={"subject_id", "stage", "step", "try", "entry", "status", "result", "applied"},
+        defaults={"step": "", "result": "{}", "applied": 0})
+    db.table("attempts").create_index(["subject_id", "id"], index_name="attempts_subject")
+    db.table("attempts").create_index(["status"], index_name="attempts_status")
+    db.table("files").create(
+        {"id": int, "path": str, "root": str, "kind": str, "size": int, "mtime": float, "subject_id": int,
+         "status": str, "reason": str, "info": str, "seen": float, "updated": float},
+        pk="id", foreign_keys=subject_fk,
+        not_null={"path", "root", "kind", "size", "mtime", "status", "reason", "info", "seen", "updated"},
+        defaults={"reason": "", "info": "{}"})
+    db.table("files").create_index(["path"], index_name="files_path", unique=True)
+    db.table("files").create_index(["subject_id", "status"], index_name="files_subject")
+    db.table("files").create_index(["status"], index_name="files_status")
+    db.table("problems").create({"id": int, "time": float, "source": str, "message": str}, pk="id",
+                          not_null={"time", "source", "message"})
+    db.table("daemon").create({"id": int, "pid": int, "host": str, "started": float, "heartbeat": float, "status": str},
+                        pk="id", not_null={"pid", "host", "started", "heartbeat", "status"}, defaults={"status": ""})
+    # One row, id 1 (a CHECK constraint before sqlite-utils, which declares none).
+    for verb in ("INSERT", "UPDATE"):
+        db.execute(f"CREATE TRIGGER daemon_one_row_{verb.lower()} BEFORE {verb} ON daemon WHEN NEW.id != 1 "
+                   "BEGIN SELECT RAISE(ABORT, 'the daemon table has one row, id 1'); END")
+
+
+def _schema_2(db: sqlite_utils.Database) -> None:
+    # Bad-file verdicts say whose fault they were ("file", or "environment": the config, a
     # manifest, permissions), so environment verdicts can be re-examined; the backups taken.
-    """
-    ALTER TABLE files ADD COLUMN cause TEXT NOT NULL DEFAULT 'file';
-    CREATE TABLE backups (
-        id INTEGER PRIMARY KEY,
-        path TEXT NOT NULL,
-        time REAL NOT NULL,
-        size INTEGER NOT NULL,
-        why TEXT NOT NULL
-    );
-    CREATE TABLE intake_journal (
-        id INTEGER PRIMARY KEY,
-        path TEXT NOT NULL,
-        action TEXT NOT NULL,
-        actor TEXT NOT NULL,
-        reason TEXT NOT NULL DEFAULT '',
-        time REAL NOT NULL
-    );
-    CREATE TRIGGER intake_journal_no_update BEFORE UPDATE ON intake_journal
-        BEGIN SELECT RAISE(ABORT, 'the intake journal is append-only'); END;
-    CREATE TRIGGER intake_journal_no_delete BEFORE DELETE ON intake_journal
-        BEGIN SELECT RAISE(ABORT, 'the intake journal is append-only'); END;
-    """,
-]
+    db.table("files").add_column("cause", str, not_null_default="file")
+    db.table("backups").create({"id": int, "path": str, "time": float, "size": int, "why": str}, pk="id",
+                         not_null={"path", "time", "size", "why"})
+    db.table("intake_journal").create(
+        {"id": int, "path": str, "action": str, "actor": str, "reason": str, "time": float}, pk="id",
+        not_null={"path", "action", "actor", "reason", "time"}, defaults={"reason": ""})
+    _append_only(db, "intake_journal", "the intake journal")
+
+
+# Each entry upgrades the schema by one version; `PRAGMA user_version` says where a file is.
+# A database made by an older autoproc (its tables written as SQL DDL, same columns and
+# constraints) is upgraded by the same steps (tests/test_store.py opens one).
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_schema_1, _schema_2]
 
 ATTEMPT_ACTIVE = ("queued", "running")
 
@@ -319,7 +276,7 @@ class Store:
             raise
 
     @functools.cached_property
-    def db(self):
+    def db(self) -> sqlite_utils.Database:
         """sqlite-utils' view of the same connection (imported lazily: it is slow to import)."""
         import sqlite_utils
 
@@ -393,9 +350,8 @@ class Store:
             if current > len(MIGRATIONS):
                 raise StoreError(f"{self.path}: schema version {current} is newer than this autoproc knows")
             for number in range(current, len(MIGRATIONS)):
-                for statement in MIGRATIONS[number].split(";\n"):
-                    if statement.strip():
-                        c.execute(statement)
+                # sqlite-utils runs inside this transaction (it commits only what it opened).
+                MIGRATIONS[number](self.db)
                 c.execute(f"PRAGMA user_version = {number + 1}")
 
     def _one(self, sql: str, params: Sequence = ()) -> dict | None:

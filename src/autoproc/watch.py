@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import functools
 import logging
 import os
 import re
@@ -45,9 +46,17 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers.api import DEFAULT_OBSERVER_TIMEOUT, BaseObserver, EventEmitter
-from watchdog.observers.inotify import InotifyFullEmitter, InotifyObserver
-from watchdog.observers.inotify_c import InotifyFD
+from watchdog.observers.inotify import InotifyObserver
+from watchdog.observers.inotify_c import (
+    CallbackId,
+    InotifyEvent,
+    InotifyFD,
+    Mask,
+    WatchCallback,
+    WatchDescriptor,
+)
 from watchdog.observers.polling import PollingObserver
+from watchdog.version import VERSION_STRING as watchdog_version
 
 from autoproc.config import WatchRoot
 
@@ -166,47 +175,59 @@ def network_mount(path: str | os.PathLike[str], mounts_file: str = "/proc/self/m
 # --------------------------------------------------------------------------- inotify observer
 
 
-class _HookedInotifyFD(InotifyFD):
-    """watchdog's inotify reader, telling us about queue overflows and watch limits.
+# watchdog has no public signal for the two inotify troubles that call for a scan: a kernel
+# queue overflow (it rebuilds its watches, but the events are gone) and a watch limit hit
+# on a subdirectory (it skips that directory silently). Only the observer's inotify reader
+# sees them: `InotifyObserver._inotify_fd`, an `InotifyFD`, through its `handle_event` and
+# `add_callback`. Those two methods are wrapped on that one instance (the observer itself
+# is built through its public constructor). If a watchdog upgrade moves them, the watcher
+# says so as a problem and relies on its reconcile scans; tests/test_watch.py fails on it.
+_INOTIFY_INTERNALS = ("InotifyObserver._inotify_fd", "InotifyFD.handle_event(event)",
+                      "InotifyFD.add_callback(path, mask, callback, id_)", "InotifyEvent.is_queue_overflow")
 
-    watchdog logs an overflow and rebuilds its watches, but the events are gone; it
-    silently skips subdirectories it cannot watch (ENOSPC). Both call for a scan.
-    """
 
-    def __init__(self, on_overflow: Callable[[], None], on_limit: Callable[[OSError], None]) -> None:
-        self._ap_on_overflow = on_overflow
-        self._ap_on_limit = on_limit
-        super().__init__()
+class WatchdogInternalsChanged(RuntimeError):
+    """The installed watchdog no longer has the inotify internals the watcher hooks."""
 
-    def handle_event(self, event):  # type: ignore[no-untyped-def]
+
+def _hook_inotify(
+    observer: InotifyObserver, on_overflow: Callable[[], None], on_limit: Callable[[OSError], None]
+) -> None:
+    """Tell `on_overflow` about queue overflows and `on_limit` about watch limits that
+    `observer`'s reader meets (see above). Raises WatchdogInternalsChanged."""
+    fd = getattr(observer, "_inotify_fd", None)
+    if not (isinstance(fd, InotifyFD) and callable(getattr(fd, "handle_event", None))
+            and callable(getattr(fd, "add_callback", None))
+            and isinstance(getattr(InotifyEvent, "is_queue_overflow", None), property)):
+        raise WatchdogInternalsChanged(
+            f"watchdog {watchdog_version} does not have {', '.join(_INOTIFY_INTERNALS)} as autoproc.watch expects: "
+            "inotify queue overflows and watch limits on subdirectories go unnoticed until a reconcile scan")
+    handle_event, add_callback = fd.handle_event, fd.add_callback
+
+    @functools.wraps(handle_event)
+    def hooked_handle_event(event: InotifyEvent) -> None:
         if event.is_queue_overflow:
             try:
-                self._ap_on_overflow()
+                on_overflow()
             except Exception:  # never kill the reader thread
                 log.exception("overflow hook failed")
-        super().handle_event(event)
+        handle_event(event)
 
-    def add_callback(self, path, mask, callback, id_):  # type: ignore[no-untyped-def]
+    @functools.wraps(add_callback)
+    def hooked_add_callback(path: bytes, mask: Mask, callback: WatchCallback, id_: CallbackId) -> WatchDescriptor:
         try:
-            return super().add_callback(path, mask, callback, id_)
+            return add_callback(path, mask, callback, id_)
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EMFILE):
                 try:
-                    self._ap_on_limit(err)
+                    on_limit(err)
                 except Exception:
                     log.exception("watch-limit hook failed")
             raise
 
-
-class _Inotify(InotifyObserver):
-    """InotifyObserver with full move events (moves in/out of the tree have an empty side)
-    and the hooked reader above."""
-
-    def __init__(self, on_overflow: Callable[[], None], on_limit: Callable[[OSError], None]) -> None:
-        fd = _HookedInotifyFD(on_overflow, on_limit)
-        self._inotify_fd = fd
-        fd.start()
-        BaseObserver.__init__(self, InotifyFullEmitter, timeout=DEFAULT_OBSERVER_TIMEOUT, inotify_fd=fd)
+    # Wrapping one instance's methods is the point here (see above).
+    fd.handle_event = hooked_handle_event  # type: ignore[method-assign]
+    fd.add_callback = hooked_add_callback  # type: ignore[method-assign]
 
 
 # --------------------------------------------------------------------------- per-root state
@@ -806,10 +827,14 @@ class Watcher:
 
     def _try_start(self, r: _Root, real: str, mode: str) -> BaseObserver:
         if mode == "inotify":
-            obs: BaseObserver = _Inotify(
-                on_overflow=lambda: self._flag(r, overflow=True),
-                on_limit=lambda err: self._flag(r, limit=err),
-            )
+            # Full events: a move into or out of the tree comes as a move with an empty side.
+            inotify = InotifyObserver(timeout=DEFAULT_OBSERVER_TIMEOUT, generate_full_events=True)
+            try:
+                _hook_inotify(inotify, on_overflow=lambda: self._flag(r, overflow=True),
+                              on_limit=lambda err: self._flag(r, limit=err))
+            except WatchdogInternalsChanged as err:
+                self._problem(r.name, str(err))
+            obs: BaseObserver = inotify
         else:
             obs = PollingObserver(timeout=max(_MIN_POLL_INTERVAL, float(r.cfg.poll_interval)))
         obs.name = f"autoproc-watch-{r.name}"

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 pytest.importorskip("lsst.daf.butler")
@@ -248,10 +249,10 @@ def test_kill9_during_bps_submit_then_restart(write_config, tmp_path, daemon_fac
     assert any(a["status"] == "interrupted" for a in store.attempts(subject.id))
     store.close()
     # No child of the killed daemon is left.
-    assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_bps_of(p, tmp_path)]
+    assert not [pid for pid in psutil.pids() if _is_bps_of(pid, tmp_path)]
 
 
-def _is_bps_of(pid: str, tmp_path: Path) -> bool:
+def _is_bps_of(pid: int, tmp_path: Path) -> bool:
     """A `bps` process (or its job's pipetask) working under this test's directory."""
     argv = argv_of(pid)
     return any(Path(a).name in ("bps", "pipetask") for a in argv[:2]) and any(str(tmp_path) in a for a in argv)
@@ -272,7 +273,7 @@ def test_one_bps_job_killed_under_a_running_daemon(write_config, tmp_path, daemo
 
     def bias_step1_job() -> tuple[int, list[str]] | None:
         """A running job of the first bias step1 submission: a `pipetask run-qbb` below its `bps`."""
-        procs = {int(p): argv_of(p) for p in os.listdir("/proc") if p.isdigit() and _is_bps_of(p, tmp_path)}
+        procs = {pid: argv_of(pid) for pid in psutil.pids() if _is_bps_of(pid, tmp_path)}
         submits = {pid for pid, argv in procs.items()
                    if Path(argv[1]).name == "bps" and "DEEP-bias_step1" in " ".join(argv)}
         for pid, argv in procs.items():
@@ -309,7 +310,7 @@ def test_one_bps_job_killed_under_a_running_daemon(write_config, tmp_path, daemo
     # The next attempt ran exactly the quanta the killed job had left, and finished the step.
     assert [(s, k) for s, k, _ in later] == [("succeeded", "outcome")], runs
     assert later[0][2]["status"] == "succeeded" and sum(later[0][2]["expected"].values()) == 8 - done, runs
-    assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_bps_of(p, tmp_path)]
+    assert not [pid for pid in psutil.pids() if _is_bps_of(pid, tmp_path)]
 
 
 # --- a copy that stalls after its first CCD (issue 10) ----------------------------------------------------

@@ -21,13 +21,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 from steps_support import outputs_twice
 
 from autoproc.engine import crashes_since_progress
 from autoproc.script import demo as scenario
 from autoproc.store import Store
-from conftest import journal_consistent
+from conftest import journal_consistent, pgid_of
 
 pytestmark = pytest.mark.middleware
 
@@ -102,24 +103,16 @@ def leftover_processes(root: Path, pgids: set[int]) -> list[str]:
     """Live processes started under the demo directory, or in a group some attempt or daemon had."""
     found = []
     me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
+    for proc in psutil.process_iter(["status", "cmdline", "cwd"]):
+        if proc.pid == me or proc.info["status"] in (None, psutil.STATUS_ZOMBIE):
             continue
-        try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if fields[0] == "Z":
-                continue
-            pgid = int(fields[2])
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            try:
-                cwd = os.readlink(entry / "cwd")
-            except OSError:
-                cwd = ""
-        except (OSError, ValueError):
+        pgid = pgid_of(proc)
+        if pgid is None:
             continue
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        cwd = proc.info["cwd"] or ""
         if str(root) in cmdline or cwd == str(root) or cwd.startswith(f"{root}/") or pgid in pgids:
-            found.append(f"pid {entry.name} pgid {pgid} cwd {cwd}: {cmdline[:200]}")
+            found.append(f"pid {proc.pid} pgid {pgid} cwd {cwd}: {cmdline[:200]}")
     return found
 
 

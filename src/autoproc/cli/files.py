@@ -15,12 +15,11 @@ from autoproc.cli.commands import Context, fail, pass_ctx
 @click.option("--root", help="Only files of this watch root.")
 @click.option("--limit", default=200, show_default=True, help="Files listed at most.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_context
-def files(ctx: click.Context, status: str | None, root: str | None, limit: int, as_json: bool) -> None:
+@pass_ctx
+def files(obj: Context, status: str | None, root: str | None, limit: int, as_json: bool) -> None:
     """Intake files by status, with the reason and cause of each bad verdict."""
-    if ctx.invoked_subcommand is not None:
+    if click.get_current_context().invoked_subcommand is not None:
         return
-    obj = ctx.find_object(Context)
     rows = obj.store(readonly=True).files(status=status, root=root, limit=limit)
     if as_json:
         click.echo(json.dumps(rows, default=str, indent=1))

@@ -157,7 +157,7 @@ class MissingCalibs:
         return {"bias": list(self.bias_nights), "flat": [list(x) for x in self.flat]}
 
 
-def _night_exposures(butler, instrument: str, nights: Iterable[int] | None):
+def _night_exposures(butler, instrument: str, nights: Iterable[int | str] | None):
     where = f"instrument = '{instrument}'"
     bind = {}
     if nights is not None:

@@ -207,7 +207,8 @@ class ChainResult:
 
 def _sort_runs(parent: str, runs: Iterable[str]) -> list[str]:
     """Dated runs (leaf \\d{8}T\\d{6}Z) newest first, then the others alphabetically."""
-    dated, other = [], []
+    dated: list[str] = []
+    other: list[str] = []
     for r in set(runs):
         leaf = r.rsplit("/", 1)[-1]
         (dated if DATED_LEAF_RE.match(leaf) else other).append(r)

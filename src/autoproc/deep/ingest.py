@@ -336,7 +336,7 @@ def completeness(info: RawInfo, expected: Mapping[str, Sequence[int]] | None = N
     if info.nextend is not None:
         if info.n_extensions < info.nextend:
             # Which CCDs are absent is known only from a list the site configured for this kind.
-            listed = bool(expected) and (info.obstype in expected or "*" in expected)
+            listed = expected is not None and (info.obstype in expected or "*" in expected)
             return Completeness("NEXTEND", f"{info.n_extensions} of NEXTEND={info.nextend} extensions "
                                            f"(CCDs present: {_ranges(info.detectors)})", missing if listed else ())
         return Completeness("NEXTEND")
@@ -614,7 +614,7 @@ def _read_batch(paths: list[Path], result: IngestResult, *, manifest: Manifest |
 def _ingest_headers(butler: Any, paths: list[Path], result: IngestResult, *, transfer: str | None,
                     manifest: Manifest | None, do_visits: bool, day_obs_rule: str,
                     expected: Mapping[str, Sequence[int]] | None, replace: set[Path]) -> None:
-    from lsst.daf.butler import DatasetRef, FileDataset
+    from lsst.daf.butler import DataCoordinate, DatasetRef, FileDataset
     from lsst.daf.butler.registry import ConflictingDefinitionError
 
     raw_type = register_raw_type(butler, result.run)
@@ -652,7 +652,8 @@ def _ingest_headers(butler: Any, paths: list[Path], result: IngestResult, *, tra
             todo.append(info)
 
     def file_dataset(info: RawInfo) -> FileDataset:
-        refs = [DatasetRef(raw_type, {"instrument": INSTRUMENT, "exposure": info.expnum, "detector": d},
+        refs = [DatasetRef(raw_type, DataCoordinate.standardize(
+                    {"instrument": INSTRUMENT, "exposure": info.expnum, "detector": d}, dimensions=raw_type.dimensions),
                            run=result.run) for d in info.detectors]
         return FileDataset(path=str(info.path.resolve()), refs=refs, formatter=RAW_FORMATTER)
 

@@ -315,6 +315,7 @@ def ingest_defects(repo: Any, bpm_dir: str | os.PathLike[str], *, calib_collecti
         if "cp" in f:
             cp = np.asarray(fits.getdata(f["cp"])) != 0
             bad = cp if bad is None else (bad | cp)
+        assert bad is not None  # every entry of _bpm_files has a "des" or a "cp" file
         if suspect is None:
             suspect = np.zeros_like(bad, dtype=bool)
         meta = {"detector": det, "bpm_md5": digests[det], "sources": [str(p) for p in f.values()],

@@ -224,14 +224,15 @@ def classify_chip(
         elif name == NOOVERLAPS_FAIL:
             fails.append((99, name))  # sorts after every RUN step
     fails.sort()
-    stale: list[str] = []
+    stale: list[tuple[int, str]] = []
     live: list[tuple[int, str]] = []
     tar_mtime = fs.mtime(tar_entry) if fails and tar_entry is not None else None
     marker_mtime = fs.mtime(marker) if marker is not None and any(n != RUN28_FAIL for _, n in fails) else None
     for step, name in fails:
         fail_mtime = fs.mtime(by_name[name]) if tar_mtime is not None or marker_mtime is not None else None
-        older_than_marker = marker_mtime is not None and name != RUN28_FAIL and fail_mtime < marker_mtime
-        older_than_tar = tar_mtime is not None and fail_mtime < tar_mtime - copyback_slack
+        older_than_marker = (marker_mtime is not None and fail_mtime is not None and name != RUN28_FAIL
+                             and fail_mtime < marker_mtime)
+        older_than_tar = tar_mtime is not None and fail_mtime is not None and fail_mtime < tar_mtime - copyback_slack
         (stale if older_than_marker or older_than_tar else live).append((step, name))
     stale_t = tuple(name for _, name in stale)
     if live:

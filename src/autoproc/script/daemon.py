@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from autoproc.backup import BackupScheduler, refuse_missing_db, refuse_network_db
@@ -25,6 +25,13 @@ from autoproc.report import ReportWriter, page_path
 from autoproc.store import AlreadyRunning, lock_store
 
 __all__ = ["AlreadyRunning", "run_daemon"]
+
+
+def _at_start(start: Callable[[], object]) -> Callable[[Engine], None]:
+    """An `Engine.on_started` callback that calls `start` (what it returns is not needed)."""
+    def started(engine: Engine) -> None:
+        start()
+    return started
 
 
 def _lock(config: Config) -> int:
@@ -71,9 +78,9 @@ def run_daemon(config: Config, config_path: Path | None = None, *, watch: bool =
     if config.control.enabled:
         # Before READY: once systemd says the service is up, operators can reach it.
         control = ControlServer(lambda: engine.config, lambda: engine.machines)
-        engine.on_started.insert(0, lambda e: control.start())
+        engine.on_started.insert(0, _at_start(control.start))
     metrics = MetricsWriter(lambda: engine.config, engine)
-    engine.on_started.insert(0, lambda e: metrics.start())
+    engine.on_started.insert(0, _at_start(metrics.start))
     hooks = Hooks(lambda: engine.config, report=page_path(config)).start()
     engine.listeners.append(hooks)
     engine.on_loop.append(ReportWriter(lambda: engine.config, lambda: engine.machines).on_loop)

@@ -24,7 +24,7 @@ from autoproc.config import Config, load_config
 from autoproc.sim.desgw.site import SimSite
 
 MARKER = ".autoproc-demo"
-NIGHTS = (("20240601", 1000, []), ("20240602", 2000, ["r"]))  # (night, first expnum, bands without flats)
+NIGHTS: tuple[tuple[str, int, list[str]], ...] = (("20240601", 1000, []), ("20240602", 2000, ["r"]))  # (night, first expnum, bands without flats)
 TEMPLATE = "allSky"
 SEASON = 2206
 NITE = "20190814"

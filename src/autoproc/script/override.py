@@ -92,6 +92,7 @@ def _machine(machines: dict[str, StateMachine], kind: str) -> StateMachine:
 
 def _move(store: Store, plan: Plan, *, operator: str, reason: str, dry_run: bool,
           evidence: dict | None = None, data: dict | None = None, on_behalf_of: str | None = None) -> Plan:
+    assert plan.to_state is not None, "a plan that moves the subject names its state"
     if dry_run:
         return plan
     store.transition(plan.subject, plan.to_state, trigger=plan.trigger, actor=operator, reason=reason,

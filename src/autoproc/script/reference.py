@@ -66,10 +66,10 @@ def _section(model: type[BaseModel], prefix: str, out: list[str]) -> None:
         rows.append(f"| `{prefix}{name}` | {_type_name(annotation)} | {_default(field)} | {doc} |")
     if rows:
         title = prefix.rstrip(".") or "(top level)"
-        doc = (model.__doc__ or "").strip().splitlines()
+        intro = (model.__doc__ or "").strip().splitlines()
         out.append(f"\n#### `{title}`\n")
-        if doc:
-            out.append(" ".join(line.strip() for line in doc) + "\n")
+        if intro:
+            out.append(" ".join(line.strip() for line in intro) + "\n")
         out.append("| key | type | default | meaning |\n|---|---|---|---|")
         out.extend(rows)
     for name, sub in nested:

@@ -51,6 +51,7 @@ class FlakyTestPipelineTaskConfig(DynamicTestPipelineTaskConfig):
 
 class FlakyTestPipelineTask(DynamicTestPipelineTask):
     ConfigClass = FlakyTestPipelineTaskConfig
+    config: FlakyTestPipelineTaskConfig
     _DefaultName = "flakyTest"
 
     def _env_failure(self, data_id: Any) -> type[BaseException] | str | None:
@@ -71,7 +72,7 @@ class FlakyTestPipelineTask(DynamicTestPipelineTask):
     def runQuantum(self, butlerQC: Any, inputRefs: Any, outputRefs: Any) -> None:
         data_id = butlerQC.quantum.dataId
         exc = self._env_failure(data_id)
-        if exc == DIE_AFTER_OUTPUTS:
+        if isinstance(exc, str):  # DIE_AFTER_OUTPUTS, the one name that is not an exception
             self._run_quantum(butlerQC, inputRefs, outputRefs)  # the outputs are written...
             os._exit(137)  # ...and the process dies before the task's metadata is
         if exc is not None:

@@ -206,8 +206,8 @@ def make_site(
     )
     for d in (site.gw_workflow, site.postproc, site.pnfs, site.bin_dir, site.exp_root, site.forcephoto_root):
         d.mkdir(parents=True, exist_ok=True)
-    for d in ("incoming", "running", "done"):
-        (site.spool / d).mkdir(parents=True, exist_ok=True)
+    for state in ("incoming", "running", "done"):
+        (site.spool / state).mkdir(parents=True, exist_ok=True)
     exposures = list(exposures)
     (site.gw_workflow / "exposures.list").write_text(format_exposures_list(exposures))
     (site.gw_workflow / "dagmaker.rc").write_text(DAGMAKER_RC.replace("@SEASON@", str(season)))
