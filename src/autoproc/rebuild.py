@@ -39,6 +39,7 @@ class RebuildReport:
     created: list[tuple[str, str, str, str]] = field(default_factory=list)  # (kind, key, state, source)
     aside: Path | None = None  # the database file it replaced
     kinds_without_hook: list[str] = field(default_factory=list)
+    backups: list[Path] = field(default_factory=list)  # there were backups: a restore would have kept more
     lost: str = LOST
 
 
@@ -48,7 +49,7 @@ def rebuild(config: Config, machines: dict[str, StateMachine], *, replace: bool 
 
     An existing database is only replaced with `replace` (it is kept beside, renamed, as
     `store restore` does): a readable one holds the journal, which a rebuild cannot bring back."""
-    from autoproc.backup import set_aside
+    from autoproc.backup import backups, set_aside
     from autoproc.store import lock_store
 
     db = config.db
@@ -60,7 +61,7 @@ def rebuild(config: Config, machines: dict[str, StateMachine], *, replace: bool 
                                "`autoproc store restore` puts a backup back; to rebuild anyway, add --replace "
                                "(the file is kept beside it)")
         found: list[tuple[str, actions.Rebuilt]] = []
-        report = RebuildReport()
+        report = RebuildReport(backups=backups(config.backup.directory))
         for kind, machine in machines.items():
             hook = actions.REBUILD_HOOKS.get(kind)
             if hook is None:

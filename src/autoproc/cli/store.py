@@ -70,6 +70,9 @@ def rebuild(obj: Context, replace: bool, operator: str | None) -> None:
     report = do_rebuild(obj.config, obj.machines(), replace=replace, operator=operator_name(operator))
     if report.aside is not None:
         click.echo(f"the replaced database is kept as {report.aside}")
+    if report.backups:
+        click.echo(f"note: {len(report.backups)} backups exist (newest {report.backups[0].name}); "
+                   "`autoproc store restore` would have kept the journal up to it", err=True)
     for kind, key, state, source in report.created:
         click.echo(f"{kind} {key}: {state} (rebuilt from {source})")
     if report.kinds_without_hook:
