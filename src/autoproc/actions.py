@@ -10,7 +10,11 @@ which subject it feeds. An *environment check* is `fn() -> None` that raises whe
 installed software cannot run the stage correctly; the daemon runs every check at start
 and `config check` reports them, so a stage never runs silently wrong. A *rerun hook*
 `fn(subject, state, redo, config) -> RerunPlan`, one per kind, says what a chain sets aside when an operator reruns a subject from a state
-(`autoproc rerun-from`): what it lists, journals and records in the subject's data.
+(`autoproc rerun-from`): what it lists, journals and records in the subject's data. A
+*rebuild hook* `fn(config) -> list[Rebuilt]`, one per kind, finds that kind's subjects
+again from the evidence (the watched roots, the Butler, the DESGW trees) when the state
+database is lost (`autoproc store rebuild`, autoproc.rebuild): each with the state and data
+the evidence supports, and what it was rebuilt from.
 """
 
 from __future__ import annotations
@@ -192,12 +196,30 @@ class RerunPlan:
 
 RerunHook = Callable[[Subject, str, list[str], Config | None], RerunPlan]
 
+
+@dataclass
+class Rebuilt:
+    """A subject found again from the evidence, by a kind's rebuild hook.
+
+    `state`: the furthest state the evidence proves (the daemon's actions find the rest, and
+    never repeat an external submission); `source`: what it was rebuilt from, journaled."""
+
+    key: str
+    state: str
+    source: str
+    data: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+RebuildHook = Callable[[Config], list[Rebuilt]]
+
 ACTIONS: dict[str, Callable[[ActionContext], Outcome]] = {}
 CONDITIONS: dict[str, Callable[[Subject, Env], bool]] = {}
 CALLBACKS: dict[str, Callable[[dict, Env], None]] = {}
 FILE_KINDS: dict[str, FileKind] = {}
 ENVIRONMENT_CHECKS: dict[str, Callable[[], None]] = {}
 RERUN_HOOKS: dict[str, RerunHook] = {}
+REBUILD_HOOKS: dict[str, RebuildHook] = {}
 
 
 def _register(table: dict, name: str | None):
@@ -251,3 +273,7 @@ def rerun_hook(kind: str):
     """Register what `rerun-from` sets aside for subjects of `kind`."""
     return _register(RERUN_HOOKS, kind)
 
+
+def rebuild_hook(kind: str):
+    """Register how `store rebuild` finds the subjects of `kind` again from the evidence."""
+    return _register(REBUILD_HOOKS, kind)

@@ -205,6 +205,25 @@ class BackupScheduler:
             self.run(config, "clean stop")
 
 
+def set_aside(db: Path) -> Path | None:
+    """Rename the state database (and its -wal) to `<name>.replaced-<UTC time>` before another
+    takes its place; the new name, or None when there was none."""
+    aside = None
+    if db.exists():
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = db.with_name(f"{db.name}.replaced-{stamp}")
+        os.rename(db, aside)
+    # A -wal left beside the new file would be replayed into it: it goes with the old file.
+    for suffix in ("-wal", "-shm"):
+        extra = Path(str(db) + suffix)
+        if extra.exists():
+            if aside is not None and suffix == "-wal":
+                os.rename(extra, Path(str(aside) + suffix))
+            else:
+                extra.unlink()
+    return aside
+
+
 def restore(config: Config, backup: Path | None = None) -> tuple[Path, Path | None, list[str]]:
     """Put a backup back in place of the state database (the daemon must not be running).
 
@@ -242,19 +261,7 @@ def restore(config: Config, backup: Path | None = None) -> tuple[Path, Path | No
                 fout.write(chunk)
             fout.flush()
             os.fsync(fout.fileno())
-        aside = None
-        if db.exists():
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            aside = db.with_name(f"{db.name}.replaced-{stamp}")
-            os.rename(db, aside)
-        # A -wal left beside the restored file would be replayed into it: it goes with the old file.
-        for suffix in ("-wal", "-shm"):
-            extra = Path(str(db) + suffix)
-            if extra.exists():
-                if aside is not None and suffix == "-wal":
-                    os.rename(extra, Path(str(aside) + suffix))
-                else:
-                    extra.unlink()
+        aside = set_aside(db)
         os.rename(temp, db)
         _fsync_dir(db.parent)
         store = Store(db)

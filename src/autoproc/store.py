@@ -405,8 +405,9 @@ class Store:
             "SELECT kind, state, count(*) FROM subjects GROUP BY kind, state ORDER BY kind, state")]
 
     def ensure_subject(self, kind: str, key: str, initial: str, *, actor: str, reason: str = "",
-                       data: dict | None = None, evidence: dict | None = None) -> tuple[Subject, bool]:
-        """The subject, created in `initial` (with a journal row) when new."""
+                       data: dict | None = None, evidence: dict | None = None,
+                       trigger: str = "create") -> tuple[Subject, bool]:
+        """The subject, created in `initial` (with a journal row, `trigger`) when new."""
         now = time.time()
         with self.write() as c:
             row = self._one("SELECT * FROM subjects WHERE kind = ? AND key = ?", (kind, key))
@@ -416,7 +417,7 @@ class Store:
                 "INSERT INTO subjects (kind, key, state, version, data, entered, created, updated)"
                 " VALUES (?, ?, ?, 1, ?, ?, ?, ?)", (kind, key, initial, _json(data or {}), now, now, now))
             subject_id = cur.lastrowid
-            entry = self._journal(c, subject_id, None, initial, "create", actor, reason, evidence or {}, 1, now)
+            entry = self._journal(c, subject_id, None, initial, trigger, actor, reason, evidence or {}, 1, now)
             c.execute("UPDATE subjects SET entry = ? WHERE id = ?", (entry, subject_id))
         return self.subject_by_id(subject_id), True
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autoproc.actions import ActionContext, Hold, Outcome, Retry
+from autoproc.actions import ActionContext, Fail, Hold, Outcome, Retry
 from autoproc.config import parse_config
 from autoproc.desgw import ccd
 from autoproc.desgw.stages import (
@@ -26,12 +26,13 @@ from autoproc.desgw.stages import (
     find_postprocessing_result,
     resume_point,
     split_exposure_key,
+    validate_season,
     write_dagmaker_rc,
 )
 from autoproc.machines import load_machines
 from autoproc.script import override
 from autoproc.script.desgw import DesgwRequestError, create_season, season_settings
-from autoproc.sim.desgw.site import DAGMAKER_RC
+from autoproc.sim.desgw.site import DAGMAKER_RC, SimExposure, format_exposures_list
 from autoproc.store import Store, Subject
 
 REPO = Path(__file__).resolve().parents[2]
@@ -291,6 +292,65 @@ def test_season_command_seasons_are_used(tmp_path: Path, store_and_machines) -> 
 def test_season_settings_are_checked(kwargs: dict, why: str) -> None:
     with pytest.raises(DesgwRequestError, match=re.escape(why)):
         season_settings(**kwargs)
+
+
+def test_validation_accepts_the_trees_of_its_own_dags_only(tmp_path: Path) -> None:
+    """A season restored (or rebuilt) in `validating` meets the dp{S} trees its own DAGs made:
+    those whose DAGMaker ran in the season's exposure attempts are ours; any other is foreign."""
+    ctx = make_ctx(tmp_path, "season", str(S), "validating")
+    out = validate_season(ctx)
+    assert (out.trigger, out.reason) == ("valid", f"season {S} is free")
+    lay_chips(tmp_path, done=2, empty=3)  # the grid's tree and forcefiles of exposure EXP
+    with pytest.raises(Fail, match=rf"season {S} is already in use: output directory exists"):
+        validate_season(ctx)  # no DAGMaker of ours made it
+    ours = ctx.config.work_dir / "exposure" / exposure_key(S, EXP) / "000004-dagmaker"
+    ours.mkdir(parents=True)
+    (ours / "dagmaker.log").write_text("DAG written\n")
+    out = validate_season(ctx)
+    assert out.trigger == "valid" and len(out.evidence["own"]) == 2, out  # the exp_root and forcephoto dp{S}
+    (tmp_path / "exp" / NITE / "941299" / f"dp{S}").mkdir(parents=True)  # another exposure's: not ours
+    with pytest.raises(Fail, match=r"941299/dp2206"):
+        validate_season(ctx)
+
+
+def test_rebuild_finds_seasons_and_exposures_in_the_evidence(tmp_path: Path) -> None:
+    """`store rebuild`'s DESGW hooks: an exposure with a job id in its attempts comes back in
+    `ccd_check` (never submitted again), one whose DAGMaker found no templates in
+    `no_templates`, one only listed in `new`; the season, whose rc it names, in `waiting`."""
+    from autoproc import rebuild
+
+    config = parse_config({"root": str(tmp_path / "root"), "desgw": {
+        "exp_root": str(tmp_path / "exp"), "forcephoto_root": str(tmp_path / "fp"),
+        "gw_workflow": str(tmp_path / "gw_workflow"), "postproc_dir": str(tmp_path / "pp")},
+        "watch": [{"name": "lists", "path": str(tmp_path / "lists"), "kind": "desgw_exposure_list"}]})
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / f"S{S}_night1.list").write_text(f"{EXP}\n{EXP + 1}\n{EXP + 2}\n")
+    (tmp_path / "gw_workflow").mkdir()
+    (tmp_path / "gw_workflow" / "dagmaker.rc").write_text(DAGMAKER_RC.replace("@SEASON@", str(S)))
+    (tmp_path / "gw_workflow" / "exposures.list").write_text(format_exposures_list(
+        [SimExposure(e, NITE, BAND) for e in (EXP, EXP + 1, EXP + 2)]))
+    for expnum, name, text in ((EXP, "jobsub.log", JOB_OUTPUT), (EXP + 1, "dagmaker.log", "NO TEMPLATE IMAGES\n")):
+        d = config.work_dir / "exposure" / exposure_key(S, expnum) / "000007-x"
+        d.mkdir(parents=True)
+        (d / name).write_text(text)
+    machines = load_machines(REPO / "statemachines", ["exposure", "season"])
+    report = rebuild.rebuild(config, machines, operator="dana")
+    assert {(k, key, state) for k, key, state, _ in report.created} == {
+        ("season", str(S), "waiting"), ("exposure", exposure_key(S, EXP), "ccd_check"),
+        ("exposure", exposure_key(S, EXP + 1), "no_templates"), ("exposure", exposure_key(S, EXP + 2), "new")}
+    store = Store(config.db, readonly=True)
+    try:
+        exp = store.subject("exposure", exposure_key(S, EXP))
+        assert exp.data["job_id"] == "50000001.0@jobsub01.fnal.gov" and exp.data["nite"] == NITE
+        assert store.subject("season", str(S)).data["listed"] == [EXP, EXP + 1, EXP + 2]
+        rows = [r for r in store.journal() if r["trigger"] == "rebuild"]
+        assert len(rows) == 4 and all(r["actor"] == "dana" and "rebuilt from evidence" in r["reason"] for r in rows)
+    finally:
+        store.close()
+    with pytest.raises(rebuild.RebuildError, match="exists: a rebuild would replace it"):
+        rebuild.rebuild(config, machines)
+    again_report = rebuild.rebuild(config, machines, replace=True, operator="dana")
+    assert again_report.aside is not None and again_report.aside.exists()
 
 
 def test_dagmaker_rc_edit_is_by_key_and_recorded(tmp_path: Path) -> None:

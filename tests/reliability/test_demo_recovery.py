@@ -48,12 +48,12 @@ def cli(demo, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-# Not here yet: a backup from before the daemon started. The season is restored in `validating`
-# and its validation then finds its own dp{S} tree and rejects it (RELIABILITY.md).
-@pytest.mark.parametrize("which", ["first scheduled"])
+@pytest.mark.parametrize("which", ["first scheduled", "before the daemon started"])
 def test_restore_a_backup_after_the_demo_and_carry_on(tmp_path: Path, which: str):
     """`first scheduled`: DESGW's exposures were on the grid, post-processing had not run,
-    the nights were ingesting; all that happened after it is found again from the evidence."""
+    the nights were ingesting; all that happened after it is found again from the evidence.
+    `before the daemon started`: only the season (in `validating`) and the template; the
+    season's validation meets the dp{S} trees its own DAGs made and accepts them."""
     demo, site = scenario.set_up(tmp_path / "demo", quiet=True)
     # Backups every 3 s, all kept (the first one is restored).
     settings = yaml.safe_load(demo.config_path.read_text())
@@ -91,6 +91,13 @@ def test_restore_a_backup_after_the_demo_and_carry_on(tmp_path: Path, which: str
     finally:
         demo.stop_all()
 
+    end_state_checks(config, site, before, launches_before)
+
+
+def end_state_checks(config, site, before: Counter[int], launches_before: list[list[int]]) -> None:
+    """The uninterrupted demo's end states, a consistent journal, and nothing done twice:
+    no DAG submitted again, no raw ingested twice, no quantum recomputed, no post-processing
+    launched again."""
     store = Store(config.db, readonly=True)
     try:
         final = {(s.kind, s.key): s.state for s in store.subjects()}
@@ -99,12 +106,60 @@ def test_restore_a_backup_after_the_demo_and_carry_on(tmp_path: Path, which: str
     finally:
         store.close()
     assert final == {**final, **expected_states()}, final
-    # No DAG submitted again after the restore.
     after = submissions(site)
     assert after == before and set(after.values()) == {1}, (before, after)
-    # Raws: no (exposure, detector) twice in the Butler.
     assert not [k for k, n in Counter(raws_in_butler(str(config.deep.repo))).items() if n > 1]
-    # DEEP: no quantum's outputs in two RUNs of a chain (nothing recomputed).
     assert not outputs_twice(str(config.deep.repo))
-    # Post-processing: not launched again after the restore.
     assert steps_by_launch(Path(season.data["outdir"])) == launches_before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_rebuild_after_the_demo_with_no_database_and_no_backup(tmp_path: Path):
+    """A finished demo, its state database and backups deleted: `store rebuild` finds every
+    subject again from the evidence, and the daemon takes them to the same end states
+    without submitting a DAG, launching a post-processing run or running a step again."""
+    demo, site = scenario.set_up(tmp_path / "demo", quiet=True)
+    config = demo.config
+    try:
+        daemon = scenario.start_daemon(demo)
+        scenario.start_data(demo, site)
+        assert settle(config, daemon), "the demo did not settle before the database was deleted"
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+        before = submissions(site)
+        store = Store(config.db, readonly=True)
+        outdir = Path(store.subject("season", str(scenario.SEASON)).data["outdir"])
+        store.close()
+        launches_before = steps_by_launch(outdir)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{config.db}{suffix}").unlink(missing_ok=True)
+        for old in backup.backups(config.backup.directory):
+            old.unlink()
+        res = cli(demo, "store", "rebuild")
+        assert res.returncode == 0, res.stderr
+        print(res.stdout)
+        assert "journal" in res.stdout and "holds" in res.stdout  # says what could not come back
+        assert cli(demo, "store", "rebuild").returncode != 0  # never over a database without --replace
+        store = Store(config.db, readonly=True)
+        try:
+            rebuilt = {(s.kind, s.key): s.state for s in store.subjects()}
+            rows = {r["subject_id"]: r for r in store.journal() if r["trigger"] == "rebuild"}
+            assert len(rows) == len(rebuilt) and all(r["reason"].startswith("rebuilt from evidence")
+                                                     for r in rows.values())
+        finally:
+            store.close()
+        assert set(rebuilt) == set(expected_states()), rebuilt
+        # Submitted exposures come back past their submission; the season past its post-processing.
+        for expnum, behaviour in scenario.EXPOSURES.items():
+            want = "no_templates" if behaviour.get("no_templates") else "ccd_check"
+            assert rebuilt[("exposure", f"{scenario.SEASON}.{expnum}")] == want, rebuilt
+        assert rebuilt[("season", str(scenario.SEASON))] == "waiting"
+        daemon = scenario.start_daemon(demo)
+        time.sleep(5.0)
+        assert settle(config, daemon), "the demo did not settle after the rebuild"
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+    finally:
+        demo.stop_all()
+    end_state_checks(config, site, before, launches_before)

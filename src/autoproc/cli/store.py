@@ -1,4 +1,4 @@
-"""`autoproc store …`: check, back up and restore the state database (see RELIABILITY.md)."""
+"""`autoproc store …`: check, back up, restore and rebuild the state database (see RELIABILITY.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from autoproc.cli.commands import Context, pass_ctx
 
 @click.group("store")
 def store() -> None:
-    """The state database: integrity check, backups, restore."""
+    """The state database: integrity check, backups, restore, rebuild from the evidence."""
 
 
 @store.command("check")
@@ -56,3 +56,27 @@ def list_(obj: Context) -> None:
 
     for p in backups(obj.config.backup.directory):
         click.echo(f"{p}  {p.stat().st_size} bytes")
+
+
+@store.command("rebuild")
+@click.option("--replace", is_flag=True, help="Replace an existing database (kept beside it, renamed).")
+@click.option("--operator", default=None, help="Who rebuilds (journaled; default: the user running it).")
+@pass_ctx
+def rebuild(obj: Context, replace: bool, operator: str | None) -> None:
+    """No backup at all: make the database again from the evidence (the daemon must be stopped)."""
+    from autoproc.rebuild import rebuild as do_rebuild
+    from autoproc.script.override import operator_name
+
+    report = do_rebuild(obj.config, obj.machines(), replace=replace, operator=operator_name(operator))
+    if report.aside is not None:
+        click.echo(f"the replaced database is kept as {report.aside}")
+    if report.backups:
+        click.echo(f"note: {len(report.backups)} backups exist (newest {report.backups[0].name}); "
+                   "`autoproc store restore` would have kept the journal up to it", err=True)
+    for kind, key, state, source in report.created:
+        click.echo(f"{kind} {key}: {state} (rebuilt from {source})")
+    if report.kinds_without_hook:
+        click.echo(f"no rebuild for kinds {', '.join(report.kinds_without_hook)} (their plugins provide none)")
+    click.echo(f"rebuilt {obj.config.db}: {len(report.created)} subjects")
+    click.echo(f"lost: {report.lost}")
+    click.echo("start the daemon: its actions find the rest from the evidence, and submit nothing twice")

@@ -51,6 +51,7 @@ from autoproc.actions import (
 from autoproc.config import Config, DeepConfig
 from autoproc.deep import calibs, ingest, quanta, registry, rerun, runner
 from autoproc.deep import collections as colls
+from autoproc.deep import rebuild as _rebuild  # noqa: F401 - registers the rebuild hooks
 from autoproc.store import Subject
 
 # SPEC §A.4 night.py / §A.5 (diff_drp: proc-decam's list), used for proc types not in `deep.steps`.

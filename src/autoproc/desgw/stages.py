@@ -14,7 +14,7 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from autoproc.actions import (
 )
 from autoproc.config import Config, DesgwConfig
 from autoproc.desgw import ccd, dagmaker, exposures, forcefiles, postproc, rc, season
+from autoproc.desgw import rebuild as _rebuild  # noqa: F401 - registers the rebuild hooks
 from autoproc.desgw.errors import DesgwError, DesgwInputError
 from autoproc.desgw.rerun import OUTPUTS_SINCE
 from autoproc.store import Store, Subject
@@ -148,9 +149,30 @@ def look_up_exposure(ctx: ActionContext) -> Outcome:
         raise Wait(str(err), retry_after=cfg.poll_seconds) from None
     if row is None:
         raise Wait(f"EXPNUM {expnum} is not in {path} (yet)", retry_after=cfg.poll_seconds)
-    return Outcome("found", reason=f"{expnum}: band {row.band}, nite {row.nite}", data={
-        "season": number, "expnum": expnum, "band": row.band, "nite": row.nite, "propid": row.propid,
-        "mjd_obs": row.mjd_obs})
+    return Outcome("found", reason=f"{expnum}: band {row.band}, nite {row.nite}", data=exposure_data(number, row))
+
+
+def exposure_data(number: int, row: exposures.Exposure) -> dict[str, Any]:
+    """What an exposure records from its exposures.list row."""
+    return {"season": number, "expnum": row.expnum, "band": row.band, "nite": row.nite, "propid": row.propid,
+            "mjd_obs": row.mjd_obs}
+
+
+def attempt_logs(config: Config, key: str, name: str) -> list[Path]:
+    """The `name` logs an exposure's attempts left in the work directory, newest first. The
+    engine names attempt directories `{work_dir}/{kind}/{key}/{id}-{state}` (a valid
+    exposure key is already a safe path component); they outlive the state database."""
+    return sorted((config.work_dir / "exposure" / key).glob(f"*/{name}"), reverse=True)
+
+
+def dags_made(config: Config, number: int) -> list[int]:
+    """The expnums of the season whose DAGMaker autoproc ran (their attempts' logs say so)."""
+    base = config.work_dir / "exposure"
+    found = []
+    for d in sorted(base.glob(f"{number}.*")) if base.is_dir() else ():
+        if attempt_logs(config, d.name, "dagmaker.log"):
+            found.append(split_exposure_key(d.name)[1])
+    return found
 
 
 @action()
@@ -225,11 +247,17 @@ def _forgotten_submission(ctx: ActionContext) -> Outcome | None:
     """A submission the store does not know of but the world shows (the store was restored
     from a backup taken before it): never submit twice (DESIGN rule 1). Only when the data
     records no submission, so an operator's rerun of a submitted exposure still submits."""
-    data = ctx.subject.data
-    if data.get("submitted"):
+    if ctx.subject.data.get("submitted"):
         return None
-    for log in sorted(ctx.workdir.parent.glob("*/jobsub.log"), reverse=True):
-        if log.parent == ctx.workdir:
+    return earlier_submission(ctx.config, ctx.subject.key, ctx.subject.data, skip=ctx.workdir)
+
+
+def earlier_submission(config: Config, key: str, data: Mapping[str, Any], *,
+                       skip: Path | None = None) -> Outcome | None:
+    """The evidence that the exposure's DAG went to the grid, as a `submitted` Outcome: a job
+    id in an attempt's jobsub output (not `skip`'s), or grid outputs under its dp{S}."""
+    for log in attempt_logs(config, key, "jobsub.log"):
+        if log.parent == skip:
             continue
         try:
             job_id = dagmaker.parse_jobsub_job_id(log.read_text(errors="replace"), str(log))
@@ -239,9 +267,9 @@ def _forgotten_submission(ctx: ActionContext) -> Outcome | None:
             return Outcome("submitted", reason=f"job {job_id}, found in an earlier submission's output {log}",
                            evidence={"log": str(log), "recovered": True},
                            data={"job_id": job_id, "submitted": log.stat().st_mtime})
-    number, expnum = split_exposure_key(ctx.subject.key)
-    report = ccd.sweep_exposure(ctx.config.desgw.exp_root, data["nite"], expnum, number, data["band"],
-                                ctx.config.desgw.chips)
+    number, expnum = split_exposure_key(key)
+    report = ccd.sweep_exposure(config.desgw.exp_root, data["nite"], expnum, number, data["band"],
+                                config.desgw.chips)
     started = [c.chip for c in report.chips if c.status not in ("never_started", "missing")]
     if started:
         return Outcome("submitted", reason=f"{len(started)} CCDs already have grid outputs under {report.dp_dir}",
@@ -376,19 +404,51 @@ def check_forcefiles(ctx: ActionContext) -> Outcome:
 
 @action()
 def validate_season(ctx: ActionContext) -> Outcome:
-    """The season must be unused: not reserved, no dp{S} on disk, not in the season database."""
+    """The season must be unused: not reserved, no dp{S} on disk, not in the season database.
+
+    Uses autoproc made itself do not count (`own_season_use`): after a restore from a backup
+    taken before the season's first DAG, or a rebuild, the season meets its own trees."""
     cfg = ctx.config.desgw
     number = int(ctx.subject.key)
     try:
         used = season.collect_used_seasons(
             reserved=cfg.reserved, exp_root=cfg.exp_root, forcephoto_root=cfg.forcephoto_root,
             command=cfg.season_command or None, command_timeout=cfg.season_command_timeout)
-        season.allocate_season(used, number)
-    except season.SeasonInUseError as err:
-        raise Fail(str(err)) from None
     except season.SeasonQueryError as err:
         raise Retry(str(err)) from None
+    uses = used.why(number)
+    ours = own_season_use(ctx.config, number)
+    foreign = [u for u in uses if not ours(u)]
+    if foreign:
+        raise Fail(str(season.SeasonInUseError(number, foreign)))
+    if uses:
+        return Outcome("valid", reason=f"season {number} is used only by what autoproc made for it: "
+                       + "; ".join(u.describe() for u in uses), evidence={"own": [u.describe() for u in uses]})
     return Outcome("valid", reason=f"season {number} is free", evidence={"database": bool(cfg.season_command)})
+
+
+def own_season_use(config: Config, number: int) -> Callable[[season.SeasonUse], bool]:
+    """Tells the uses of a season autoproc made itself from foreign ones.
+
+    Ours: the `{exp_root}/{nite}/{E}/dp{S}` trees of exposures S.E whose DAGMaker autoproc
+    ran (its attempt directories in the work directory say so: DAGMaker creates the tree),
+    then the forced-photometry `dp{S}` and the season database's entry, which the grid jobs
+    of those DAGs write. A dp{S} of any other exposure, or a reserved number, is foreign.
+    """
+    cfg = config.desgw
+    made = set(dags_made(config, number))
+
+    def ours(use: season.SeasonUse) -> bool:
+        if not made:
+            return False
+        if use.reason == "dp_dir":
+            path = Path(use.detail)
+            if cfg.forcephoto_root is not None and path == Path(cfg.forcephoto_root) / f"dp{number}":
+                return True
+            return path.parent.name.isdigit() and int(path.parent.name) in made
+        return use.reason == "db"
+
+    return ours
 
 
 @action()
