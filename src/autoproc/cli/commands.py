@@ -35,13 +35,9 @@ class Context:
         return Store(self.config.db, create=not readonly, readonly=readonly, busy_timeout_ms=CLI_BUSY_TIMEOUT_MS)
 
     def machines(self):
-        import importlib
+        from autoproc.machines import load_configured
 
-        from autoproc.machines import load_machines
-
-        for module in self.config.plugins:
-            importlib.import_module(module)
-        return load_machines(self.config.machines_dir, self.config.kinds)
+        return load_configured(self.config)
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -367,8 +363,6 @@ def config_check(obj: Context, path: Path | None, as_json: bool) -> None:
     click.echo(f"{path or '<defaults>'}: OK ({len(machines)} machines: {', '.join(sorted(machines)) or 'none'};"
                f" {len(cfg.watch)} watched roots; state in {cfg.db})")
 
-main.add_command(__import__("autoproc.cli.desgw", fromlist=["desgw"]).desgw)  # last: it uses pass_ctx
-main.add_command(__import__("autoproc.cli.deep", fromlist=["deep"]).deep)  # last: it uses pass_ctx
 main.add_command(__import__("autoproc.cli.store", fromlist=["store"]).store)  # last: it uses pass_ctx
 main.add_command(__import__("autoproc.cli.files", fromlist=["files"]).files)  # last: it uses pass_ctx
 
@@ -416,3 +410,16 @@ def install_hooks(directory: Path, force: bool) -> None:
 
     for path in install.install_hooks(directory, force):
         click.echo(f"wrote {path}")
+
+
+def _add_chain_commands() -> None:
+    """`autoproc <chain> …`: each installed chain's own group (autoproc.chain)."""
+    from autoproc.chain import chains
+
+    for chain in chains():
+        group = chain.command()
+        if group is not None:
+            main.add_command(group, chain.name)
+
+
+_add_chain_commands()  # last: the chains' commands use pass_ctx and the helpers above
