@@ -44,7 +44,7 @@ class KindView:
     `title`: the section heading; `order`: sections are sorted by it, then by kind (kinds no
     chain describes come last); `template`: a Jinja template, `<chain>/<file>` from the
     chain's `templates` directory, that renders the section's body instead of the generic
-    subjects × stages grid; `context`: called with the kind's rows and every kind's (the
+    subjects × stages grid (a body template); `context`: called with the kind's rows and every kind's (the
     page's `kinds`), returns the extra names that template uses; `summary`: called with a
     subject's data, returns the leading parts of the grid's short data column; `lists`: data
     keys whose list values the grid shows on a line of their own.
@@ -76,6 +76,8 @@ class Chain:
     - `starts_slurm_jobs`: its config section → whether its actions start Slurm jobs of their
       own (each tagged with its attempt, autoproc.slurm): the daemon then watches them and
       cancels an attempt's jobs when the attempt ends.
+    - `distributions`: the installed distributions whose versions decide how it behaves
+      (shown by `autoproc --version`).
     """
 
     name: str
@@ -88,6 +90,7 @@ class Chain:
     views: Mapping[str, KindView] = field(default_factory=dict)
     period: Callable[[float], str] | None = None
     starts_slurm_jobs: Callable[[Any], bool] | None = None
+    distributions: tuple[str, ...] = ()
 
     def section(self, config: BaseModel) -> BaseModel | None:
         """This chain's section of a loaded configuration (None if it has no section)."""

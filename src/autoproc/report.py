@@ -274,7 +274,7 @@ def render(info: dict, out_dir: Path) -> str:
     kinds = {}
     for kind, k in info["kinds"].items():
         view = views.get(kind, UNDESCRIBED)
-        kinds[kind] = {**k, "title": view.title or f"{kind} × stages", "template": view.template or "grid.html.j2",
+        kinds[kind] = {**k, "title": view.title or f"{kind} × stages", "body": view.template or "grid.html.j2",
                        "context": view.context(k, info["kinds"]) if view.context is not None and k["rows"] else {},
                        "grid": grid_rows(k, view) if view.template is None else []}
     attention = [(kind, k, r) for kind, k in kinds.items() for r in k["rows"]

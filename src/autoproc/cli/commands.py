@@ -49,7 +49,22 @@ def fail(message: str) -> None:
 
 
 class Group(click.Group):
-    """Turns the errors operators can cause into one clear line and exit status 2."""
+    """Turns the errors operators can cause into one clear line and exit status 2; and has,
+    besides its own commands, each installed chain's group as `autoproc <chain> …`
+    (autoproc.chain), loaded when asked for (a chain's commands import this module)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from autoproc.chain import chains
+
+        return sorted({*super().list_commands(ctx), *(c.name for c in chains() if c.cli is not None)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        from autoproc.chain import chains
+
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            command = next((c.command() for c in chains() if c.name == cmd_name and c.cli is not None), None)
+        return command
 
     def invoke(self, ctx):
         from autoproc.store import StoreDamaged, StoreMissing, StoreUnsafe, is_damage
@@ -411,15 +426,3 @@ def install_hooks(directory: Path, force: bool) -> None:
     for path in install.install_hooks(directory, force):
         click.echo(f"wrote {path}")
 
-
-def _add_chain_commands() -> None:
-    """`autoproc <chain> …`: each installed chain's own group (autoproc.chain)."""
-    from autoproc.chain import chains
-
-    for chain in chains():
-        group = chain.command()
-        if group is not None:
-            main.add_command(group, chain.name)
-
-
-_add_chain_commands()  # last: the chains' commands use pass_ctx and the helpers above

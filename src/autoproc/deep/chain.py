@@ -60,4 +60,5 @@ chain = Chain(
     },
     period=night_of,
     starts_slurm_jobs=_steps_on_slurm,
+    distributions=("lsst-daf-butler", "lsst-pipe-base", "lsst-ctrl-mpexec", "lsst-ctrl-bps", "lsst-ctrl-bps-parsl"),
 )
