@@ -129,15 +129,9 @@ def chains() -> tuple[Chain, ...]:
     return tuple(found[name] for name in sorted(found))
 
 
-def import_plugins(extra: tuple[str, ...] | list[str] = ()) -> None:
-    """Import every chain's plugin modules, then `extra` (config `plugins`)."""
-    for module in (*(m for c in chains() for m in c.plugins), *extra):
-        importlib.import_module(module)
-
-
 def kind_views() -> dict[str, KindView]:
     """Every chain's report views, by kind."""
     return {kind: view for c in chains() for kind, view in c.views.items()}
 
 
-__all__ = ["ENTRY_POINT_GROUP", "Chain", "ChainError", "KindView", "chains", "import_plugins", "kind_views"]
+__all__ = ["ENTRY_POINT_GROUP", "Chain", "ChainError", "KindView", "chains", "kind_views"]

@@ -39,6 +39,7 @@ REAPER_SECONDS = 5.0
 SLURM_POLL_SECONDS = 5.0
 HEARTBEAT_SECONDS = 5.0
 HUNG_GRACE_SECONDS = 30.0
+PERIOD_CHECK_SECONDS = 1.0
 @dataclass(frozen=True)
 class AttemptDone:
     attempt_id: int
@@ -99,6 +100,7 @@ class Engine:
         self.started = self.clock()
         # Each chain's time hook (`Chain.period`): the period the clock is in, by chain.
         self.periods = {c.name: c.period(self.started) for c in chains() if c.period is not None}
+        self._next_period_check = self.started
         self._status_cache: tuple[float, str] = (float("-inf"), "")
         self.loop_beat = time.monotonic()  # each loop turn (the metrics' heartbeat age)
         self.watcher_lag = Lag()
@@ -235,6 +237,9 @@ class Engine:
         """True once when the clock crosses into a new period of a chain (DEEP: a new observing
         night). Events are hints; the reconcile scan then run finds whatever the last period's
         watchers missed (what a file belongs to always comes from the file, never this clock)."""
+        if now < self._next_period_check:
+            return False
+        self._next_period_check = now + PERIOD_CHECK_SECONDS  # a hook may be slow (DEEP's reads TAI through astropy)
         rolled = False
         for c in chains():
             if c.period is None:
