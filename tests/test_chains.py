@@ -22,7 +22,7 @@ import yaml
 
 from autoproc.chain import chains
 from autoproc.config import config_model, parse_config
-from autoproc.store import Store
+from autoproc.store import Store, StoreError
 from conftest import wait_for
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "autoproc"
@@ -215,9 +215,12 @@ def test_the_core_runs_with_only_a_third_chain(example_env, tmp_path):
 
         def stamped():
             nonlocal store
-            if store is None and (tmp_path / "root" / "autoproc.db").exists():
-                store = Store(tmp_path / "root" / "autoproc.db", readonly=True)
-            s = store.find_subject("stamp", "first") if store else None
+            if store is None:
+                try:
+                    store = Store(tmp_path / "root" / "autoproc.db", readonly=True)
+                except StoreError:  # not there yet, or the daemon is still creating it
+                    return False
+            s = store.find_subject("stamp", "first")
             return s is not None and s.state == "done"
 
         wait_for(stamped, timeout=60, what="the stamp done")
