@@ -16,9 +16,9 @@ import rich.console  # noqa: F401
 import rich.live  # noqa: F401
 import rich.table  # noqa: F401
 
-import autoproc.cli.desgw  # noqa: F401
 import autoproc.cli.render  # noqa: F401
 import autoproc.control  # noqa: F401
+import autoproc.desgw.cli  # noqa: F401
 import autoproc.script.client  # noqa: F401
 import autoproc.script.inspect  # noqa: F401
 import autoproc.script.report  # noqa: F401

@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 MACHINES = ["exposure", "night", "season", "template"]
 SHIPPED = [*(f"autoproc/data/statemachines/{m}.yaml" for m in MACHINES),
            "autoproc/data/hooks/mail", "autoproc/data/hooks/slack-webhook", "autoproc/data/hooks/event-log",
-           "autoproc/data/systemd/autoproc.service", "autoproc/data/systemd/autoproc-user.service"]
+           "autoproc/data/systemd/autoproc.service", "autoproc/data/systemd/autoproc-user.service",
+           "autoproc/templates/report.html.j2", "autoproc/templates/report.css",
+           "autoproc/desgw/templates/exposures.html.j2"]
 
 
 def build(kind: str, out: Path, source: Path = REPO) -> Path:
@@ -48,6 +50,9 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_and_sdist_carry_the_machines_hooks_and_units(wheel, tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert set(SHIPPED) <= names, sorted(set(SHIPPED) - names)
+    # The chains are found through the wheel's entry points (autoproc.chain).
+    entry_points = zipfile.ZipFile(wheel).read("autoproc-0.1.0.dist-info/entry_points.txt").decode()
+    assert "[autoproc.chains]\ndeep = autoproc.deep.chain:chain\ndesgw = autoproc.desgw.chain:chain" in entry_points
     modes = {i.filename: i.external_attr >> 16 for i in zipfile.ZipFile(wheel).infolist()}
     assert modes["autoproc/data/hooks/mail"] & 0o111  # hooks stay executable
     sdist = build("sdist", tmp_path / "sdist")
@@ -107,7 +112,9 @@ def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
                   "postproc_python": str(venv / "bin" / "python")}}))
     checked = autoproc("-c", str(config), "config", "check")
     assert checked.returncode == 0, checked.stderr
-    assert f"4 machines: {', '.join(MACHINES)}" in checked.stdout
+    assert f"4 machines: {', '.join(MACHINES)}" in checked.stdout  # the two chains' machines
+    commands = autoproc("--help").stdout
+    assert "  deep " in commands and "  desgw " in commands, commands
     assert autoproc("-c", str(config), "desgw", "season", "2206", "--trigger-mjd", "58709.437", "--bands", "i",
                     "--reason", "install test").returncode == 0
     assert autoproc("-c", str(config), "desgw", "add-exposure", "2206", "941204").returncode == 0

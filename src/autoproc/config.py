@@ -6,15 +6,23 @@ database and the work directory live under one root directory.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from autoproc.desgw.ccd import COPYBACK_SLACK_SECONDS
 from autoproc.errors import AutoprocError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -33,11 +41,6 @@ def check_level(name: str) -> str:
     if name.upper() not in LOG_LEVELS:
         raise ValueError(f"{name!r} is not a log level ({', '.join(LOG_LEVELS)})")
     return name.upper()
-
-
-# The same rules as autoproc.deep.collections (STEP_RE) and statemachines/template.yaml's key_pattern.
-_STEP_NAME = re.compile(r"^[A-Za-z0-9_]+$")
-_TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 
 
 class ConfigError(AutoprocError):
@@ -221,7 +224,7 @@ class Operators(AccessList):
 
 
 class Viewers(AccessList):
-    """Who may read (status, show, history, report, desgw report) through the control socket;
+    """Who may read (status, show, history, report, and the chains' views) through the control socket;
     operators may too."""
 
 
@@ -290,34 +293,6 @@ class MetricsConfig(Section):
         return listen
 
 
-class BpsSlurmSite(Section):
-    """The Slurm jobs of a DEEP step under `deep.bps_site: slurm` (ctrl_bps_parsl's `Slurm`
-    site: one block of `nodes` per step, cancelled when the step ends)."""
-
-    partition: str | None = Field(default=None, description="Slurm partition; default: the cluster's default.")
-    account: str | None = Field(default=None, description="Slurm account charged.")
-    qos: str | None = Field(default=None, description="Slurm quality of service.")
-    nodes: int = Field(default=1, ge=1, description="Nodes of a step's block.")
-    cores_per_node: int | None = Field(default=None, ge=1, description="Cores per node; default: all.")
-    mem_per_node: int | None = Field(default=None, ge=1, description="GB per node; default: Slurm's.")
-    walltime: str = Field(default="04:00:00", description="Time limit of a step's block, `[D-]HH:MM:SS`.")
-    scheduler_options: list[str] = Field(default_factory=list, description="Extra `#SBATCH --option` lines.")
-
-    _names = field_validator("partition", "account", "qos")(_slurm_name)
-    _walltime = field_validator("walltime")(_walltime)
-    _sbatch = field_validator("scheduler_options")(_sbatch_lines)
-
-    def site_settings(self, comment: str | None = None) -> dict[str, Any]:
-        """The bps `site.slurm` values these give (`comment` tags the block, see autoproc.slurm)."""
-        lines = [*([f"#SBATCH --partition={self.partition}"] if self.partition else []), *self.scheduler_options,
-                 *([f"#SBATCH --comment={comment}"] if comment else [])]
-        out: dict[str, Any] = {"nodes": self.nodes, "walltime": self.walltime, "scheduler_options": "\n".join(lines)}
-        for key in ("account", "qos", "cores_per_node", "mem_per_node"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        return out
-
-
 class BackupConfig(Section):
     """Online copies of the state database (SQLite's backup API), see RELIABILITY.md."""
 
@@ -329,231 +304,6 @@ class BackupConfig(Section):
     at_stop: bool = Field(default=True, description="Write one when the daemon stops cleanly.")
 
 
-class DeepConfig(Section):
-    """DEEP nights on the Rubin middleware (domain/SPEC.md part A). The defaults run the simulated
-    DECam and the mock DEEP pipelines shipped in `autoproc.sim.deep`; a site with the real science
-    code points `pipelines` at its own YAMLs."""
-
-    repo: Path | None = Field(default=None, description="Butler repository; default: <root>/repo.")
-    registry_db: str | None = Field(
-        default=None, pattern=r"^(postgresql(\+\w+)?|postgres|sqlite)://",
-        description="Registry database URL (e.g. `postgresql://butler@host:5432/deep`); "
-        "default: SQLite inside the repo. Used by `autoproc deep init` (see README, 'PostgreSQL registry').")
-    registry_namespace: str | None = Field(
-        default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$",
-        description="PostgreSQL schema holding this repository's registry tables (the Butler's "
-        "`namespace`); several repositories can share one database, one schema each. Default: `public`.")
-    instrument: str = Field(default="DECam", pattern=r"^[A-Za-z0-9_]+$", description="Butler instrument name.")
-    instrument_class: str = Field(
-        default="autoproc.sim.deep.instrument.SimDECam",
-        description="Instrument class registered by `autoproc deep init` (obs_decam's `lsst.obs.decam.DarkEnergyCamera` "
-        "where it is installed).")
-    prefix: str = Field(default="DEEP", description="First component of every DEEP collection name (SPEC §A.3).")
-    raw_run: str = Field(default="DECam/raw/all", description="RUN collection all raws are ingested into.")
-    fields: list[tuple[float, float]] = Field(
-        default=[(150.0, 2.0)], description="(RA, Dec) degrees of the survey fields: `deep init` registers "
-        "skymap tracts covering them.")
-    skymap: str = Field(default="discrete", description="Skymap name (`deep init` registers it).")
-    bpm_dir: Path | None = Field(default=None, description="Bad-pixel-mask files `deep init` turns into "
-                                 "defects and suspect masks in <prefix>/calib.")
-    fakes_table: Path | None = Field(default=None, description="Fake-source catalog `deep init` ingests "
-                                     "into <prefix>/fakes.")
-    refcat_command: list[str] | None = Field(default=None, description="Command `deep init` runs to ingest "
-                                             "reference catalogs into `refcats` (argv, no shell).")
-    ingest_backend: Literal["headers", "obs_base"] = Field(
-        default="headers", description="`headers`: dimension records from the FITS headers, then Butler.ingest; "
-        "`obs_base`: RawIngestTask + DefineVisitsTask (needs obs_base and obs_decam).")
-    ingest_transfer: Literal["direct", "symlink", "copy", "link", "hardlink", "relsymlink"] = Field(
-        default="direct", description="How ingested raws enter the datastore; `direct` leaves them where they are.")
-    day_obs_rule: Literal["night", "obs_decam"] = Field(
-        default="night", description="The night of a raw from DATE-OBS: `night` = date of TAI − 12 h (the local "
-        "night at CTIO), `obs_decam` = TAI date. A manifest's `night` column wins.")
-    manifest: Path | None = Field(
-        default=None, description="`exposures.ecsv` (SPEC §A.2): gives each file's night, and a file is complete "
-        "only once its md5 matches.")
-    ingest_quiet_seconds: Seconds = Field(
-        default=5.0, description="A night ingests its new raws in one batch once none arrived for this long.")
-    expected_detectors: dict[str, list[int]] = Field(
-        default_factory=dict, description="CCDNUMs a complete raw carries, per OBSTYPE (`zero`, `dome flat`, "
-        "`object`, or `*` for any), where a file has no NEXTEND; unset: every DECam CCD (1-62).")
-    incomplete_grace_seconds: Seconds = Field(
-        default=600.0, description="A raw short of HDUs (or of its manifest md5) waits this long after its last "
-        "change; then it is ingested with its missing CCDs recorded (an md5 mismatch is then a bad file).")
-    pipelines: dict[str, str] = Field(
-        default_factory=dict, description="Pipeline YAML per proc type (`bias`, `flat`, `drp`, `coadd`, "
-        "`diff_drp`, `template`); unset ones are the simulator's DEEP-*.yaml.")
-    steps: dict[str, list[str]] = Field(
-        default_factory=dict, description="Steps (subset or task labels) run in order per proc type; unset "
-        "ones are the DEEP lists: bias step1 step2; flat step0..step3; drp step0 step1 step2a..step2f step3a; "
-        "coadd and template assembleCoadd (of DEEP-template.yaml); diff_drp step4a..step4e.")
-    where: str = Field(default="instrument='DECam' AND skymap='discrete'",
-                       description="Data query of every graph (the chains already select the night).")
-    mode: Literal["bps", "pipetask"] = Field(
-        default="bps", description="`bps`: `bps submit` with the Parsl plugin; `pipetask`: `pipetask run -j 1`.")
-    bps_site: Literal["local", "slurm"] = Field(
-        default="local", description="Where `bps` runs a step's quanta: `local` (Parsl threads beside bps) or "
-        "`slurm` (ctrl_bps_parsl's Slurm site, one Slurm job per step; see `slurm`). Picks the shipped submit "
-        "template.")
-    slurm: BpsSlurmSite = Field(default_factory=BpsSlurmSite, description="The Slurm site (bps_site: slurm).")
-    submit_template: Path | None = Field(
-        default=None, description="bps submit YAML template; default: the shipped one of `bps_site` (the "
-        "simulator's Parsl LocalThreads site, or ctrl_bps_parsl's Slurm site).")
-    cores: int = Field(default=2, ge=1, description="Cores of the bps Parsl site.")
-    clusters: dict[str, dict[str, Any]] | None = Field(
-        default=None, description="bps `cluster:` entries ({name: {pipetasks, dimensions, equalDimensions}}), "
-        "restricted to the labels of each step; default: per-exposure and per-visit clusters; {} = one job "
-        "per quantum.")
-    request_memory: int = Field(default=2048, ge=1, description="MB per bps job on a first try.")
-    memory_factor: float = Field(default=2.0, ge=1.0, description="A memory-class failure retries the step "
-                                 "with this many times the memory (within the state's retry budget).")
-    max_memory: int = Field(default=65536, ge=1, description="Upper bound (MB) of the memory escalation.")
-    registry_retry_seconds: Seconds = Field(
-        default=15.0, description="A step that found the Butler registry unreachable waits this long, "
-        "spending no retry, then tries again.")
-    step_timeout_seconds: Seconds | None = Field(
-        default=None, description="Kill a step's bps/pipetask process group after this long (then recover it).")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for bps/pipetask children.")
-    certify_begin: str = Field(default="2000-01-01T00:00:00", description="Start (TAI) of certified validity.")
-    certify_end: str = Field(default="2050-01-01T00:00:00", description="End (TAI) of certified validity.")
-    max_borrow_days: int = Field(default=14, ge=0, description="How far (nights) a missing bias or flat is "
-                                 "borrowed from; none within reach = the night waits.")
-    nightly_coadd: bool = Field(default=False, description="Coadd each night's own warps after DRP.")
-    templates: dict[str, list[str] | str] = Field(
-        default_factory=dict, description="Template coadds: name → member nights (a list of YYYYMMDD, or a "
-        "regex over the nights known). A member night is differenced against it once it is built.")
-
-    @property
-    def steps_on_slurm(self) -> bool:
-        """Each step's quanta run in a Slurm job of its own (bps on the Slurm site)."""
-        return self.mode == "bps" and self.bps_site == "slurm"
-
-    @model_validator(mode="after")
-    def _names(self) -> DeepConfig:
-        # Step and template names become collection names and argv elements: refuse anything odd here,
-        # at load time, rather than when a night reaches the step.
-        for proc, steps in self.steps.items():
-            for step in steps:
-                if not _STEP_NAME.match(step):
-                    raise ValueError(f"steps.{proc}: step {step!r} must match {_STEP_NAME.pattern}")
-        for name in self.templates:
-            if not _TEMPLATE_NAME.match(name):
-                raise ValueError(f"templates: name {name!r} must match {_TEMPLATE_NAME.pattern}")
-        from autoproc.deep.decam import DETECTORS
-
-        for obstype, ccds in self.expected_detectors.items():
-            unknown = sorted(set(ccds) - set(DETECTORS))
-            if unknown or not ccds:
-                raise ValueError(f"expected_detectors.{obstype}: "
-                                 + (f"CCDNUM {unknown} not DECam's (1-62)" if unknown else "an empty list"))
-        return self
-
-
-class DesgwConfig(Section):
-    """DESGW seasons and exposures: gw_workflow, the grid, the /pnfs tree, post-processing
-    (domain/SPEC.md part B)."""
-
-    # Where things are.
-    gw_workflow: Path | None = Field(
-        default=None, description="The gw_workflow checkout: DAGMaker runs here, reading `dagmaker.rc` and "
-        "`exposures.list`, and writes `desgw_pipeline_{EXPNUM}.dag` here. Required for exposures to run.")
-    dagmaker_script: str = Field(
-        default="./DAGMaker.sh", description="DAGMaker script, relative to gw_workflow or absolute "
-        "(`./DAGMaker_proxyuser.sh` when not running as the desgw user).")
-    setup_script: Path | None = Field(
-        default=None, description="Sourced in the same shell just before DAGMaker (e.g. `setup_img_proc.sh`); "
-        "none: DAGMaker runs in the daemon's environment.")
-    exposures_list: Path | None = Field(
-        default=None, description="Exposure table (band and nite by exact EXPNUM); default: "
-        "<gw_workflow>/exposures.list.")
-    jobsub_program: str = Field(
-        default="jobsub_submit_dag", description="Run in place of the first token of the submit command "
-        "DAGMaker prints (a full path such as /opt/jobsub_lite/bin/jobsub_submit_dag, or a name on PATH).")
-    credential_check: list[str] = Field(
-        default_factory=list, description="Command (argv, no shell) that must exit 0 before a DAG is submitted, "
-        "e.g. [voms-proxy-info, -exists, -valid, '1:00']; empty: no check.")
-    exp_root: Path = Field(
-        default=Path("/pnfs/des/persistent/gw/exp"), description="Grid output tree: "
-        "`{exp_root}/{nite}/{expnum}/dp{S}/{band}_{CC}/`. Its parent is post-processing's `rootdir`.")
-    forcephoto_root: Path = Field(
-        default=Path("/pnfs/des/persistent/gw/forcephoto/images"),
-        description="Forced-photometry inputs: `{forcephoto_root}/dp{S}/{nite}/{expnum}/`.")
-    postproc_dir: Path | None = Field(
-        default=None, description="The Post-Processing checkout (run_postproc.py, diffimg_setup.sh); the "
-        "ini and exposure list are written here. Required for post-processing.")
-    template_ini: Path | None = Field(
-        default=None, description="Template of `postproc_{S}.ini`; default: <postproc_dir>/template_postproc.ini.")
-    outdir_root: Path | None = Field(
-        default=None, description="Post-processing outputs go to `{outdir_root}/season{S}` unless the season "
-        "names its own outdir; default: <postproc_dir>/outputs.")
-
-    # Seasons.
-    season_range: tuple[int, int] = Field(
-        default=(100, 9999), description="Seasons picked automatically come from this range (lowest free first).")
-    reserved_below: int = Field(
-        default=100, ge=1, description="Seasons below this are never used (SN group and testing, SPEC §B.2).")
-    reserved_seasons: list[int] = Field(
-        default_factory=lambda: [5000, 6000], description="Seasons never used (DES wide survey Y5 and Y6).")
-    season_command: list[str] = Field(
-        default_factory=list, description="Command (argv) printing the seasons already in the DES database, "
-        "one or more per line; empty: the database is not asked.")
-    season_command_timeout: Seconds = Field(default=120.0, description="Seconds the season command may take.")
-
-    # Checks.
-    min_ccds: int = Field(default=50, ge=1, description="Complete CCDs an exposure needs for post-processing.")
-    skip_chips: list[int] = Field(
-        default_factory=lambda: [2, 31, 61], description="DECam CCDs (of 1-62) the search DAG does not run.")
-    poll_seconds: Seconds = Field(
-        default=300.0, description="Seconds between sweeps of an exposure's output tree (dCache cannot be "
-        "watched), and between credential checks while the proxy is expired.")
-    stable_sweeps: int = Field(
-        default=2, ge=1, description="A CCD or forcefile verdict is acted on once this many sweeps in a row, "
-        "`poll_seconds` apart, saw the same files (unless every CCD has finished).")
-    copyback_slack_minutes: float = Field(
-        default=COPYBACK_SLACK_SECONDS / 60, ge=0, description="How long one SEdiff copyback may take: a "
-        "`.FAIL` older than its CCD's tarball by more than this (or older than the CCD's "
-        "`RUN28_combined_prepForcePhoto.LOG`) is left from an earlier run and ignored; a FAIL copied back "
-        "with its tarball, in either order, is a failure of that run.")
-
-    # Post-processing.
-    postproc_python: str = Field(default="python", description="Interpreter that runs run_postproc.py.")
-    postproc_update_links: bool = Field(
-        default=True, description="Run `update_forcephoto_links.sh` (with `-n NITE` when all new exposures "
-        "share one nite) before run_postproc.py.")
-    postproc_settings: dict[str, str] = Field(
-        default_factory=dict, description="Extra ini values, `section.key: value` (e.g. `general.db: destest`).")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "stale_fail_slack" in data:
-            raise ValueError("stale_fail_slack (seconds) was replaced by copyback_slack_minutes (minutes; "
-                             "a FAIL within one copyback of its tarball, in either order, counts as a failure)")
-        return data
-
-    @model_validator(mode="after")
-    def _check(self) -> DesgwConfig:
-        low, high = self.season_range
-        if not self.reserved_below <= low <= high:
-            raise ValueError(f"season_range {low}..{high} must be non-empty and start at or above "
-                             f"reserved_below ({self.reserved_below})")
-        bad = [c for c in self.skip_chips if not 1 <= c <= 62]
-        if bad:
-            raise ValueError(f"skip_chips must be DECam CCDs 1-62, got {bad}")
-        for key in self.postproc_settings:
-            if key.count(".") != 1 or not all(key.split(".")):
-                raise ValueError(f"postproc_settings key {key!r} must be `section.key`")
-        return self
-
-    @property
-    def chips(self) -> tuple[int, ...]:
-        """The CCDs whose outputs are checked."""
-        return tuple(c for c in range(1, 63) if c not in self.skip_chips)
-
-    @property
-    def reserved(self) -> frozenset[int]:
-        return frozenset(range(1, self.reserved_below)) | frozenset(self.reserved_seasons)
-
-
 class Config(Section):
     """Top-level configuration (`autoproc.yaml`)."""
 
@@ -563,9 +313,9 @@ class Config(Section):
     )
     db: Path | None = Field(default=None, description="SQLite state database; default: <root>/autoproc.db.")
     work_dir: Path | None = Field(default=None, description="Per-attempt working directories; default: <root>/work.")
-    machines_dir: Path = Field(default=DEFAULT_MACHINES_DIR, description="Directory of <kind>.yaml machines; default: the ones shipped "
-                             "with autoproc (the repository's `statemachines/`).")
-    kinds: list[str] = Field(default_factory=list, description="Machines to load; default: every YAML file there.")
+    machines_dir: Path | None = Field(default=None, description="Directory of <kind>.yaml machines; default: "
+                                      "the machines of the installed chains (docs/CHAINS.md).")
+    kinds: list[str] = Field(default_factory=list, description="Machines to load; default: every one there.")
     plugins: list[str] = Field(
         default_factory=list, description="Extra modules that register actions, conditions and file kinds."
     )
@@ -589,16 +339,27 @@ class Config(Section):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
-    deep: DeepConfig = Field(default_factory=DeepConfig)
-    desgw: DesgwConfig = Field(default_factory=DesgwConfig)
     space_retry_seconds: float = Field(default=60.0, gt=0, description="An action that found its disk full "
                                        "(no space, file too large) waits this long, then tries again.")
     stop_timeout_seconds: float = Field(default=8.0, gt=0, description="SIGTERM to exit, children included.")
 
+    # Each installed chain adds its section (`deep:`, `desgw:`, …) as a field of the model
+    # `parse_config` validates with (`config_model`); to the type checker they are dynamic.
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Any: ...
+
     @property
     def uses_slurm(self) -> bool:
-        """Actions or DEEP steps run as Slurm jobs (so the daemon looks after Slurm jobs)."""
-        return self.executor.uses_slurm or self.deep.steps_on_slurm
+        """Actions or a chain's steps run as Slurm jobs (so the daemon looks after Slurm jobs)."""
+        return self.executor.uses_slurm or self.actions_start_slurm_jobs
+
+    @property
+    def actions_start_slurm_jobs(self) -> bool:
+        """A chain's actions start Slurm jobs of their own, tagged with their attempt (`Chain.starts_slurm_jobs`)."""
+        from autoproc.chain import chains
+
+        return any(c.starts_slurm_jobs is not None and c.starts_slurm_jobs(c.section(self)) for c in chains()
+                   if c.section(self) is not None)
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Config:
@@ -622,6 +383,31 @@ class Config(Section):
         return self
 
 
+@functools.cache
+def config_model() -> type[Config]:
+    """`Config` with a section per installed chain, validated by the chain's own model."""
+    from autoproc.chain import chains
+
+    sections: dict[str, Any] = {}
+    for chain in chains():
+        if chain.config is None:
+            continue
+        if chain.name in Config.model_fields:
+            raise ConfigError(f"chain {chain.name!r}: its config section would hide the core's {chain.name!r} key")
+        sections[chain.name] = (chain.config, Field(default_factory=chain.config, description=chain.description))
+    model = create_model("ChainedConfig", __base__=Config, __module__=__name__, **sections)
+    model.__doc__ = Config.__doc__
+    return model
+
+
+def __getattr__(name: str) -> Any:
+    # Pickle finds the class of a loaded configuration by name (an action's context goes to a
+    # Parsl worker): the model is built on first use there too.
+    if name == "ChainedConfig":
+        return config_model()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"{source}: invalid configuration"]
     for e in err.errors():
@@ -641,7 +427,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     if "root" not in data and os.environ.get("AUTOPROC_ROOT"):
         data = {**data, "root": os.environ["AUTOPROC_ROOT"]}
     try:
-        return Config.model_validate(data)
+        return config_model().model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_errors(source, err)) from None
 

@@ -25,10 +25,11 @@ from typing import Any
 from transitions import MachineError
 
 from autoproc import actions, intake, process, slurm
+from autoproc.chain import chains
 from autoproc.config import Config
 from autoproc.errors import AutoprocError
 from autoproc.executor import Executor
-from autoproc.machines import Change, StateMachine, StateSpec, load_machines
+from autoproc.machines import Change, StateMachine, StateSpec, load_configured
 from autoproc.store import DAEMON_BUSY_SLICE_MS, Conflict, Store, Subject
 
 log = logging.getLogger("autoproc.engine")
@@ -38,17 +39,7 @@ REAPER_SECONDS = 5.0
 SLURM_POLL_SECONDS = 5.0
 HEARTBEAT_SECONDS = 5.0
 HUNG_GRACE_SECONDS = 30.0
-# The observing night a time belongs to: the date of TAI − 12 h (TAI = UTC + 37 s), the
-# rule DEEP's `day_obs_rule: night` gives a raw from its DATE-OBS. The label changes at
-# 12:00 TAI, local morning at CTIO: the "night rollover" after which a reconcile scan runs.
-NIGHT_OFFSET_SECONDS = 37 - 12 * 3600
-
-
-def observing_night(t: float) -> str:
-    """YYYYMMDD of the observing night the epoch time `t` falls in."""
-    return time.strftime("%Y%m%d", time.gmtime(t + NIGHT_OFFSET_SECONDS))
-
-
+PERIOD_CHECK_SECONDS = 1.0
 @dataclass(frozen=True)
 class AttemptDone:
     attempt_id: int
@@ -107,18 +98,16 @@ class Engine:
         self.watcher = None
         self._watch = watch
         self.started = self.clock()
-        self.night = observing_night(self.started)
+        # Each chain's time hook (`Chain.period`): the period the clock is in, by chain.
+        self.periods = {c.name: c.period(self.started) for c in chains() if c.period is not None}
+        self._next_period_check = self.started
         self._status_cache: tuple[float, str] = (float("-inf"), "")
         self.loop_beat = time.monotonic()  # each loop turn (the metrics' heartbeat age)
         self.watcher_lag = Lag()
 
     @staticmethod
     def _load_machines(config: Config) -> dict[str, StateMachine]:
-        import importlib
-
-        for module in config.plugins:
-            importlib.import_module(module)
-        return load_machines(config.machines_dir, config.kinds)
+        return load_configured(config)
 
     # -- the Env that conditions and callbacks see --------------------------------------
 
@@ -245,15 +234,22 @@ class Engine:
                 next_reconcile = now + self.config.reconcile_minutes * 60
 
     def check_rollover(self, now: float) -> bool:
-        """True once when the clock crosses into a new observing night. Events are hints;
-        the reconcile scan then run finds whatever the last night's watchers missed (a
-        raw's night itself always comes from its DATE-OBS, never from this clock)."""
-        night = observing_night(now)
-        if night == self.night:
+        """True once when the clock crosses into a new period of a chain (DEEP: a new observing
+        night). Events are hints; the reconcile scan then run finds whatever the last period's
+        watchers missed (what a file belongs to always comes from the file, never this clock)."""
+        if now < self._next_period_check:
             return False
-        log.info("night rollover %s -> %s: reconcile scan", self.night, night)
-        self.night = night
-        return True
+        self._next_period_check = now + PERIOD_CHECK_SECONDS  # a hook may be slow (DEEP's reads TAI through astropy)
+        rolled = False
+        for c in chains():
+            if c.period is None:
+                continue
+            period = c.period(now)
+            if period != self.periods[c.name]:
+                log.info("%s rollover %s -> %s: reconcile scan", c.name, self.periods[c.name], period)
+                self.periods[c.name] = period
+                rolled = True
+        return rolled
 
     def stop(self) -> None:
         self.stopping.set()
@@ -359,7 +355,7 @@ class Engine:
             # The process that ran the action is gone (e.g. a lost HTEX worker), but the children it
             # started live on in their own groups: stop them first, so a retry never runs beside them.
             process.kill_groups(_groups(attempt), grace=2.0)
-        if self.config.deep.steps_on_slurm:
+        if self.config.actions_start_slurm_jobs:
             # Nor beside the Slurm jobs its step left (a bps killed from outside never cancels its block).
             self.cancel_slurm_jobs(slurm.attempt_comment(self.config.db, done.attempt_id), "its attempt ended")
         now = self.clock()

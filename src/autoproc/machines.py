@@ -21,6 +21,7 @@ from transitions import Machine, MachineError
 from transitions.extensions.diagrams import GraphMachine
 
 from autoproc import actions
+from autoproc.config import Config
 from autoproc.errors import AutoprocError
 from autoproc.store import Subject
 
@@ -313,6 +314,10 @@ def load_machines(directory: Path, kinds: Iterable[str] = ()) -> dict[str, State
     if not directory.is_dir():
         raise MachineSpecError(f"{directory}: no such machines directory")
     paths = [directory / f"{k}.yaml" for k in kinds] if kinds else sorted(directory.glob("*.yaml"))
+    return _load_files(paths)
+
+
+def _load_files(paths: Iterable[Path]) -> dict[str, StateMachine]:
     machines = {}
     for path in paths:
         if not path.exists():
@@ -322,5 +327,34 @@ def load_machines(directory: Path, kinds: Iterable[str] = ()) -> dict[str, State
     return machines
 
 
-__all__ = ["Change", "MachineError", "MachineSpec", "MachineSpecError", "StateMachine", "load_machine",
-           "load_machines"]
+def load_configured(config: Config) -> dict[str, StateMachine]:
+    """The machines a configuration runs, their plugins imported: config `plugins` first, then
+    `machines_dir`'s machines or, where it is unset, the installed chains' (autoproc.chain),
+    the `kinds` among them; a chain's own `plugins` are imported with its kinds' machines."""
+    from autoproc.chain import chains
+
+    for module in config.plugins:
+        importlib.import_module(module)
+    owner: dict[str, tuple[Path, tuple[str, ...]]] = {}
+    for chain in chains():
+        for path in chain.machines:
+            if path.stem in owner:
+                raise MachineSpecError(f"{path}: kind {path.stem!r} is also a machine of another chain "
+                                       f"({owner[path.stem][0]})")
+            owner[path.stem] = (path, chain.plugins)
+    if config.machines_dir is not None:
+        machines = load_machines(config.machines_dir, config.kinds)
+    else:
+        kinds = list(config.kinds) or sorted(owner)
+        unknown = [k for k in kinds if k not in owner]
+        if unknown:
+            raise MachineSpecError(f"kinds: no installed chain has a machine for {', '.join(unknown)} "
+                                   f"(installed: {', '.join(sorted(owner)) or 'none'})")
+        machines = _load_files(owner[k][0] for k in kinds)
+    for module in dict.fromkeys(m for k in machines if k in owner for m in owner[k][1]):
+        importlib.import_module(module)
+    return machines
+
+
+__all__ = ["Change", "MachineError", "MachineSpec", "MachineSpecError", "StateMachine", "load_configured",
+           "load_machine", "load_machines"]

@@ -51,6 +51,11 @@ def _verb(name: str, *, writes: bool, required: dict | None = None, optional: di
     return register
 
 
+def verb(name: str, *, writes: bool, required: dict | None = None, optional: dict | None = None):
+    """Register a chain's request (e.g. in a chain's plugin module), as the core's below are."""
+    return _verb(name, writes=writes, required=required, optional=optional)
+
+
 def _is(value: Any, types: type | tuple[type, ...]) -> bool:
     types = types if isinstance(types, tuple) else (types,)
     if isinstance(value, bool) and bool not in types:  # JSON true is not a number here
@@ -93,7 +98,8 @@ def perform(store: Store, machines: dict[str, StateMachine], config: Config, req
     return verb.run(store, machines, config, {k: v for k, v in request.items() if k != "verb"}, user)
 
 
-def _who(r: dict[str, Any], user: str) -> dict[str, Any]:
+def who(r: dict[str, Any], user: str) -> dict[str, Any]:
+    """Who makes a change (`user`, from the transport) and on whose behalf (the request's note)."""
     return {"operator": user, "on_behalf_of": r.get("operator") if r.get("operator") != user else None}
 
 
@@ -105,7 +111,7 @@ def _set(store, machines, config, r, user):
     from autoproc.script import override
 
     plan = override.set_state(store, machines, r["kind"], r["key"], r["state"], reason=r["reason"],
-                              force=bool(r.get("force")), dry_run=bool(r.get("dry_run")), **_who(r, user))
+                              force=bool(r.get("force")), dry_run=bool(r.get("dry_run")), **who(r, user))
     return {"lines": [plan.describe()]}
 
 
@@ -115,7 +121,7 @@ def _subject_override(name: str) -> None:
         from autoproc.script import override
 
         plan = getattr(override, name)(store, machines, r["kind"], r["key"], reason=r["reason"],
-                                       dry_run=bool(r.get("dry_run")), **_who(r, user))
+                                       dry_run=bool(r.get("dry_run")), **who(r, user))
         return {"lines": [plan.describe()]}
 
 
@@ -128,7 +134,7 @@ def _rerun_from(store, machines, config, r, user):
     from autoproc.script import override
 
     plan = override.rerun_from(store, machines, r["kind"], r["key"], r["state"], reason=r["reason"],
-                               dry_run=bool(r.get("dry_run")), config=config, **_who(r, user))
+                               dry_run=bool(r.get("dry_run")), config=config, **who(r, user))
     return {"lines": [plan.describe()]}
 
 
@@ -137,35 +143,8 @@ def _add(store, machines, config, r, user):
     from autoproc.script import override
 
     subject = override.add(store, machines, r["kind"], r["key"], reason=r["reason"], data=r.get("data"),
-                           **_who(r, user))
+                           **who(r, user))
     return {"lines": [f"added {subject.ref} in {subject.state}"]}
-
-
-@_verb("desgw-season", writes=True, required={"reason": str},
-       optional={"number": int, "operator": str, "trigger_mjd": (float, int), "propid": str, "ligoid": str,
-                 "triggerid": str, "bands": str, "outdir": str, "rc": dict})
-def _desgw_season(store, machines, config, r, user):
-    from autoproc.script.desgw import DesgwRequestError, create_season, season_settings
-
-    rc_values = r.get("rc") or {}
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in rc_values.items()):
-        raise DesgwRequestError("rc: KEY=VALUE strings")
-    settings = season_settings(
-        trigger_mjd=r.get("trigger_mjd"), propid=r.get("propid"), ligoid=r.get("ligoid"),
-        triggerid=r.get("triggerid"), bands=[b for b in (r.get("bands") or "").split(",") if b],
-        outdir=r.get("outdir"), rc_values=rc_values)
-    subject = create_season(store, machines, config, r.get("number"), settings=settings, reason=r["reason"],
-                            **_who(r, user))
-    return {"lines": [f"created {subject.ref} in {subject.state}"]}
-
-
-@_verb("desgw-add-exposure", writes=True, required={"number": int, "expnums": list, "reason": str},
-       optional={"operator": str})
-def _desgw_add_exposure(store, machines, config, r, user):
-    from autoproc.script.desgw import add_exposures
-
-    added = add_exposures(store, machines, r["number"], r["expnums"], reason=r["reason"], **_who(r, user))
-    return {"lines": [f"added {s.ref} in {s.state}" for s in added]}
 
 
 # -- views ----------------------------------------------------------------------------------
@@ -189,13 +168,6 @@ def _history(store, machines, config, r, user):
     from autoproc.script.inspect import history
 
     return {"data": history(store, r["kind"], r["key"])}
-
-
-@_verb("desgw-report", writes=False, required={"number": int})
-def _desgw_report(store, machines, config, r, user):
-    from autoproc.script.desgw import season_report
-
-    return {"data": season_report(store, r["number"])}
 
 
 @_verb("report", writes=False, required={"out_dir": str})

@@ -16,6 +16,7 @@ import yaml
 from autoproc.actions import ActionContext, Fail, Hold, Outcome, Retry
 from autoproc.config import parse_config
 from autoproc.desgw import ccd
+from autoproc.desgw.script import DesgwRequestError, create_season, season_settings
 from autoproc.desgw.stages import (
     DAGMAKER_SCRIPT,
     check_ccds,
@@ -31,7 +32,6 @@ from autoproc.desgw.stages import (
 )
 from autoproc.machines import load_machines
 from autoproc.script import override
-from autoproc.script.desgw import DesgwRequestError, create_season, season_settings
 from autoproc.sim.desgw.site import DAGMAKER_RC, SimExposure, format_exposures_list
 from autoproc.store import Store, Subject
 

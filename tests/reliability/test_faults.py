@@ -331,7 +331,8 @@ def test_worker_killed_from_outside_is_retried(write_config, tmp_path, daemon_fa
 def test_night_rollover_runs_a_reconcile(write_config, tmp_path):
     """The engine's clock crosses 12:00 TAI (the DEEP `night` rule's boundary): a reconcile
     scan runs once, and finds the file no watcher event announced."""
-    from autoproc.engine import Engine, observing_night
+    from autoproc.deep.chain import night_of as observing_night
+    from autoproc.engine import Engine
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -342,7 +343,7 @@ def test_night_rollover_runs_a_reconcile(write_config, tmp_path):
     boundary = calendar.timegm((2024, 6, 2, 12, 0, 0)) - 37  # 12:00 TAI on 2024-06-02
     offset = boundary - 4.0 - time.time()  # the engine's clock reaches it 4 s from now
     engine = Engine(config, clock=lambda: time.time() + offset)
-    assert engine.night == "20240601"
+    assert engine.periods["deep"] == "20240601"
     (inbox / "a-1.w").write_text("ok")
     engine.start()
     scans = []
@@ -357,7 +358,7 @@ def test_night_rollover_runs_a_reconcile(write_config, tmp_path):
         time.sleep(0.5)
         assert view.find_subject("widget", "b") is None and not scans
         wait_for(lambda: scans, timeout=10, what="the rollover reconcile")
-        assert scans[0] >= boundary and engine.night == "20240602"
+        assert scans[0] >= boundary and engine.periods["deep"] == "20240602"
         wait_for(lambda: (s := view.find_subject("widget", "b")) and s.state == "done", what="b done")
         time.sleep(1.0)
         assert len(scans) == 1  # once per rollover, not every turn
@@ -374,8 +375,8 @@ def test_raws_straddling_midnight_land_in_their_nights(write_config, tmp_path):
     they are not. The engine's rollover uses the same boundary."""
     from astropy.time import Time
 
+    from autoproc.deep.chain import night_of as observing_night
     from autoproc.deep.stages import raw_file
-    from autoproc.engine import observing_night
     from autoproc.sim.deep.raws import SimExposure, write_raw
 
     config, _ = write_config(plugins=["autoproc.deep.stages"])

@@ -35,13 +35,9 @@ class Context:
         return Store(self.config.db, create=not readonly, readonly=readonly, busy_timeout_ms=CLI_BUSY_TIMEOUT_MS)
 
     def machines(self):
-        import importlib
+        from autoproc.machines import load_configured
 
-        from autoproc.machines import load_machines
-
-        for module in self.config.plugins:
-            importlib.import_module(module)
-        return load_machines(self.config.machines_dir, self.config.kinds)
+        return load_configured(self.config)
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -53,7 +49,22 @@ def fail(message: str) -> None:
 
 
 class Group(click.Group):
-    """Turns the errors operators can cause into one clear line and exit status 2."""
+    """Turns the errors operators can cause into one clear line and exit status 2; and has,
+    besides its own commands, each installed chain's group as `autoproc <chain> …`
+    (autoproc.chain), loaded when asked for (a chain's commands import this module)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from autoproc.chain import chains
+
+        return sorted({*super().list_commands(ctx), *(c.name for c in chains() if c.cli is not None)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        from autoproc.chain import chains
+
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            command = next((c.command() for c in chains() if c.name == cmd_name and c.cli is not None), None)
+        return command
 
     def invoke(self, ctx):
         from autoproc.store import StoreDamaged, StoreMissing, StoreUnsafe, is_damage
@@ -367,8 +378,6 @@ def config_check(obj: Context, path: Path | None, as_json: bool) -> None:
     click.echo(f"{path or '<defaults>'}: OK ({len(machines)} machines: {', '.join(sorted(machines)) or 'none'};"
                f" {len(cfg.watch)} watched roots; state in {cfg.db})")
 
-main.add_command(__import__("autoproc.cli.desgw", fromlist=["desgw"]).desgw)  # last: it uses pass_ctx
-main.add_command(__import__("autoproc.cli.deep", fromlist=["deep"]).deep)  # last: it uses pass_ctx
 main.add_command(__import__("autoproc.cli.store", fromlist=["store"]).store)  # last: it uses pass_ctx
 main.add_command(__import__("autoproc.cli.files", fromlist=["files"]).files)  # last: it uses pass_ctx
 
@@ -416,3 +425,4 @@ def install_hooks(directory: Path, force: bool) -> None:
 
     for path in install.install_hooks(directory, force):
         click.echo(f"wrote {path}")
+

@@ -48,10 +48,11 @@ from autoproc.actions import (
     environment_check,
     file_kind,
 )
-from autoproc.config import Config, DeepConfig
+from autoproc.config import Config
 from autoproc.deep import calibs, ingest, quanta, registry, rerun, runner
 from autoproc.deep import collections as colls
 from autoproc.deep import rebuild as _rebuild  # noqa: F401 - registers the rebuild hooks
+from autoproc.deep.config import DeepConfig
 from autoproc.store import Subject
 
 # SPEC §A.4 night.py / §A.5 (diff_drp: proc-decam's list), used for proc types not in `deep.steps`.

@@ -33,9 +33,10 @@ from autoproc.actions import (
     condition,
     file_kind,
 )
-from autoproc.config import Config, DesgwConfig
+from autoproc.config import Config
 from autoproc.desgw import ccd, dagmaker, exposures, forcefiles, postproc, rc, season
 from autoproc.desgw import rebuild as _rebuild  # noqa: F401 - registers the rebuild hooks
+from autoproc.desgw.config import DesgwConfig
 from autoproc.desgw.errors import DesgwError, DesgwInputError
 from autoproc.desgw.rerun import OUTPUTS_SINCE
 from autoproc.store import Store, Subject
@@ -567,7 +568,7 @@ def run_postprocessing(ctx: ActionContext) -> Outcome:
     update_forcephoto_links.sh, run_postproc.py). Done = status `complete` + step-7 pages;
     anything short of that is retried, resuming where the outputs allow.
     """
-    cfg = ctx.config.desgw
+    cfg: DesgwConfig = ctx.config.desgw
     number = int(ctx.subject.key)
     data = ctx.subject.data
     pp = postproc_dir(cfg)

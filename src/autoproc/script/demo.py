@@ -87,14 +87,11 @@ def prepare(root: Path) -> Demo:
 
 
 def write_config(demo: Demo, site) -> None:
-    from autoproc.config import DEFAULT_MACHINES_DIR
-
     root = demo.root
     (root / "raws").mkdir()
     (root / "lists").mkdir()
     config = {
         "root": str(root / "state"),
-        "machines_dir": str(DEFAULT_MACHINES_DIR),
         "retry": {"backoff_seconds": 1.0},
         "limits": {"dagmaker": 5},
         "executor": {"max_workers": 8},
@@ -125,9 +122,9 @@ def write_config(demo: Demo, site) -> None:
 
 
 def _machines(config: Config):
-    from autoproc.machines import load_machines
+    from autoproc.machines import load_configured
 
-    return load_machines(config.machines_dir, config.kinds)
+    return load_configured(config)
 
 
 def settled(store) -> bool:
@@ -146,7 +143,8 @@ def settled(store) -> bool:
 def set_up(root: Path, *, quiet: bool = False) -> tuple[Demo, SimSite]:
     """The demo directory, the simulated DESGW site, the configuration, the DEEP repo and the
     season; nothing runs yet."""
-    from autoproc.script import deep, desgw
+    from autoproc.deep import script as deep
+    from autoproc.desgw import script as desgw
     from autoproc.sim.desgw.site import SimExposure, make_site
     from autoproc.store import Store
 

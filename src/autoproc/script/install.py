@@ -12,16 +12,16 @@ from pathlib import Path
 from autoproc.config import DATA_DIR
 from autoproc.errors import AutoprocError
 
-# The middleware and libraries whose versions decide how autoproc behaves.
-RUNTIME_DISTRIBUTIONS = ("lsst-daf-butler", "lsst-pipe-base", "lsst-ctrl-mpexec", "lsst-ctrl-bps",
-                         "lsst-ctrl-bps-parsl", "parsl", "psycopg", "watchdog", "transitions")
+# The libraries whose versions decide how the core behaves; each chain adds its own
+# (`Chain.distributions`), shown first.
+RUNTIME_DISTRIBUTIONS = ("parsl", "psycopg", "watchdog", "transitions")
 UNITS = {False: "autoproc.service", True: "autoproc-user.service"}
 
 
 def versions() -> dict[str, str]:
     """autoproc's version, Python's, and those of the runtime distributions ("missing" if absent)."""
     found = {"autoproc": metadata.version("autoproc"), "python": platform.python_version()}
-    for name in RUNTIME_DISTRIBUTIONS:
+    for name in runtime_distributions():
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -29,9 +29,16 @@ def versions() -> dict[str, str]:
     return found
 
 
+def runtime_distributions() -> tuple[str, ...]:
+    """The installed chains' distributions, then the core's."""
+    from autoproc.chain import chains
+
+    return tuple(dict.fromkeys((*(d for c in chains() for d in c.distributions), *RUNTIME_DISTRIBUTIONS)))
+
+
 def version_text() -> str:
     v = versions()
-    rest = ", ".join(f"{name} {v[name]}" for name in RUNTIME_DISTRIBUTIONS)
+    rest = ", ".join(f"{name} {v[name]}" for name in runtime_distributions())
     return f"autoproc {v['autoproc']} (Python {v['python']}; {rest})"
 
 

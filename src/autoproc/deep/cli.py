@@ -1,4 +1,4 @@
-"""`autoproc deep …`: DEEP repository tools (thin commands over `autoproc.script.deep`)."""
+"""`autoproc deep …`: DEEP repository tools (thin commands over `autoproc.deep.script`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def deep() -> None:
 def init(obj: Context, operator: str | None) -> None:
     """Set up the Butler repo once (idempotent): create, instrument, skymap, defects, fakes,
     refcats, and a subject per configured template coadd."""
-    from autoproc.script.deep import init as deep_init
+    from autoproc.deep.script import init as deep_init
     from autoproc.script.override import operator_name
 
     for line in deep_init(obj.config, obj.store(), obj.machines(), operator=operator_name(operator)):

@@ -1,4 +1,4 @@
-"""`autoproc desgw …`: seasons and exposures (thin commands over `autoproc.script.desgw`)."""
+"""`autoproc desgw …`: seasons and exposures (thin commands over `autoproc.desgw.script`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+import autoproc.desgw.requests  # noqa: F401 - registers the requests these commands send
 from autoproc.cli.commands import Context, _change, _print_json, _view, pass_ctx
 
 
@@ -29,7 +30,7 @@ def desgw() -> None:
 def season(obj: Context, number: str, trigger_mjd, propid, ligoid, triggerid, bands, outdir, rc_items, reason,
            operator) -> None:
     """Create a season: SEASON if it is free (else why not), or `auto` for the lowest free one."""
-    from autoproc.script.desgw import DesgwRequestError, parse_rc_assignments
+    from autoproc.desgw.script import DesgwRequestError, parse_rc_assignments
 
     if number != "auto" and not number.isdigit():
         raise DesgwRequestError(f"SEASON must be a number or 'auto', not {number!r}")
