@@ -184,6 +184,15 @@ class ActionContext:
         if self.on_progress is not None:
             self.on_progress(self.attempt_id, note)
 
+    def record_child(self, name: str, child: process.Child) -> None:
+        """Enter a child this attempt started into the engine's ledger: `<name>.child.json`
+        in the attempt directory (what a restart finds and kills, see `recorded_children`)
+        and, in the daemon's process, the attempt's row. `run` does it for its children;
+        an action that starts children another way (the DEEP runner) calls it itself."""
+        process.write_private(_child_record(self.workdir, name), json.dumps(child.to_json()))
+        if self.notify is not None:
+            self.notify(self.attempt_id, child)
+
     def run(self, argv: Sequence[str], *, name: str = "child", cwd: Path | str | None = None,
             env: Mapping[str, str] | None = None, timeout: float | None = None) -> process.ChildResult:
         """Run a child process for this attempt: own process group, log under the attempt
@@ -191,17 +200,11 @@ class ActionContext:
         failed because the disk or a file-size limit was full raises that OSError: the
         attempt then waits for space instead of spending its retry budget."""
         log = self.workdir / f"{name}.log"
-
-        def started(child: process.Child) -> None:
-            process.write_private(_child_record(self.workdir, name), json.dumps(child.to_json()))
-            if self.notify is not None:
-                self.notify(self.attempt_id, child)
-
         stopping = self.stopping
         limit = timeout or self.timeout
         result = process.run(
             argv, cwd=cwd or self.workdir, log=log, env=env, timeout=limit,
-            on_start=started, should_stop=(stopping.is_set if stopping is not None else None))
+            on_start=lambda child: self.record_child(name, child), should_stop=(stopping.is_set if stopping is not None else None))
         if result.timed_out:
             self.timed_out.append(f"{name} timed out after {limit:.0f} s; its process group was killed")
         full = result.no_space()
