@@ -205,7 +205,7 @@ def next_step(attempts: Sequence[Attempt], st: StateSpec, policy: Policy, now: f
             if result.retryable:
                 why = f"gave up after {len(counted)} tries: {why}"
             return GiveUp(why, {"attempt": last.id, **result.evidence})
-        elif now < (last.not_before or 0):
+        if now < (last.not_before or 0):
             return Later(last.not_before or 0)
     interrupted = crashes_since_progress(attempts)
     if interrupted >= policy.max_interruptions:

@@ -60,7 +60,7 @@ def _perform(fn: Callable[[actions.ActionContext], actions.Outcome],
             outcome = fn(ctx)
     except (actions.Retry, actions.Fail) as err:
         return actions.ActionResult.of_error(err, _with_timeouts(ctx, err.reason))
-    except actions.ActionError as err:  # Wait, Hold
+    except (actions.Wait, actions.Hold) as err:
         return actions.ActionResult.of_error(err)
     except OSError as err:
         if err.errno in process.NO_SPACE_ERRNOS:
