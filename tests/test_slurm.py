@@ -89,13 +89,13 @@ def assert_ran_in_our_blocks(config, path: Path, watch: JobWatch, kind: str, key
     shown = cli(path, "show", kind, key)
     assert shown.returncode == 0, shown.stderr
     for a in ran:
-        assert f"{a['host']}, Slurm job {a['result']['ran_on']['slurm_job_id']}" in shown.stdout, shown.stdout
+        assert f"{a.host}, Slurm job {a.result['ran_on']['slurm_job_id']}" in shown.stdout, shown.stdout
     out = config.root / "report-test"
     rep = cli(path, "report", "--out", str(out))
     assert rep.returncode == 0, rep.stderr
     html = (out / "index.html").read_text()
     for a in ran[-3:]:
-        assert f"Slurm job {a['result']['ran_on']['slurm_job_id']}" in html
+        assert f"Slurm job {a.result['ran_on']['slurm_job_id']}" in html
 
 
 # --- actions on HTEX over Slurm ------------------------------------------------------------
