@@ -84,13 +84,13 @@ def first_action(root: Path, executor: dict) -> tuple[float, str | None]:
                 return None
             store = Store(root / "autoproc.db")
             try:
-                done = [a for a in store.attempts() if a["status"] == "succeeded"]
+                done = [a for a in store.attempts() if a.status == "succeeded"]
             finally:
                 store.close()
             return done[0] if done else None
 
         attempt = wait(started, 180, "the first action")
-        return attempt["result"]["evidence"]["action_started"] - t0, attempt["result"].get("ran_on", {}).get(
+        return attempt.result["evidence"]["action_started"] - t0, attempt.result.get("ran_on", {}).get(
             "slurm_job_id")
     finally:
         stop(proc)
@@ -142,17 +142,17 @@ def deep_night(root: Path, site: str, n_bias: int, partition: str) -> list[dict]
         stop(proc)
     store = Store(root / "autoproc.db")
     try:
-        steps = [a for a in store.attempts() if a["step"] == "bias" and a["result"].get("evidence", {}).get("run")]
+        steps = [a for a in store.attempts() if a.step == "bias" and a.result.get("evidence", {}).get("run")]
     finally:
         store.close()
     out = []
     for a in steps:
-        ev = a["result"]["evidence"]
+        ev = a.result["evidence"]
         quanta = sum(ev["succeeded"].values())
-        wall = a["ended"] - a["started"]
+        wall = a.ended - a.started
         qbb = next((t for d, t in first_qbb.items() if ev["attempt_dir"].startswith(d) or d.startswith(
             ev["attempt_dir"])), None)
-        out.append({"step": ev["step"], "wall": wall, "startup": (qbb - a["started"]) if qbb else None,
+        out.append({"step": ev["step"], "wall": wall, "startup": (qbb - a.started) if qbb else None,
                     "quanta": quanta, "per_s": quanta / wall})
     return out
 

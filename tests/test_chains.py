@@ -225,7 +225,7 @@ def test_the_core_runs_with_only_a_third_chain(example_env, tmp_path):
 
         wait_for(stamped, timeout=60, what="the stamp done")
         (attempt,) = store.attempts(store.subject("stamp", "first").id)
-        assert Path(attempt["result"]["evidence"]["stamp"]).read_text() == "ahoy first\n"
+        assert Path(attempt.result["evidence"]["stamp"]).read_text() == "ahoy first\n"
         page = tmp_path / "root" / "report" / "index.html"
         wait_for(lambda: page.exists() and "Stamps × stages" in page.read_text(), timeout=30, what="the report")
         store.close()

@@ -31,7 +31,7 @@ def _subject(config):
     store.update(s, held=None, trigger="note", actor="alice", reason="r", evidence={"on_behalf_of": "bob"})
     for try_number, status in ((1, "failed"), (2, "succeeded")):
         a = store.add_attempt(store.subject("widget", "w"), "building", step="build", try_number=try_number)
-        store.update_attempt(a, status=status, log=LONG_LOG, ended=store.attempt(a)["started"] + 75,
+        store.update_attempt(a, status=status, log=LONG_LOG, ended=store.attempt(a).started + 75,
                              exit_status=0 if status == "succeeded" else 1,
                              result={"reason": "the build child exited 1 after writing half of its output " * 3})
     return store

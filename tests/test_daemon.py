@@ -31,7 +31,7 @@ def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess:
 def running_attempts(config):
     store = Store(config.db)
     try:
-        return [a for a in store.attempts(status=("running",)) if a["pgid"]]
+        return [a for a in store.attempts(status=("running",)) if a.pgid]
     finally:
         store.close()
 
@@ -45,9 +45,9 @@ def test_sigterm_stops_within_ten_seconds_and_kills_children(write_config, tmp_p
     d.signal(signal.SIGTERM)
     assert d.wait(timeout=10) == 0
     assert time.monotonic() - t0 < 10
-    wait_for(lambda: group_gone(attempt["pgid"]), timeout=3, what="child group gone")
+    wait_for(lambda: group_gone(attempt.pgid), timeout=3, what="child group gone")
     store = Store(config.db)
-    assert store.attempt(attempt["id"])["status"] == "interrupted"
+    assert store.attempt(attempt.id).status == "interrupted"
     assert store.daemon_info()["status"] == "stopped"
     # A restart carries on: the interrupted build runs again, to the end.
     daemon_factory(path).start()
@@ -122,8 +122,8 @@ def test_kill9_during_actions_then_restart(write_config, tmp_path, daemon_factor
     (inbox / "s-1.w").write_text("sleep 3 progress")
     (inbox / "t-1.w").write_text("sleep 3")
     wait_for(lambda: len(running_attempts(config)) == 2, what="two builds running")
-    wait_for(lambda: any(a["result"].get("progress") for a in running_attempts(config)), what="s's progress")
-    pgids = [a["pgid"] for a in running_attempts(config)]
+    wait_for(lambda: any(a.result.get("progress") for a in running_attempts(config)), what="s's progress")
+    pgids = [a.pgid for a in running_attempts(config)]
     d.kill9()
     # While the daemon is down, more files arrive: the restart's scan must find them.
     for i in range(3):
@@ -137,14 +137,14 @@ def test_kill9_during_actions_then_restart(write_config, tmp_path, daemon_factor
         assert ledger.count(f"done {k}") == 1, k  # finished work is not repeated
     store = Store(config.db)
     journal_consistent(store)
-    statuses = {a["status"] for a in store.attempts()}
+    statuses = {a.status for a in store.attempts()}
     assert statuses <= {"succeeded", "interrupted"}
-    interrupted = {store.subject_by_id(a["subject_id"]).key: a for a in store.attempts()
-                   if a["status"] == "interrupted"}
+    interrupted = {store.subject_by_id(a.subject_id).key: a for a in store.attempts()
+                   if a.status == "interrupted"}
     assert set(interrupted) == {"s", "t"}
     # The progress s reported before the kill survived it (it resets the crash count).
-    assert interrupted["s"]["result"]["progress"] == ["half built"]
-    assert "progress" not in interrupted["t"]["result"]
+    assert interrupted["s"].result["progress"] == ["half built"]
+    assert "progress" not in interrupted["t"].result
     console = Console(width=400, record=True)  # what `autoproc show widget s` prints
     console.print(subject_view(show_info(store, "widget", "s")))
     assert "[progress: half built]" in console.export_text()

@@ -16,13 +16,13 @@ from conftest import wait_for
 def engine_for(write_config, tmp_path):
     engines = []
 
-    def make(**overrides):
+    def make(clock=time.time, **overrides):
         inbox = tmp_path / "inbox"
         inbox.mkdir(exist_ok=True)
         overrides.setdefault("watch", [{"name": "inbox", "path": str(inbox), "kind": "widget",
                                         "patterns": ["*.w"], "mode": "inotify", "quiet_seconds": 0.2}])
         config, _ = write_config(**overrides)
-        engine = Engine(config)
+        engine = Engine(config, clock=clock)
         engine.start()
         thread = threading.Thread(target=engine.run, daemon=True)
         thread.start()
@@ -65,6 +65,20 @@ def ledger(engine) -> list[str]:
     return p.read_text().splitlines() if p.exists() else []
 
 
+class SteppedClock:
+    """The engine's clock, moved forward by the test (the real one keeps running under it)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> bool:
+        self.offset += seconds
+        return True
+
+
 def test_file_to_done_through_the_watcher(engine_for):
     engine, inbox = engine_for()
     drop(inbox, "a-1.w", "ok")
@@ -72,10 +86,10 @@ def test_file_to_done_through_the_watcher(engine_for):
     assert ledger(engine) == ["build a try=1 adjust={}", "check a", "done a"]
     s = db(engine).subject("widget", "a")
     attempts = db(engine).attempts(s.id)
-    assert [a["status"] for a in attempts] == ["succeeded", "succeeded"]
+    assert [a.status for a in attempts] == ["succeeded", "succeeded"]
     build = attempts[0]
-    assert build["exit_status"] == 0 and build["pgid"] and Path(build["log"]).exists()
-    assert Path(build["cwd"]).is_dir()
+    assert build.exit_status == 0 and build.pgid and Path(build.log).exists()
+    assert Path(build.cwd).is_dir()
     assert db(engine).files(subject_id=s.id)[0]["status"] == "consumed"
 
 
@@ -99,9 +113,9 @@ def test_retry_budget_is_finite(engine_for):
     drop(inbox, "d-1.w", "crash")
     wait_for(lambda: state(engine, "d") == "failed", what="d failed")
     s = db(engine).subject("widget", "d")
-    failed = [a for a in db(engine).attempts(s.id) if a["status"] == "failed"]
+    failed = [a for a in db(engine).attempts(s.id) if a.status == "failed"]
     assert len(failed) == 3  # widget.yaml allows 3 tries in `building`
-    assert all(a["exit_status"] == 3 for a in failed)
+    assert all(a.exit_status == 3 for a in failed)
     assert "gave up after 3 tries: build child exited 3" in db(engine).journal(s.id)[-1]["reason"]
 
 
@@ -135,8 +149,9 @@ def test_operator_hold_release_and_set(engine_for):
     wait_for(lambda: state(engine, "h") == "building")
     machines = engine.machines
     override.hold(db(engine), machines, "widget", "h", reason="look first", operator="alice")
-    time.sleep(2.5)  # the build finishes but its outcome waits for the release
-    assert state(engine, "h") == "building"
+    h = db(engine).subject("widget", "h").id
+    wait_for(lambda: any(a.status == "succeeded" for a in db(engine).attempts(h)), what="h's build finished")
+    assert state(engine, "h") == "building"  # its outcome waits for the release
     override.release(db(engine), machines, "widget", "h", reason="fine", operator="alice")
     wait_for(lambda: state(engine, "h") == "done", what="h done after release")
     plan = override.rerun_from(db(engine), machines, "widget", "h", "building", reason="redo", operator="bob")
@@ -151,26 +166,29 @@ def test_operator_move_kills_the_running_step(engine_for):
     drop(inbox, "k-1.w", "sleep 30")
     wait_for(lambda: state(engine, "k") == "building")
     s = db(engine).subject("widget", "k")
-    attempt = wait_for(lambda: [a for a in db(engine).attempts(s.id) if a["pgid"]], what="child started")[0]
+    attempt = wait_for(lambda: [a for a in db(engine).attempts(s.id) if a.pgid], what="child started")[0]
     t0 = time.monotonic()
     override.set_state(db(engine), engine.machines, "widget", "k", "failed", reason="wrong data", operator="carol")
-    wait_for(lambda: db(engine).attempt(attempt["id"])["status"] == "superseded", timeout=10)
+    wait_for(lambda: db(engine).attempt(attempt.id).status == "superseded", timeout=10)
     assert time.monotonic() - t0 < 5
     import os
     with pytest.raises(ProcessLookupError):
-        os.killpg(attempt["pgid"], 0)
+        os.killpg(attempt.pgid, 0)
     assert state(engine, "k") == "failed"
 
 
 def test_waiting_past_the_deadline_stalls(engine_for):
-    engine, inbox = engine_for(deadlines={"widget.checking": 1.0})
+    clock = SteppedClock()
+    engine, inbox = engine_for(deadlines={"widget.checking": 3600.0}, clock=clock)
     # `checking` waits for an output that never comes (the widget was never built).
     s, _ = db(engine).ensure_subject("widget", "m", "checking", actor="test")
+    wait_for(lambda: db(engine).attempts(s.id), what="m's first look")
+    clock.advance(3600.0)
     wait_for(lambda: state(engine, "m") == "stalled", what="m stalled")
     polls = db(engine).attempts(s.id)
-    assert len(polls) == 1 and polls[0]["status"] == "waiting"  # one attempt row, polled in place
+    assert len(polls) == 1 and polls[0].status == "waiting"  # one attempt row, polled in place
     last = db(engine).journal(s.id)[-1]
-    assert last["trigger"] == "stall" and "more than 1 s" in last["reason"]
+    assert last["trigger"] == "stall" and "more than 3600 s" in last["reason"]
 
 
 def test_gadget_is_recovered_not_resubmitted(engine_for, tmp_path):
@@ -185,7 +203,7 @@ def test_gadget_is_recovered_not_resubmitted(engine_for, tmp_path):
     wait_for(lambda: state(engine, "x", "gadget") == "done")
     assert (root / "submitted" / "x").read_text() == "submitted\n"  # not submitted a second time
     attempts = db(engine).attempts(s.id)
-    assert attempts[0]["id"] == attempt and attempts[-1]["step"] == "recover"
+    assert attempts[0].id == attempt and attempts[-1].step == "recover"
 
 
 def test_only_crashes_since_the_last_progress_count(engine_for):
@@ -239,7 +257,7 @@ def test_operator_transitions_run_the_machines_callbacks(engine_for):
 def test_a_poke_wakes_a_polling_action(engine_for):
     engine, _ = engine_for(watch=[], poll_seconds=3600)  # left alone, it would look again in an hour
     s, _ = db(engine).ensure_subject("widget", "p", "checking", actor="test")
-    wait_for(lambda: [a for a in db(engine).attempts(s.id) if a["status"] == "waiting"], what="polling")
+    wait_for(lambda: [a for a in db(engine).attempts(s.id) if a.status == "waiting"], what="polling")
     out = Path(engine.config.root) / "built" / "p.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("made by hand")
@@ -248,12 +266,15 @@ def test_a_poke_wakes_a_polling_action(engine_for):
 
 
 def test_reaper_gives_up_on_an_action_hung_in_itself(engine_for):
-    engine, _ = engine_for(watch=[])
+    clock = SteppedClock()
+    engine, _ = engine_for(watch=[], clock=clock)
     s, _ = db(engine).ensure_subject("sloth", "z", "thinking", actor="test", data={"seconds": 600})
-    wait_for(lambda: state(engine, "z", "sloth") == "failed", timeout=40, what="given up after 2 hung tries")
+    # Each look moves the engine's clock past the timeout and its grace (decision.hung): the
+    # reaper gives up on the running try, which is retried once (sloth.yaml), then fails.
+    wait_for(lambda: clock.advance(100) and state(engine, "z", "sloth") == "failed", what="given up after 2 hung tries")
     attempts = db(engine).attempts(s.id)
-    assert [a["status"] for a in attempts] == ["failed", "failed"]
-    assert all("hung" in a["result"]["reason"] for a in attempts)
+    assert [a.status for a in attempts] == ["failed", "failed"]
+    assert all("hung" in a.result["reason"] for a in attempts)
     assert "gave up after 2 tries" in db(engine).journal(s.id)[-1]["reason"]
 
 

@@ -44,7 +44,7 @@ def test_the_same_action_submitted_twice_runs_twice(tmp_path):
         results = [executor.submit(_count_call, ctx).result(timeout=30) for _ in range(2)]
     finally:
         executor.shutdown()
-    assert [r["evidence"]["call"] for r in results] == [0, 1]
+    assert [r.evidence["call"] for r in results] == [0, 1]
 
 
 def test_htex_on_slurm_is_built_from_config(tmp_path):
@@ -103,7 +103,7 @@ def test_actions_run_on_a_local_htex(write_config, tmp_path, monkeypatch):
         view = Store(config.db)  # the test thread's own connection
         wait_for(lambda: {s.key: s.state for s in view.subjects("widget")} == {"a": "done", "b": "done"},
                  timeout=120, what="widgets done on HTEX")
-        pids = {a["pid"] for a in view.attempts() if a["pid"]}
+        pids = {a.pid for a in view.attempts() if a.pid}
         assert pids  # read from the child.json files the HTEX worker wrote
     finally:
         engine.stop()
@@ -177,7 +177,7 @@ def test_htex_worker_killed_under_an_action_retries_without_its_orphan(write_con
 
         def first_child() -> tuple[dict, dict] | None:
             for a in view.attempts(subject.id):
-                path = Path(a["cwd"] or "/nonexistent") / "work.child.json"
+                path = Path(a.cwd or "/nonexistent") / "work.child.json"
                 if path.exists():
                     return a, json.loads(path.read_text())
             return None
@@ -188,14 +188,14 @@ def test_htex_worker_killed_under_an_action_retries_without_its_orphan(write_con
         assert not group_gone(child["pgid"])
         os.kill(worker, signal.SIGKILL)
 
-        ended = wait_for(lambda: (a := view.attempt(first["id"]))["status"] != "running" and a,
+        ended = wait_for(lambda: (a := view.attempt(first.id)).status != "running" and a,
                          timeout=60, interval=0.02, what="the lost attempt recorded")
-        assert ended["status"] == "failed" and ended["result"]["kind"] == "retry", ended
-        assert "WorkerLost" in ended["result"]["reason"], ended
+        assert ended.status == "failed" and ended.result["kind"] == "retry", ended
+        assert "WorkerLost" in ended.result["reason"], ended
         # Recorded (and so retried) only once the dead worker's child group is gone.
         assert group_gone(child["pgid"]), f"the dead worker's child group {child['pgid']} is still running"
         wait_for(lambda: view.subject("orphan", "o").state == "done", timeout=60, what="done after the retry")
-        assert [(a["try"], a["status"]) for a in view.attempts(subject.id)] == [
+        assert [(a.try_number, a.status) for a in view.attempts(subject.id)] == [
             (1, "failed"), (2, "succeeded")]
         assert (config.root / "ledger.txt").read_text().splitlines() == ["work try=2"]
         assert not Path(child["status_file"]).exists()  # the first child never finished

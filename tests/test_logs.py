@@ -31,9 +31,9 @@ def _chatter_night(write_config, tmp_path, daemon_factory, *daemon_args: str):
     d = daemon_factory(path, *daemon_args).start()
     (inbox / "talk-1.w").write_text("chatter")
     wait_for(lambda: states(config).get("talk") == "done", what="talk done")
-    attempt = next(a for a in Store(config.db).attempts() if a["stage"] == "building")
+    attempt = next(a for a in Store(config.db).attempts() if a.stage == "building")
     d.stop()
-    return d.output(), (Path(attempt["cwd"]) / "action.log").read_text()
+    return d.output(), (Path(attempt.cwd) / "action.log").read_text()
 
 
 def test_library_chatter_goes_to_the_attempt_log_not_the_daemon_log(write_config, tmp_path, daemon_factory):

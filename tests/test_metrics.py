@@ -31,15 +31,15 @@ def expected_from(store: Store) -> dict[str, dict[tuple, float]]:
     subjects = {(("kind", k), ("state", s)): n for k, s, n in store.counts()}
     finished, running, retries = {}, {}, {}
     for a in store.attempts():
-        kind = store.subject_by_id(a["subject_id"]).kind
-        if a["status"] == "running":
-            key = (("kind", kind), ("stage", a["stage"]))
+        kind = store.subject_by_id(a.subject_id).kind
+        if a.status == "running":
+            key = (("kind", kind), ("stage", a.stage))
             running[key] = running.get(key, 0) + 1
-        if a["status"] in ("succeeded", "failed", "interrupted", "superseded"):
-            key = (("kind", kind), ("stage", a["stage"]), ("status", a["status"]))
+        if a.status in ("succeeded", "failed", "interrupted", "superseded"):
+            key = (("kind", kind), ("stage", a.stage), ("status", a.status))
             finished[key] = finished.get(key, 0) + 1
-        key = (("kind", kind), ("stage", a["stage"]))
-        retries[key] = retries.get(key, 0) + (a["try"] > 1)
+        key = (("kind", kind), ("stage", a.stage))
+        retries[key] = retries.get(key, 0) + (a.try_number > 1)
     problems: dict[tuple, int] = {}
     for p in store.problems(limit=10_000):
         problems[(("source", p["source"]),)] = problems.get((("source", p["source"]),), 0) + 1

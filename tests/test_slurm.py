@@ -17,7 +17,7 @@ import pytest
 
 from autoproc import slurm as autoproc_slurm
 from autoproc.executor import stale_interchanges
-from autoproc.store import Store
+from autoproc.store import Attempt, Store
 from conftest import argv_of, child_env, pid_gone, states, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -40,7 +40,7 @@ def cli(path: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env={**child_env(), "COLUMNS": "400"}, timeout=120)
 
 
-def attempts_of(config) -> list[dict]:
+def attempts_of(config) -> list[Attempt]:
     store = Store(config.db)
     try:
         return store.attempts()
@@ -80,23 +80,23 @@ def assert_ran_in_our_blocks(config, path: Path, watch: JobWatch, kind: str, key
     assert blocks, watch.seen
     store = Store(config.db)
     subject = store.subject(kind, key)
-    ran = [a for a in store.attempts(subject.id) if a["status"] not in ("interrupted", "superseded")]
+    ran = [a for a in store.attempts(subject.id) if a.status not in ("interrupted", "superseded")]
     store.close()
     assert ran
     for a in ran:
-        where = a["result"].get("ran_on", {})
-        assert where.get("slurm_job_id") in blocks, (a["id"], a["stage"], where, blocks)
-        assert where.get("host") == a["host"]
+        where = a.result.get("ran_on", {})
+        assert where.get("slurm_job_id") in blocks, (a.id, a.stage, where, blocks)
+        assert where.get("host") == a.host
     shown = cli(path, "show", kind, key)
     assert shown.returncode == 0, shown.stderr
     for a in ran:
-        assert f"{a['host']}, Slurm job {a['result']['ran_on']['slurm_job_id']}" in shown.stdout, shown.stdout
+        assert f"{a.host}, Slurm job {a.result['ran_on']['slurm_job_id']}" in shown.stdout, shown.stdout
     out = config.root / "report-test"
     rep = cli(path, "report", "--out", str(out))
     assert rep.returncode == 0, rep.stderr
     html = (out / "index.html").read_text()
     for a in ran[-3:]:
-        assert f"Slurm job {a['result']['ran_on']['slurm_job_id']}" in html
+        assert f"Slurm job {a.result['ran_on']['slurm_job_id']}" in html
 
 
 # --- actions on HTEX over Slurm ------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_kill9_leaves_a_block_the_restart_cancels(write_config, tmp_path, daemon
     (inbox / "c-1.w").write_text("ok")
     wait_for(lambda: states(config).get("c") == "done", timeout=180, interval=0.2, what="c done on a new block")
     store = Store(config.db)
-    ran_in = {a["result"].get("ran_on", {}).get("slurm_job_id") for a in store.attempts(store.subject("widget", "c").id)}
+    ran_in = {a.result.get("ran_on", {}).get("slurm_job_id") for a in store.attempts(store.subject("widget", "c").id)}
     store.close()
     (new,) = [j.id for j in our_jobs(config)]
     assert ran_in == {new} and new != old
@@ -220,10 +220,10 @@ def test_bps_steps_run_as_slurm_jobs(write_config, tmp_path, daemon_factory, slu
         assert stream(raws, night, "--science", "VR:0", "--flats", "0", "--n-bias", "4").wait(60) == 0
         wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=480, interval=0.5, what="done")
     jobs = step_jobs(watch, config)
-    steps = [a for a in attempts_of(config) if a["step"] == "bias" and a["result"].get("evidence", {}).get("run")]
+    steps = [a for a in attempts_of(config) if a.step == "bias" and a.result.get("evidence", {}).get("run")]
     assert len(steps) == 2, steps  # bias step1 and step2, each one bps submission
     # Each submission's block carried its attempt's comment; every quantum ran inside one of them.
-    assert {j["comment"] for j in jobs.values()} == {autoproc_slurm.attempt_comment(config.db, a["id"])
+    assert {j["comment"] for j in jobs.values()} == {autoproc_slurm.attempt_comment(config.db, a.id)
                                                      for a in steps}, jobs
     assert watch.quanta and set(watch.quanta.values()) <= set(jobs), (watch.quanta, jobs)
     from lsst.daf.butler import Butler
@@ -268,7 +268,7 @@ def test_kill9_during_a_bps_slurm_step_then_restart(write_config, tmp_path, daem
     assert_bias_once(b, night)
     b.close()
     store = Store(config.db)
-    assert any(a["status"] == "interrupted" for a in store.attempts(store.subject("night", night).id))
+    assert any(a.status == "interrupted" for a in store.attempts(store.subject("night", night).id))
     store.close()
     daemon.stop()
     assert not our_jobs(config)
@@ -289,7 +289,7 @@ def test_sigterm_during_a_bps_slurm_step_cancels_its_job(write_config, tmp_path,
     assert not left, left
     wait_for(lambda: not slurm.jobs(), timeout=30, what="squeue empty after SIGTERM")
     store = Store(config.db)
-    assert [a["status"] for a in store.attempts(store.subject("night", night).id) if a["step"] == "bias"] == [
+    assert [a.status for a in store.attempts(store.subject("night", night).id) if a.step == "bias"] == [
         "interrupted"]
     store.close()
 
@@ -315,10 +315,10 @@ def test_a_step_job_scancelled_from_outside_is_retried(write_config, tmp_path, d
         refs = b.query_datasets(dtype, collections=f"DEEP/{night}/bias", find_first=False, explain=False)
         assert len(refs) == n and len({r.dataId for r in refs}) == n, dtype  # done once
     b.close()
-    bias = [a for a in attempts_of(config) if a["step"] == "bias"]
-    cancelled = next(a for a in bias if a["id"] == int(job.comment.rpartition(":a")[2]))
-    assert (cancelled["status"], cancelled["result"]["kind"]) == ("failed", "retry"), cancelled["result"]
-    assert bias[-1]["status"] == "succeeded"
+    bias = [a for a in attempts_of(config) if a.step == "bias"]
+    cancelled = next(a for a in bias if a.id == int(job.comment.rpartition(":a")[2]))
+    assert (cancelled.status, cancelled.result["kind"]) == ("failed", "retry"), cancelled.result
+    assert bias[-1].status == "succeeded"
     assert not our_jobs(config)
 
 
@@ -384,8 +384,8 @@ def test_a_drained_node_makes_the_step_wait_with_the_reason(write_config, tmp_pa
     assert stream(raws, night, "--science", "VR:0", "--flats", "0", "--n-bias", "4").wait(60) == 0
 
     def waiting() -> str | None:
-        return next((a["result"]["slurm_wait"] for a in attempts_of(config)
-                     if a["status"] == "running" and a["result"].get("slurm_wait")), None)
+        return next((a.result["slurm_wait"] for a in attempts_of(config)
+                     if a.status == "running" and a.result.get("slurm_wait")), None)
 
     reason = wait_for(waiting, timeout=240, interval=0.5, what="the step's attempt waiting on Slurm")
     assert f"partition {slurm.partition}" in reason and f"{slurm.node} drained" in reason, reason
@@ -398,7 +398,7 @@ def test_a_drained_node_makes_the_step_wait_with_the_reason(write_config, tmp_pa
     assert states(config, "night")[night] == "bias"
     slurm.resume_node()
     wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=480, interval=0.5, what="done")
-    assert not any(a["result"].get("slurm_wait") for a in attempts_of(config))
+    assert not any(a.result.get("slurm_wait") for a in attempts_of(config))
     assert not our_jobs(config)
 
 
@@ -420,8 +420,8 @@ def test_actions_wait_out_a_stopped_controller(write_config, tmp_path, daemon_fa
              what="every widget done after the controller came back")
     assert daemon.proc.poll() is None
     store = Store(config.db)
-    jobs = {a["result"].get("ran_on", {}).get("slurm_job_id") for s in "bc"
-            for a in store.attempts(store.subject("widget", s).id) if a["status"] == "succeeded"}
+    jobs = {a.result.get("ran_on", {}).get("slurm_job_id") for s in "bc"
+            for a in store.attempts(store.subject("widget", s).id) if a.status == "succeeded"}
     store.close()
     assert jobs and None not in jobs, jobs  # still inside Slurm blocks (the first one, or its successor)
 
@@ -439,8 +439,8 @@ def test_a_step_waits_out_a_stopped_controller(write_config, tmp_path, daemon_fa
         t0 = time.monotonic()
         assert stream(raws, night, "--science", "VR:0", "--flats", "0", "--n-bias", "4").wait(60) == 0
         # The step's attempt runs (bps's Parsl keeps trying sbatch) and says what it waits for.
-        wait_for(lambda: any("does not answer" in (a["result"].get("slurm_wait") or "")
-                             for a in attempts_of(config) if a["status"] == "running" and a["step"] == "bias"),
+        wait_for(lambda: any("does not answer" in (a.result.get("slurm_wait") or "")
+                             for a in attempts_of(config) if a.status == "running" and a.step == "bias"),
                  timeout=120, interval=0.5, what="the bias step waiting on the controller")
         time.sleep(max(0.0, 30 - (time.monotonic() - t0)))
         assert daemon.proc.poll() is None
@@ -448,8 +448,8 @@ def test_a_step_waits_out_a_stopped_controller(write_config, tmp_path, daemon_fa
     finally:
         slurm.start_daemon("slurmctld")
     wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=480, interval=0.5, what="done")
-    bias = [a for a in attempts_of(config) if a["step"] == "bias" and a["result"].get("evidence", {}).get("run")]
-    assert [a["status"] for a in bias] == ["succeeded", "succeeded"]  # no retry spent on the outage
+    bias = [a for a in attempts_of(config) if a.step == "bias" and a.result.get("evidence", {}).get("run")]
+    assert [a.status for a in bias] == ["succeeded", "succeeded"]  # no retry spent on the outage
     assert not our_jobs(config)
 
 

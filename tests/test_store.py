@@ -121,7 +121,7 @@ def old_database(path: Path, version: int) -> None:
                  " 1, 1, 1)")
     conn.execute("INSERT INTO journal (subject_id, to_state, trigger, actor, version, time)"
                  " VALUES (1, 'new', 'create', 'daemon', 1, 1)")
-    conn.execute("INSERT INTO attempts (subject_id, stage, try, entry, status) VALUES (1, 'building', 1, 1, 'done')")
+    conn.execute("INSERT INTO attempts (subject_id, stage, try, entry, status) VALUES (1, 'building', 1, 1, 'succeeded')")
     conn.execute("INSERT INTO files (path, root, kind, size, mtime, subject_id, status, seen, updated)"
                  " VALUES ('/raw/a.fits', 'raw', 'raw', 10, 1, 1, 'bad', 1, 1)")
     conn.close()
@@ -159,7 +159,7 @@ def test_a_database_from_the_previous_version_opens_and_migrates(tmp_path, versi
     assert s.schema_version() == len(MIGRATIONS)
     subject = s.subject("widget", "w1")
     assert subject.state == "new" and [r["trigger"] for r in s.journal(subject.id)] == ["create"]
-    assert [a["status"] for a in s.attempts(subject.id)] == ["done"]
+    assert [a.status for a in s.attempts(subject.id)] == ["succeeded"]
     assert s.file("/raw/a.fits")["cause"] == "file"  # the column migration 2 adds, with its default
     s.transition(subject, "building", trigger="start", actor="alice")
     s.record_file(path="/raw/b.fits", root="raw", kind="raw", size=1, mtime=1, status="bad", cause="environment")

@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -83,6 +84,80 @@ class Fail(ActionError):
     """A failure that retrying will not fix."""
 
 
+class ResultKind(StrEnum):
+    """How an action ended: returned an Outcome, or raised Retry, Wait, Hold or Fail (any
+    other exception is a FAIL)."""
+
+    OUTCOME = "outcome"
+    RETRY = "retry"
+    WAIT = "wait"
+    HOLD = "hold"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """What the executor hands back to the engine for one attempt: plain data, so it
+    crosses the process boundary to HTEX/Slurm workers, and is stored as `to_json()` in
+    the attempt's `result`. Which fields mean something depends on `kind`: `trigger`,
+    `data`, `consume`, `bad` an OUTCOME's; `adjust` and `executor_lost` a RETRY's;
+    `problem` a WAIT's; `retry_after` an OUTCOME without a trigger or a WAIT."""
+
+    kind: ResultKind
+    reason: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    trigger: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    retry_after: float | None = None
+    consume: list[str] = field(default_factory=list)
+    bad: dict[str, str] = field(default_factory=dict)
+    adjust: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None
+    executor_lost: bool = False  # the process that ran the action is gone (e.g. a lost HTEX worker)
+    ran_on: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of_outcome(cls, outcome: Outcome) -> ActionResult:
+        return cls(ResultKind.OUTCOME, **asdict(outcome))
+
+    @classmethod
+    def of_error(cls, err: ActionError, reason: str | None = None) -> ActionResult:
+        """The result of an action that raised one of the steering exceptions (`reason`
+        replaces the exception's own, e.g. with the children's timeouts added)."""
+        why = err.reason if reason is None else reason
+        if isinstance(err, Retry):
+            return cls(ResultKind.RETRY, why, err.evidence, adjust=err.adjust)
+        if isinstance(err, Wait):
+            return cls(ResultKind.WAIT, why, err.evidence, retry_after=err.retry_after, problem=err.problem)
+        if isinstance(err, Hold):
+            return cls(ResultKind.HOLD, why, err.evidence)
+        return cls(ResultKind.FAIL, why, err.evidence)
+
+    @property
+    def retryable(self) -> bool:
+        """A failure another try may fix (within the retry budget)."""
+        return self.kind is ResultKind.RETRY
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form: `kind`, `reason`, `evidence`, and the fields that are set."""
+        out: dict[str, Any] = {"kind": self.kind.value, "reason": self.reason, "evidence": self.evidence}
+        if self.kind is ResultKind.OUTCOME:
+            out.update(trigger=self.trigger, data=self.data, retry_after=self.retry_after, consume=self.consume,
+                       bad=self.bad)
+        for name in ("adjust", "problem", "executor_lost", "ran_on"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
+        if self.kind is ResultKind.WAIT:
+            out["retry_after"] = self.retry_after
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ActionResult:
+        """Read back `to_json()`, ignoring what the engine noted beside it (progress, ...)."""
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data and data[k] is not None}
+        return cls(**{**known, "kind": ResultKind(data.get("kind", ResultKind.FAIL))})
+
+
 @dataclass
 class ActionContext:
     """Everything an action may use. Picklable, so it can travel to a Parsl worker."""
@@ -113,6 +188,15 @@ class ActionContext:
         if self.on_progress is not None:
             self.on_progress(self.attempt_id, note)
 
+    def record_child(self, name: str, child: process.Child) -> None:
+        """Enter a child this attempt started into the engine's ledger: `<name>.child.json`
+        in the attempt directory (what a restart finds and kills, see `recorded_children`)
+        and, in the daemon's process, the attempt's row. `run` does it for its children;
+        an action that starts children another way (the DEEP runner) calls it itself."""
+        process.write_private(_child_record(self.workdir, name), json.dumps(child.to_json()))
+        if self.notify is not None:
+            self.notify(self.attempt_id, child)
+
     def run(self, argv: Sequence[str], *, name: str = "child", cwd: Path | str | None = None,
             env: Mapping[str, str] | None = None, timeout: float | None = None) -> process.ChildResult:
         """Run a child process for this attempt: own process group, log under the attempt
@@ -120,23 +204,49 @@ class ActionContext:
         failed because the disk or a file-size limit was full raises that OSError: the
         attempt then waits for space instead of spending its retry budget."""
         log = self.workdir / f"{name}.log"
-
-        def started(child: process.Child) -> None:
-            process.write_private(self.workdir / f"{name}.child.json", json.dumps(child.to_json()))
-            if self.notify is not None:
-                self.notify(self.attempt_id, child)
-
         stopping = self.stopping
         limit = timeout or self.timeout
         result = process.run(
             argv, cwd=cwd or self.workdir, log=log, env=env, timeout=limit,
-            on_start=started, should_stop=(stopping.is_set if stopping is not None else None))
+            on_start=lambda child: self.record_child(name, child), should_stop=(stopping.is_set if stopping is not None else None))
         if result.timed_out:
             self.timed_out.append(f"{name} timed out after {limit:.0f} s; its process group was killed")
         full = result.no_space()
         if full is not None:
             raise full
         return result
+
+
+# What `ActionContext.run` leaves in the attempt directory for each child NAME: NAME.log,
+# NAME.log.exit (its exit status, process.run) and NAME.child.json (pid, pgid, host, argv,
+# log), which the engine reads to find or kill an attempt's children after a restart and a
+# recover action reads to learn what an interrupted attempt got as far as. Read them
+# through these functions, not by name.
+
+
+def _child_record(workdir: Path, name: str) -> Path:
+    return workdir / f"{name}.child.json"
+
+
+def recorded_children(workdir: Path) -> list[dict[str, Any]]:
+    """Every child `run` started in the attempt directory `workdir`, oldest first (unreadable records skipped)."""
+    children = []
+    for path in sorted(workdir.glob("*.child.json"), key=lambda p: p.stat().st_mtime):
+        try:
+            children.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return children
+
+
+def child_started(workdir: Path, name: str) -> bool:
+    """Whether the attempt in `workdir` got as far as starting its child `name`."""
+    return _child_record(workdir, name).exists()
+
+
+def child_exit(workdir: Path, name: str) -> int | None:
+    """The exit status the child `name` of the attempt in `workdir` left (None: none recorded)."""
+    return process.recorded_exit(workdir / f"{name}.log.exit")
 
 
 class Env(Protocol):

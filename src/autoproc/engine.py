@@ -8,29 +8,41 @@ restart, even after kill -9, picks up from the store and the evidence on disk.
 
 from __future__ import annotations
 
+import functools
 import heapq
-import json
 import logging
 import queue
 import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transitions import MachineError
 
-from autoproc import actions, intake, process, slurm
+from autoproc import actions, decision, intake, process, slurm
+from autoproc.actions import ActionResult, ResultKind
 from autoproc.chain import chains
 from autoproc.config import Config
 from autoproc.errors import AutoprocError
 from autoproc.executor import Executor
 from autoproc.machines import Change, StateMachine, StateSpec, load_configured
-from autoproc.store import DAEMON_BUSY_SLICE_MS, Conflict, Store, Subject
+from autoproc.store import (
+    ATTEMPT_ACTIVE,
+    DAEMON_BUSY_SLICE_MS,
+    Attempt,
+    AttemptStatus,
+    Conflict,
+    Store,
+    Subject,
+)
+
+if TYPE_CHECKING:  # watchdog is imported only when the engine watches (start_watcher)
+    from autoproc.watch import FileReady, Watcher
 
 log = logging.getLogger("autoproc.engine")
 
@@ -38,12 +50,11 @@ OPERATOR_POLL_SECONDS = 0.25
 REAPER_SECONDS = 5.0
 SLURM_POLL_SECONDS = 5.0
 HEARTBEAT_SECONDS = 5.0
-HUNG_GRACE_SECONDS = 30.0
 PERIOD_CHECK_SECONDS = 1.0
 @dataclass(frozen=True)
 class AttemptDone:
     attempt_id: int
-    result: dict[str, Any]
+    result: ActionResult
 
 
 @dataclass(frozen=True)
@@ -78,24 +89,24 @@ class Engine:
         self.clock = clock
         # The daemon never gives up on a write because another process holds the database
         # (a backup, a sqlite3 shell left in a transaction): it waits, and says so.
-        self.store = Store(config.db, busy_timeout_ms=DAEMON_BUSY_SLICE_MS, on_busy=self._store_busy,
+        self.store = Store(self.db, busy_timeout_ms=DAEMON_BUSY_SLICE_MS, on_busy=self._store_busy,
                            check=True)
         self.on_busy: list[Callable[[Engine, float], None]] = []  # while waiting for the lock (watchdog)
         self._busy_waited = 0.0
         self.machines: dict[str, StateMachine] = self._load_machines(config)
         actions.check_environment()
-        self.events: queue.Queue = queue.Queue()
+        self.events: queue.Queue[Any] = queue.Queue()
         self.stopping = threading.Event()
         self.listeners: list[Callable[[Change], None]] = []   # after every committed change (hooks)
         self.on_loop: list[Callable[[Engine], None]] = []        # every loop turn (watchdog pings)
         self.on_started: list[Callable[[Engine], None]] = []     # once the store and watchers are up
-        self.running: dict[int, Future] = {}      # attempt id -> future
+        self.running: dict[int, Future[ActionResult]] = {}  # attempt id -> future
         self.looked: set[tuple[int, int | None]] = set()  # (subject, entry) whose action returned since start
         self.running_groups: dict[str, int] = {}  # concurrency group -> attempts running
         self.timers: list[tuple[float, int]] = []  # (when, subject id)
         self.last_journal = self.store.last_journal_id()
         self.executor: Executor | None = None
-        self.watcher = None
+        self.watcher: Watcher | None = None
         self._watch = watch
         self.started = self.clock()
         # Each chain's time hook (`Chain.period`): the period the clock is in, by chain.
@@ -104,6 +115,15 @@ class Engine:
         self._status_cache: tuple[float, str] = (float("-inf"), "")
         self.loop_beat = time.monotonic()  # each loop turn (the metrics' heartbeat age)
         self.watcher_lag = Lag()
+
+    @property
+    def db(self) -> Path:
+        """The state database (Config fills `db` in from `root` when it is not set)."""
+        return _filled(self.config.db, "db")
+
+    @property
+    def work_dir(self) -> Path:
+        return _filled(self.config.work_dir, "work_dir")
 
     @staticmethod
     def _load_machines(config: Config) -> dict[str, StateMachine]:
@@ -139,7 +159,7 @@ class Engine:
         watchdog fed, and say so; a problem row is recorded once the lock is ours."""
         self._busy_waited = waited
         log.warning("state database %s: write lock held by another process for %.0f s; waiting",
-                    self.config.db, waited)
+                    self.db, waited)
         for fn in self.on_busy:
             try:
                 fn(self, waited)
@@ -149,7 +169,7 @@ class Engine:
     def _note_busy(self) -> None:
         if self._busy_waited:
             waited, self._busy_waited = self._busy_waited, 0.0
-            self.store.add_problem("store", f"{self.config.db}: the write lock was held by another process; "
+            self.store.add_problem("store", f"{self.db}: the write lock was held by another process; "
                                    f"the daemon waited {waited:.0f} s for it and carried on")
 
     def _poke(self, kind: str, key: str) -> None:
@@ -157,8 +177,8 @@ class Engine:
         if subject is None:
             return
         # Something it waits for may have happened: a polling action looks again now.
-        for attempt in self.store.attempts(subject.id, entry=subject.entry, status=("waiting",)):
-            self.store.update_attempt(attempt["id"], not_before=self.clock())
+        for attempt in self.store.attempts(subject.id, entry=subject.entry, status=(AttemptStatus.WAITING,)):
+            self.store.update_attempt(attempt.id, not_before=self.clock())
         self.evaluate(subject.id)
 
     # -- life cycle ---------------------------------------------------------------------
@@ -169,9 +189,9 @@ class Engine:
         self.recover_attempts()
         # The last daemon's Slurm jobs (its HTEX blocks, its steps' blocks) outlive it: none of
         # them may run beside what this daemon starts.
-        self.cancel_slurm_jobs(slurm.tag_of(self.config.db), "left by the last daemon")
-        self.executor = Executor(self.config.executor, self.config.work_dir / "parsl",
-                                 slurm_comment=slurm.daemon_comment(self.config.db)
+        self.cancel_slurm_jobs(slurm.tag_of(self.db), "left by the last daemon")
+        self.executor = Executor(self.config.executor, self.work_dir / "parsl",
+                                 slurm_comment=slurm.daemon_comment(self.db)
                                  if self.config.executor.uses_slurm else None)
         self._check_watch_kinds()
         self.recheck_files(intake.to_recheck(self.store, self.config))
@@ -188,7 +208,7 @@ class Engine:
     def start_watcher(self) -> None:
         from autoproc.watch import Watcher
 
-        def emit(ready) -> None:
+        def emit(ready: FileReady) -> None:
             if ready.how == "closed":  # close -> event; quiet and scanned files wait by design
                 self.watcher_lag.observe(ready.root, time.time() - ready.mtime)
             self.events.put(intake.Arrival(ready.root, ready.kind, ready.path, ready.size, ready.mtime))
@@ -271,7 +291,7 @@ class Engine:
         # Kill every still-running attempt's children at once: the stop must stay bounded.
         process.kill_groups([g for a in self.running for g in _groups(self.store.attempt(a))], grace=2.0)
         for attempt_id in list(self.running):
-            self.store.update_attempt(attempt_id, status="interrupted", ended=self.clock(),
+            self.store.update_attempt(attempt_id, status=AttemptStatus.INTERRUPTED, ended=self.clock(),
                                       result=_with_progress(self.store.attempt(attempt_id), {
                                           "reason": "daemon stopped before the action returned", "clean_stop": True}))
         self.running.clear()
@@ -281,7 +301,7 @@ class Engine:
             stopper.start()
         # The process exits right after this: its blocks and its steps' jobs are cancelled
         # here, not left to the executor's shutdown thread.
-        self.cancel_slurm_jobs(slurm.tag_of(self.config.db), "the daemon stopped")
+        self.cancel_slurm_jobs(slurm.tag_of(self.db), "the daemon stopped")
         if stopper is not None:
             # What is left of the stop budget lets Parsl stop its interchange (an HTEX one
             # outlives an exit); the next daemon stops any that did not (executor.py).
@@ -303,8 +323,8 @@ class Engine:
         elif isinstance(event, Progress):
             # Kept in the running attempt's result, which a restart keeps (recover_attempts).
             attempt = self.store.attempt(event.attempt_id)
-            notes = [*attempt["result"].get("progress", []), event.note]
-            self.store.update_attempt(event.attempt_id, result={**attempt["result"], "progress": notes})
+            notes = [*attempt.progress, event.note]
+            self.store.update_attempt(event.attempt_id, result={**attempt.result, "progress": notes})
         elif isinstance(event, tuple) and event and event[0] == "problem":
             self.store.add_problem(event[1], event[2])
         elif isinstance(event, Reload):
@@ -347,67 +367,50 @@ class Engine:
         if self.running.pop(done.attempt_id, None) is None:
             return  # already given up on (reaped or shut down)
         attempt = self.store.attempt(done.attempt_id)
-        group = self._state_of_attempt(attempt).limit
-        if group:
-            self.running_groups[group] = max(0, self.running_groups.get(group, 1) - 1)
+        st = self._state_of_attempt(attempt)
+        if st.limit:
+            self.running_groups[st.limit] = max(0, self.running_groups.get(st.limit, 1) - 1)
         result = done.result
-        if result.get("executor_lost"):
+        if result.executor_lost:
             # The process that ran the action is gone (e.g. a lost HTEX worker), but the children it
             # started live on in their own groups: stop them first, so a retry never runs beside them.
             process.kill_groups(_groups(attempt), grace=2.0)
         if self.config.actions_start_slurm_jobs:
             # Nor beside the Slurm jobs its step left (a bps killed from outside never cancels its block).
-            self.cancel_slurm_jobs(slurm.attempt_comment(self.config.db, done.attempt_id), "its attempt ended")
+            self.cancel_slurm_jobs(slurm.attempt_comment(self.db, done.attempt_id), "its attempt ended")
         now = self.clock()
-        kind = result.get("kind")
-        fields: dict[str, Any] = {"ended": now, "result": _with_progress(attempt, result)}
-        if result.get("ran_on", {}).get("host"):
-            fields["host"] = result["ran_on"]["host"]
-        if not attempt.get("pid"):
+        ended = decision.ended(result, attempt, self._policy(st), now, stopping=self.stopping.is_set())
+        recorded = _with_progress(attempt, result.to_json())
+        if ended.clean_stop:
+            recorded["clean_stop"] = True
+        fields: dict[str, Any] = {"ended": now, "result": recorded, "status": ended.status}
+        if ended.not_before is not None:
+            fields["not_before"] = ended.not_before
+        if result.ran_on.get("host"):
+            fields["host"] = result.ran_on["host"]
+        log_path = attempt.log
+        if not attempt.pid:
             # The action ran in another process (HTEX): its children are known from disk.
             children = _children_on_disk(attempt)
             if children:
                 c = children[-1]
                 fields.update(pid=c["pid"], pgid=c["pgid"], host=c["host"], argv=c["argv"], log=c["log"])
-                attempt = {**attempt, "log": c["log"]}
-        exit_status = self._child_exit(attempt)
+                log_path = c["log"]
+        exit_status = _child_exit(log_path)
         if exit_status is not None:
             fields["exit_status"] = exit_status
-        if self.stopping.is_set() and kind != "outcome":
-            fields["status"] = "interrupted"
-            fields["result"] = {**fields["result"], "clean_stop": True}
-        elif kind == "outcome":
-            fields["status"] = "succeeded" if result.get("trigger") else "waiting"
-            if not result.get("trigger"):
-                fields["not_before"] = now + (result.get("retry_after") or self.config.poll_seconds)
-        elif kind == "wait":
-            fields["status"] = "waiting"
-            fields["not_before"] = now + float(result.get("retry_after") or 30)
-            problem = result.get("problem")
-            if problem and attempt["result"].get("problem") != problem:
-                # The environment's fault (a full disk, a database away): a person may need to
-                # act; the attempt tries again by itself, in place. One problem row per attempt
-                # and cause, however long it lasts.
-                self.store.add_problem(problem, f"{subject_ref(self.store, attempt)}: {result['reason']}")
-        elif kind == "hold":
-            fields["status"] = "held"
-        else:
-            fields["status"] = "failed"
-            fields["not_before"] = now + self._backoff(attempt)
+        if ended.problem:
+            # The environment's fault (a full disk, a database away): a person may need to act.
+            self.store.add_problem(ended.problem, f"{subject_ref(self.store, attempt)}: {result.reason}")
         self.store.update_attempt(done.attempt_id, **fields)
-        self.looked.add((attempt["subject_id"], attempt["entry"]))
-        self.evaluate(attempt["subject_id"])
-        self._dispatch_waiting(group)
-
-    def _child_exit(self, attempt: dict) -> int | None:
-        if not attempt.get("log"):
-            return None
-        return process.recorded_exit(attempt["log"] + ".exit")
+        self.looked.add((attempt.subject_id, attempt.entry))
+        self.evaluate(attempt.subject_id)
+        self._dispatch_waiting(st.limit)
 
     # -- deciding -----------------------------------------------------------------------
 
     def evaluate(self, subject_id: int) -> None:
-        """Look at one subject and do the next thing it needs, if any."""
+        """Look at one subject and do the next thing it needs, if any (autoproc.decision decides)."""
         subject = self.store.subject_by_id(subject_id)
         machine = self.machines.get(subject.kind)
         if machine is None or subject.held:
@@ -416,92 +419,51 @@ class Engine:
         if st.terminal:
             return
         now = self.clock()
+        attempts = self.store.attempts(subject.id, entry=subject.entry) if st.action else []
         if st.deadline:
             after = self.config.deadlines.get(f"{subject.kind}.{subject.state}", st.deadline.after)
-            # A state with an action looks at its evidence once in this daemon's life before
-            # its deadline counts: after a long stop or a restore from a backup, the time since
-            # `entered` says nothing about what happened meanwhile.
-            # (Past due and not looked yet: the attempt's end evaluates it again.)
-            looked = not st.action or (subject.id, subject.entry) in self.looked
-            if now - subject.entered < after:
-                self.schedule(subject.entered + after, subject.id)
-            elif looked and not self._found(subject):
-                self.fire(subject, st.deadline.trigger, reason=f"in {subject.state} for more than {after:.0f} s")
+            # (Past due and not looked at yet: the attempt's end evaluates it again.)
+            due = decision.deadline(subject.state, st, subject.entered, after, now, attempts=attempts,
+                                    looked=(subject.id, subject.entry) in self.looked)
+            if isinstance(due, decision.Later):
+                self.schedule(due.when, subject.id)
+            elif isinstance(due, decision.Expire):
+                self.fire(subject, st.deadline.trigger, reason=due.reason)
                 return
         if st.action:
-            self._advance_action(subject, st, now)
+            self._advance_action(subject, st, attempts, now)
             return
         for trigger in st.auto:
             if self.fire(subject, trigger, reason="conditions met", quiet=True):
                 return
 
-    def _found(self, subject: Subject) -> bool:
-        """The action's last attempt in this state succeeded (not applied yet): what it found
-        wins over a deadline that passed meanwhile."""
-        attempts = self.store.attempts(subject.id, entry=subject.entry, limit=1, newest_first=True)
-        return bool(attempts) and attempts[0]["status"] == "succeeded"
+    def _advance_action(self, subject: Subject, st: StateSpec, attempts: list[Attempt], now: float) -> None:
+        """Apply what autoproc.decision says the subject's action needs next."""
+        step = decision.next_step(attempts, st, self._policy(st), now)
+        if isinstance(step, decision.Busy):
+            return
+        if isinstance(step, decision.HoldSubject):
+            self.store.update_attempt(step.attempt.id, applied=1)
+            self.hold(subject, step.reason, step.attempt.result)
+        elif isinstance(step, decision.Apply):
+            self.apply(subject, step.attempt)
+        elif isinstance(step, decision.Later):
+            self.schedule(step.when, subject.id)
+        elif isinstance(step, decision.RunAgain):
+            self.dispatch(subject, st, reuse=step.attempt)
+        elif isinstance(step, decision.GiveUp):
+            self.fire(subject, self.machines[subject.kind].spec.on_failure, reason=step.reason,
+                      evidence=step.evidence)
+        else:
+            self.dispatch(subject, st, try_number=step.try_number, adjust=step.adjust, recover=step.recover,
+                          previous=step.previous)
 
-    def _advance_action(self, subject: Subject, st: StateSpec, now: float) -> None:
-        attempts = self.store.attempts(subject.id, entry=subject.entry)
-        last = attempts[-1] if attempts else None
-        status = last["status"] if last else None
-        if status in ("queued", "running"):
-            return
-        if status == "held" and not last["applied"]:
-            self.store.update_attempt(last["id"], applied=1)
-            self.hold(subject, last["result"].get("reason", "the action asked for a person"), last["result"])
-            return
-        if status == "succeeded":
-            self.apply(subject, last)
-            return
-        if status == "waiting":
-            if now < (last["not_before"] or 0):
-                self.schedule(last["not_before"], subject.id)
-            else:
-                self.dispatch(subject, st, reuse=last)
-            return
-        # A person released a hold the action asked for: they checked, so the step runs
-        # again (not its recover action); holds and recover checks spend no retry budget.
-        counted = [a for a in attempts if a["status"] == "failed" and a["step"] != "recover"]
-        interrupted = crashes_since_progress(attempts)
-        policy = self.config.retry
-        max_tries = st.retry.max_tries or policy.max_tries
-        if status == "failed":
-            result = last["result"]
-            fatal = result.get("kind") != "retry"
-            if last["step"] == "recover" and not fatal:
-                pass  # the recover action found no trace of the step: safe to run it
-            elif fatal or len(counted) >= max_tries:
-                why = result.get("reason", "failed")
-                if not fatal:
-                    why = f"gave up after {len(counted)} tries: {why}"
-                self.fire(subject, self.machines[subject.kind].spec.on_failure, reason=why,
-                          evidence={"attempt": last["id"], **result.get("evidence", {})})
-                return
-            if now < (last["not_before"] or 0):
-                self.schedule(last["not_before"], subject.id)
-                return
-        if interrupted >= self.config.max_interruptions:
-            self.fire(subject, self.machines[subject.kind].spec.on_failure,
-                      reason=f"interrupted {interrupted} times in a row with no progress", evidence={"attempt": last["id"]})
-            return
-        recover = st.recover if status == "interrupted" else None
-        adjust = last["result"].get("adjust", {}) if status == "failed" else {}
-        previous = dict(last["result"]) if last else {}
-        if last:
-            # Which attempt came before (a recover action reads its directory and log).
-            previous["attempt"] = {k: last[k] for k in ("id", "status", "cwd", "log", "argv", "exit_status")}
-        self.dispatch(subject, st, try_number=len(counted) + 1, adjust=adjust, recover=recover, previous=previous)
+    def _policy(self, st: StateSpec) -> decision.Policy:
+        return decision.Policy.of(self.config, st)
 
-    def _backoff(self, attempt: dict) -> float:
-        policy = self.config.retry
-        st = self._state_of_attempt(attempt)
-        base = st.retry.backoff_seconds if st.retry.backoff_seconds is not None else policy.backoff_seconds
-        return min(policy.max_backoff_seconds, base * policy.backoff_factor ** max(0, attempt["try"] - 1))
-
-    def _state_of_attempt(self, attempt: dict) -> StateSpec:
-        subject = self.store.subject_by_id(attempt["subject_id"])
-        return self.machines[subject.kind].state(attempt["stage"])
+    def _state_of_attempt(self, attempt: Attempt) -> StateSpec:
+        subject = self.store.subject_by_id(attempt.subject_id)
+        return self.machines[subject.kind].state(attempt.stage)
 
     def schedule(self, when: float, subject_id: int) -> None:
         heapq.heappush(self.timers, (when, subject_id))
@@ -516,19 +478,19 @@ class Engine:
     # -- acting -------------------------------------------------------------------------
 
     def dispatch(self, subject: Subject, st: StateSpec, *, try_number: int = 1, adjust: dict | None = None,
-                 recover: str | None = None, reuse: dict | None = None, previous: dict | None = None) -> None:
+                 recover: str | None = None, reuse: Attempt | None = None, previous: dict | None = None) -> None:
         if self.stopping.is_set() or self.executor is None:
             return
         if st.limit and self.running_groups.get(st.limit, 0) >= self.limit(st.limit):
             return  # picked up by _dispatch_waiting when a slot frees
         if reuse is not None:
-            attempt_id = reuse["id"]
-            try_number = reuse["try"]
-            previous = reuse["result"]
+            attempt_id = reuse.id
+            try_number = reuse.try_number
+            previous = reuse.result
         else:
             attempt_id = self.store.add_attempt(subject, subject.state, step="recover" if recover else st.step,
                                                 try_number=try_number)
-        workdir = (self.config.work_dir / safe_component(subject.kind) / safe_component(subject.key)
+        workdir = (self.work_dir / safe_component(subject.kind) / safe_component(subject.key)
                    / f"{attempt_id:06d}-{subject.state}")
         n = 1
         while reuse is None and workdir.exists():
@@ -542,9 +504,9 @@ class Engine:
             # E.g. the work directory's disk is full: not the step's fault, and not a reason
             # to stop the loop. The attempt waits (no retry budget spent) and is tried again.
             reason = f"cannot create the attempt directory {workdir}: {err.strerror or err}"
-            self.store.update_attempt(attempt_id, status="waiting", ended=self.clock(),
+            self.store.update_attempt(attempt_id, status=AttemptStatus.WAITING, ended=self.clock(),
                                       not_before=self.clock() + self.config.space_retry_seconds,
-                                      result={"kind": "wait", "reason": reason})
+                                      result=ActionResult(ResultKind.WAIT, reason).to_json())
             self.store.add_problem("work_dir", reason)
             self.schedule(self.clock() + self.config.space_retry_seconds, subject.id)
             return
@@ -553,16 +515,28 @@ class Engine:
         ctx = actions.ActionContext(
             subject=subject, stage=subject.state, attempt_id=attempt_id, try_number=try_number, workdir=workdir,
             config=self.config, adjust=adjust or {}, timeout=st.timeout, files=files, previous=previous or {},
-            notify=lambda aid, child: self.events.put(ChildStarted(aid, child)),
-            on_progress=lambda aid, note: self.events.put(Progress(aid, note)), stopping=self.stopping)
-        fn = actions.ACTIONS[recover or st.action]
-        self.store.update_attempt(attempt_id, status="running", started=self.clock(), cwd=str(workdir),
+            notify=self._child_started, on_progress=self._progress, stopping=self.stopping)
+        name = recover or st.action
+        if name is None:
+            raise AutoprocError(f"{subject.ref}: state {subject.state} has no action to dispatch")
+        fn = actions.ACTIONS[name]
+        self.store.update_attempt(attempt_id, status=AttemptStatus.RUNNING, started=self.clock(), cwd=str(workdir),
                                   not_before=None)
         future = self.executor.submit(fn, ctx)
         self.running[attempt_id] = future
         if st.limit:
             self.running_groups[st.limit] = self.running_groups.get(st.limit, 0) + 1
-        future.add_done_callback(lambda f, aid=attempt_id: self.events.put(AttemptDone(aid, _result_of(f))))
+        future.add_done_callback(functools.partial(self._attempt_done, attempt_id))
+
+    # From the executor's threads: handed to the loop as events.
+    def _attempt_done(self, attempt_id: int, future: Future[ActionResult]) -> None:
+        self.events.put(AttemptDone(attempt_id, _result_of(future)))
+
+    def _child_started(self, attempt_id: int, child: process.Child) -> None:
+        self.events.put(ChildStarted(attempt_id, child))
+
+    def _progress(self, attempt_id: int, note: str) -> None:
+        self.events.put(Progress(attempt_id, note))
 
     def limit(self, group: str) -> int:
         """Attempts of a concurrency group allowed at once: config `limits`, else the
@@ -583,32 +557,32 @@ class Engine:
                 for s in self.store.subjects(kind, state, held=False):
                     if self.running_groups.get(group, 0) >= self.limit(group):
                         return
-                    if not self.store.attempts(s.id, entry=s.entry, status=("queued", "running")):
+                    if not self.store.attempts(s.id, entry=s.entry, status=ATTEMPT_ACTIVE):
                         self.evaluate(s.id)
 
-    def apply(self, subject: Subject, attempt: dict) -> None:
+    def apply(self, subject: Subject, attempt: Attempt) -> None:
         """Fire the trigger a finished action asked for, and mark its attempt applied."""
-        result = attempt["result"]
-        trigger = result["trigger"]
+        result = ActionResult.from_json(attempt.result)
+        trigger = result.trigger or ""
         try:
-            moved = self.fire(subject, trigger, reason=result.get("reason") or f"{attempt['stage']} finished",
-                              evidence={"attempt": attempt["id"], **result.get("evidence", {})},
-                              data=result.get("data"), consume=result.get("consume", ()),
-                              bad=result.get("bad"), strict=True)
+            moved = self.fire(subject, trigger, reason=result.reason or f"{attempt.stage} finished",
+                              evidence={"attempt": attempt.id, **result.evidence},
+                              data=result.data or None, consume=result.consume, bad=result.bad or None, strict=True)
         except MachineError as err:
-            self.store.update_attempt(attempt["id"], status="failed",
-                                      result={**result, "kind": "fail", "reason": f"bad outcome: {err}"})
-            self.evaluate(subject.id)
+            self._refuse(subject, attempt, f"bad outcome: {err}")
             return
-        self.store.update_attempt(attempt["id"], applied=1)
+        self.store.update_attempt(attempt.id, applied=1)
         if not moved:
-            self.store.update_attempt(attempt["id"], status="failed",
-                                      result={**result, "kind": "fail",
-                                              "reason": f"{trigger!r} was refused by its conditions"})
-            self.evaluate(subject.id)
+            self._refuse(subject, attempt, f"{trigger!r} was refused by its conditions")
+
+    def _refuse(self, subject: Subject, attempt: Attempt, reason: str) -> None:
+        """The outcome of a successful action cannot be applied: its attempt fails for good."""
+        self.store.update_attempt(attempt.id, status=AttemptStatus.FAILED,
+                                  result={**attempt.result, "kind": ResultKind.FAIL.value, "reason": reason})
+        self.evaluate(subject.id)
 
     def fire(self, subject: Subject, trigger: str, *, reason: str = "", evidence: dict | None = None,
-             data: dict | None = None, consume=(), bad: dict | None = None, quiet: bool = False,
+             data: dict | None = None, consume: Sequence[str] = (), bad: dict | None = None, quiet: bool = False,
              strict: bool = False, actor: str = "daemon") -> bool:
         """Fire `trigger` through the machine and commit the change (compare-and-set).
         Returns whether the subject moved."""
@@ -636,7 +610,7 @@ class Engine:
         self.evaluate(after.id)
         return True
 
-    def announce(self, change: Change, callbacks: list[str] = ()) -> None:
+    def announce(self, change: Change, callbacks: Sequence[str] = ()) -> None:
         for name in callbacks:
             try:
                 actions.CALLBACKS[name](change.to_json(), self)
@@ -681,19 +655,19 @@ class Engine:
         self.last_journal = newest
         for subject_id in dict.fromkeys(touched):
             subject = self.store.subject_by_id(subject_id)
-            for attempt in self.store.attempts(subject_id, status=("queued", "running")):
-                if attempt["entry"] != subject.entry and attempt["id"] in self.running:
+            for attempt in self.store.attempts(subject_id, status=ATTEMPT_ACTIVE):
+                if attempt.entry != subject.entry and attempt.id in self.running:
                     # The operator moved the subject on: its running step is no longer wanted.
-                    self.kill_attempt(attempt["id"])
-                    self.running.pop(attempt["id"], None)
-                    self.store.update_attempt(attempt["id"], status="superseded", ended=self.clock(),
+                    self.kill_attempt(attempt.id)
+                    self.running.pop(attempt.id, None)
+                    self.store.update_attempt(attempt.id, status=AttemptStatus.SUPERSEDED, ended=self.clock(),
                                               result={"reason": "the subject was moved by an operator"})
             self.evaluate(subject_id)
 
     def _watch_slurm(self) -> None:
         """Beside the loop (squeue can take seconds when the controller is down): what keeps
         this store's Slurm jobs from starting, handed to the loop as an event."""
-        tag = slurm.tag_of(self.config.db)
+        tag = slurm.tag_of(self.db)
         while not self.stopping.wait(SLURM_POLL_SECONDS):
             try:
                 jobs = slurm.jobs(tag)
@@ -717,9 +691,9 @@ class Engine:
         for attempt_id in list(self.running):
             reason = error or waits.get(f"a{attempt_id}") or waits.get("htex")
             attempt = self.store.attempt(attempt_id)
-            if attempt["result"].get("slurm_wait") == reason:
+            if attempt.result.get("slurm_wait") == reason:
                 continue
-            result = {k: v for k, v in attempt["result"].items() if k != "slurm_wait"}
+            result = {k: v for k, v in attempt.result.items() if k != "slurm_wait"}
             if reason:
                 result["slurm_wait"] = reason
                 self.store.add_problem("slurm", f"{subject_ref(self.store, attempt)} waits: {reason}")
@@ -748,30 +722,28 @@ class Engine:
         """At start: attempts the last daemon left running are interrupted. Their child
         process groups (if any survived) are killed; the step runs again, or its
         `recover` action looks for evidence first."""
-        for attempt in self.store.attempts(status=("queued", "running")):
+        for attempt in self.store.attempts(status=ATTEMPT_ACTIVE):
             killed = bool(process.kill_groups(_groups(attempt), grace=2.0))
-            self.store.update_attempt(attempt["id"], status="interrupted", ended=self.clock(), result={
-                **attempt["result"], "reason": "the daemon stopped while this ran",
-                "child_killed": killed, "child_exit": self._child_exit(attempt)})
+            self.store.update_attempt(attempt.id, status=AttemptStatus.INTERRUPTED, ended=self.clock(), result={
+                **attempt.result, "reason": "the daemon stopped while this ran",
+                "child_killed": killed, "child_exit": _child_exit(attempt.log)})
 
     def reap(self, now: float) -> None:
         """Attempts hung past their timeout (the action itself, not a child) are given up."""
         for attempt_id in list(self.running):
             attempt = self.store.attempt(attempt_id)
             st = self._state_of_attempt(attempt)
-            limit = st.timeout
-            # The action had its timeout to kill its own children; past that and a grace (as long
-            # as the timeout, at most HUNG_GRACE_SECONDS) it is hung in itself.
-            if limit is None or now - (attempt["started"] or now) < limit + min(limit, HUNG_GRACE_SECONDS):
+            result = decision.hung(attempt, st.timeout, now)
+            if result is None:
                 continue
             self.kill_attempt(attempt_id)
             self.running.pop(attempt_id, None)
             if st.limit:
                 self.running_groups[st.limit] = max(0, self.running_groups.get(st.limit, 1) - 1)
-            self.store.update_attempt(attempt_id, status="failed", ended=now, not_before=now + self._backoff(attempt),
-                                      result={"kind": "retry", "reason": f"hung: still running {limit:.0f} s "
-                                              "past its timeout"})
-            self.evaluate(attempt["subject_id"])
+            ended = decision.ended(result, attempt, self._policy(st), now, stopping=False)
+            self.store.update_attempt(attempt_id, status=ended.status, ended=now, not_before=ended.not_before,
+                                      result=result.to_json())
+            self.evaluate(attempt.subject_id)
 
     def reload(self) -> None:
         """SIGHUP: read the configuration again; a bad file is reported and the old kept."""
@@ -831,54 +803,43 @@ class Lag:
             return dict(self.by_root)
 
 
-def _children_on_disk(attempt: dict) -> list[dict]:
+def _filled(path: Path | None, name: str) -> Path:
+    if path is None:  # Config._fill_paths fills it in from `root`
+        raise AutoprocError(f"the configuration's {name} is not set")
+    return path
+
+
+def _children_on_disk(attempt: Attempt) -> list[dict]:
     """The children an attempt started, from the `*.child.json` files `ctx.run` writes."""
-    if not attempt.get("cwd"):
+    if not attempt.cwd:
         return []
-    children = []
-    for path in sorted(Path(attempt["cwd"]).glob("*.child.json"), key=lambda p: p.stat().st_mtime):
-        try:
-            children.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return children
+    return actions.recorded_children(Path(attempt.cwd))
 
 
-def _groups(attempt: dict) -> set[int]:
+def _groups(attempt: Attempt) -> set[int]:
     """The process groups an attempt started on this host (killable from here)."""
     groups = {c["pgid"] for c in _children_on_disk(attempt) if c.get("host") == socket.gethostname()}
-    if attempt.get("pgid") and attempt.get("host") in (None, socket.gethostname()):
-        groups.add(attempt["pgid"])
+    if attempt.pgid and attempt.host in (None, socket.gethostname()):
+        groups.add(attempt.pgid)
     return groups
 
 
-def crashes_since_progress(attempts: list[dict]) -> int:
-    """Attempts a crash interrupted since the last sign of progress (an attempt that
-    succeeded or reported progress). A step that takes the daemon down with it, and so
-    never gets anywhere, must not loop forever; one that moves forward between outside
-    kills must not be given up. A clean stop (SIGTERM, a reload) says nothing of the step."""
-    count = 0
-    for attempt in reversed(attempts):
-        if attempt["status"] == "succeeded" or attempt["result"].get("progress"):
-            break
-        if attempt["status"] == "interrupted" and not attempt["result"].get("clean_stop"):
-            count += 1
-    return count
+def _child_exit(log: str | None) -> int | None:
+    """The exit status the child logging to `log` left (process.run's wrapper writes it)."""
+    return process.recorded_exit(log + ".exit") if log else None
 
 
-def _with_progress(attempt: dict, result: dict[str, Any]) -> dict[str, Any]:
+def _with_progress(attempt: Attempt, result: dict[str, Any]) -> dict[str, Any]:
     """`result` keeping the progress the attempt reported while it ran."""
-    progress = attempt["result"].get("progress")
-    return {**result, "progress": progress} if progress else result
+    return {**result, "progress": attempt.progress} if attempt.progress else result
 
 
-def _result_of(future: Future) -> dict[str, Any]:
+def _result_of(future: Future[ActionResult]) -> ActionResult:
     try:
         return future.result()
     except Exception as err:  # the executor itself failed (e.g. a lost HTEX worker)
-        return {"kind": "retry", "reason": f"executor: {type(err).__name__}: {err}", "evidence": {},
-                "executor_lost": True}
+        return decision.executor_lost(err)
 
 
-def subject_ref(store: Store, attempt: dict) -> str:
-    return store.subject_by_id(attempt["subject_id"]).ref
+def subject_ref(store: Store, attempt: Attempt) -> str:
+    return store.subject_by_id(attempt.subject_id).ref

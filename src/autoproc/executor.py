@@ -8,6 +8,7 @@ picklable description of what happened, which the engine records.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -16,7 +17,6 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,10 @@ def _with_timeouts(ctx: actions.ActionContext, reason: str) -> str:
     return reason
 
 
-def _unexpected(ctx: actions.ActionContext, err: Exception) -> dict[str, Any]:
+def _unexpected(ctx: actions.ActionContext, err: Exception) -> actions.ActionResult:
     tb = traceback.format_exc(limit=8)
-    return {"kind": "fail", "reason": _with_timeouts(ctx, f"{type(err).__name__}: {err}"),
-            "evidence": {"traceback": tb}}
+    return actions.ActionResult(actions.ResultKind.FAIL, _with_timeouts(ctx, f"{type(err).__name__}: {err}"),
+                                {"traceback": tb})
 
 
 def ran_on() -> dict[str, str]:
@@ -46,38 +46,35 @@ def ran_on() -> dict[str, str]:
     return where
 
 
-def perform(fn: Callable[[actions.ActionContext], actions.Outcome], ctx: actions.ActionContext) -> dict[str, Any]:
+def perform(fn: Callable[[actions.ActionContext], actions.Outcome],
+            ctx: actions.ActionContext) -> actions.ActionResult:
     """Run one action and describe its result as data (the engine's only input from it),
     with where it ran (`ran_on`)."""
-    return {**_perform(fn, ctx), "ran_on": ran_on()}
+    return dataclasses.replace(_perform(fn, ctx), ran_on=ran_on())
 
 
-def _perform(fn: Callable[[actions.ActionContext], actions.Outcome], ctx: actions.ActionContext) -> dict[str, Any]:
+def _perform(fn: Callable[[actions.ActionContext], actions.Outcome],
+             ctx: actions.ActionContext) -> actions.ActionResult:
     try:
         with logs.attempt_log(ctx.workdir / "action.log"):
             outcome = fn(ctx)
-    except actions.Retry as err:
-        return {"kind": "retry", "reason": _with_timeouts(ctx, err.reason), "evidence": err.evidence,
-                "adjust": err.adjust}
-    except actions.Wait as err:
-        return {"kind": "wait", "reason": err.reason, "evidence": err.evidence, "retry_after": err.retry_after,
-                "problem": err.problem}
-    except actions.Hold as err:
-        return {"kind": "hold", "reason": err.reason, "evidence": err.evidence}
-    except actions.Fail as err:
-        return {"kind": "fail", "reason": _with_timeouts(ctx, err.reason), "evidence": err.evidence}
+    except (actions.Retry, actions.Fail) as err:
+        return actions.ActionResult.of_error(err, _with_timeouts(ctx, err.reason))
+    except (actions.Wait, actions.Hold) as err:
+        return actions.ActionResult.of_error(err)
     except OSError as err:
         if err.errno in process.NO_SPACE_ERRNOS:
             # The disk is full (or a file-size limit was hit): the environment's fault, not
             # the step's. Wait for space (no retry budget spent); the engine records a problem.
-            return {"kind": "wait", "problem": "no_space", "retry_after": ctx.config.space_retry_seconds,
-                    "reason": _with_timeouts(ctx, f"no space: {err}"), "evidence": {}}
+            return actions.ActionResult(actions.ResultKind.WAIT, _with_timeouts(ctx, f"no space: {err}"),
+                                        problem="no_space", retry_after=ctx.config.space_retry_seconds)
         return _unexpected(ctx, err)
     except Exception as err:  # an action's bug or an unforeseen failure: needs a person
         return _unexpected(ctx, err)
     if not isinstance(outcome, actions.Outcome):
-        return {"kind": "fail", "reason": f"action returned {type(outcome).__name__}, not an Outcome", "evidence": {}}
-    return {"kind": "outcome", **asdict(outcome)}
+        return actions.ActionResult(actions.ResultKind.FAIL,
+                                    f"action returned {type(outcome).__name__}, not an Outcome")
+    return actions.ActionResult.of_outcome(outcome)
 
 
 def _provider(cfg: ExecutorConfig, slurm_comment: str | None):
@@ -106,7 +103,9 @@ def build_parsl_config(cfg: ExecutorConfig, run_dir: Path, *, slurm_comment: str
     Slurm blocks (`--comment`) so they can be found again."""
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
+    from parsl.executors.base import ParslExecutor
 
+    executor: ParslExecutor
     if cfg.kind == "threads":
         executor = ThreadPoolExecutor(label="actions", max_threads=cfg.max_workers)
     else:
@@ -114,7 +113,7 @@ def build_parsl_config(cfg: ExecutorConfig, run_dir: Path, *, slurm_comment: str
                                           max_workers_per_node=cfg.max_workers,
                                           heartbeat_period=cfg.heartbeat_seconds,
                                           heartbeat_threshold=4 * cfg.heartbeat_seconds,
-                                          **({"address": cfg.address} if cfg.address else {}))
+                                          address=cfg.address or None)
     return Config(executors=[executor], run_dir=str(run_dir), retries=0,
                   strategy="none" if cfg.kind == "threads" else "simple", strategy_period=cfg.strategy_period,
                   initialize_logging=False, **no_memoization())
@@ -192,7 +191,8 @@ class Executor:
         self.dfk = DataFlowKernel(build_parsl_config(cfg, run_dir, slurm_comment=slurm_comment))
         self._app = python_app(perform, data_flow_kernel=self.dfk, executors=["actions"])
 
-    def submit(self, fn: Callable[[actions.ActionContext], actions.Outcome], ctx: actions.ActionContext) -> Future:
+    def submit(self, fn: Callable[[actions.ActionContext], actions.Outcome],
+               ctx: actions.ActionContext) -> Future[actions.ActionResult]:
         return self._app(fn, ctx)
 
     def shutdown(self) -> None:

@@ -271,7 +271,8 @@ class Hooks:
             return None
         finally:
             store.close()
-        return {k: a[k] for k in ("id", "stage", "step", "try", "status", "log", "cwd", "exit_status")}
+        return {k: v for k, v in a.to_json().items()
+                if k in ("id", "stage", "step", "try", "status", "log", "cwd", "exit_status")}
 
     def _log(self, path: Path, hook: Hook, event: dict, result: process.ChildResult, timeout: float) -> None:
         what = f"{event['kind']}/{event['key']} {event['from']} -> {event['to']} ({event['trigger']})"

@@ -109,7 +109,7 @@ def subject_rows(store: Store, subjects: list[Subject], machine: StateMachine | 
     rows = []
     for s in subjects:
         journal = store.journal(s.id)
-        attempts = store.attempts(s.id)
+        attempts = [a.to_json() for a in store.attempts(s.id)]
         tries: dict[str, int] = {}
         last_status: dict[str, str] = {}
         for a in attempts:
@@ -152,7 +152,7 @@ def collect(store: Store, machines: dict[str, StateMachine], config: Config, *, 
     return {
         "now": now, "kinds": kinds, "daemon": daemon, "root": str(config.root),
         "held": store.subjects(held=True, limit=200),
-        "attempts": store.attempts(limit=limits.attempt_rows, newest_first=True),
+        "attempts": [a.to_json() for a in store.attempts(limit=limits.attempt_rows, newest_first=True)],
         "journal": store.journal(limit=limits.journal_rows, newest_first=True),
         "problems": store.problems(limit=50),
         "bad_files": store.files(status="bad", limit=200),

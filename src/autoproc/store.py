@@ -16,7 +16,8 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +104,23 @@ def _schema_2(db: sqlite_utils.Database) -> None:
 # constraints) is upgraded by the same steps (tests/test_store.py opens one).
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_schema_1, _schema_2]
 
-ATTEMPT_ACTIVE = ("queued", "running")
+
+
+class AttemptStatus(StrEnum):
+    """Where an attempt is. A StrEnum: stored as its value, equal to it in comparisons."""
+
+    QUEUED = "queued"            # recorded, not handed to the executor yet
+    RUNNING = "running"          # its action runs
+    WAITING = "waiting"          # the action found nothing to do yet, or the environment is at fault: runs again
+    SUCCEEDED = "succeeded"      # the action returned an Outcome with a trigger (fired once `applied`)
+    FAILED = "failed"            # the action failed (its result says whether a retry may help)
+    HELD = "held"                # the action asked for a person
+    INTERRUPTED = "interrupted"  # the daemon stopped or died while it ran
+    SUPERSEDED = "superseded"    # an operator moved the subject on while it ran
+
+
+# Statuses of an attempt that has not ended: at most one per subject and state entry.
+ATTEMPT_ACTIVE: tuple[AttemptStatus, ...] = (AttemptStatus.QUEUED, AttemptStatus.RUNNING)
 
 
 class StoreError(AutoprocError):
@@ -213,8 +230,75 @@ class Subject:
         return cls(**{**row, "data": json.loads(row["data"])})
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One try of a state's action (a row of `attempts`). `result` is the action's result
+    as recorded (autoproc.decision.ActionResult's JSON) plus what the engine noted beside
+    it (progress, clean_stop, slurm_wait, ...)."""
+
+    id: int
+    subject_id: int
+    stage: str
+    step: str
+    try_number: int
+    entry: int
+    status: AttemptStatus
+    argv: list[str] | None = None
+    cwd: str | None = None
+    log: str | None = None
+    pid: int | None = None
+    pgid: int | None = None
+    host: str | None = None
+    started: float | None = None
+    ended: float | None = None
+    exit_status: int | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    applied: bool = False
+    not_before: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status in ATTEMPT_ACTIVE
+
+    @property
+    def progress(self) -> list[str]:
+        """What the attempt reported getting done while it ran (ActionContext.progress)."""
+        return list(self.result.get("progress") or [])
+
+    @property
+    def clean_stop(self) -> bool:
+        """Interrupted by a clean stop (SIGTERM, a reload), which says nothing of the step."""
+        return bool(self.result.get("clean_stop"))
+
+    @property
+    def reason(self) -> str:
+        return str(self.result.get("reason", ""))
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Attempt:
+        values = {k: v for k, v in row.items() if k not in ("try", "result", "argv", "status", "applied")}
+        return cls(**values, try_number=row["try"], status=AttemptStatus(row["status"]),
+                   result=json.loads(row["result"] or "{}"),
+                   argv=json.loads(row["argv"]) if row["argv"] else None, applied=bool(row["applied"]))
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as plain data, with the table's column names (`show`, the report, hooks)."""
+        return {"id": self.id, "subject_id": self.subject_id, "stage": self.stage, "step": self.step,
+                "try": self.try_number, "entry": self.entry, "status": self.status.value, "argv": self.argv,
+                "cwd": self.cwd, "log": self.log, "pid": self.pid, "pgid": self.pgid, "host": self.host,
+                "started": self.started, "ended": self.ended, "exit_status": self.exit_status,
+                "result": self.result, "applied": int(self.applied), "not_before": self.not_before}
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def _rowid(cursor: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just added (always set after one)."""
+    if cursor.lastrowid is None:
+        raise StoreError("an INSERT added no row")
+    return cursor.lastrowid
 
 
 def _row(cursor: sqlite3.Cursor, values: tuple) -> dict:
@@ -416,7 +500,7 @@ class Store:
             cur = c.execute(
                 "INSERT INTO subjects (kind, key, state, version, data, entered, created, updated)"
                 " VALUES (?, ?, ?, 1, ?, ?, ?, ?)", (kind, key, initial, _json(data or {}), now, now, now))
-            subject_id = cur.lastrowid
+            subject_id = _rowid(cur)
             entry = self._journal(c, subject_id, None, initial, trigger, actor, reason, evidence or {}, 1, now)
             c.execute("UPDATE subjects SET entry = ? WHERE id = ?", (entry, subject_id))
         return self.subject_by_id(subject_id), True
@@ -428,7 +512,7 @@ class Store:
             "INSERT INTO journal (subject_id, from_state, to_state, trigger, actor, reason, evidence, version, time)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (subject_id, from_state, to_state, trigger, actor, reason, _json(evidence), version, now))
-        return cur.lastrowid
+        return _rowid(cur)
 
     def transition(self, subject: Subject, to_state: str, *, trigger: str, actor: str, reason: str = "",
                    evidence: dict | None = None, data: dict | None = None,
@@ -503,16 +587,18 @@ class Store:
     # -- attempts -----------------------------------------------------------------------
 
     def add_attempt(self, subject: Subject, stage: str, *, step: str = "", try_number: int,
-                    status: str = "queued", cwd: str = "", log: str = "") -> int:
+                    status: AttemptStatus = AttemptStatus.QUEUED, cwd: str = "", log: str = "") -> int:
         with self.write() as c:
             cur = c.execute(
                 "INSERT INTO attempts (subject_id, stage, step, try, entry, status, cwd, log, host, started)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (subject.id, stage, step, try_number, subject.entry, status, cwd, log, socket.gethostname(),
+                (subject.id, stage, step, try_number, subject.entry, str(status), cwd, log, socket.gethostname(),
                  time.time()))
-            return cur.lastrowid
+            return _rowid(cur)
 
     def update_attempt(self, attempt_id: int, **fields: Any) -> None:
+        if isinstance(fields.get("status"), AttemptStatus):
+            fields["status"] = fields["status"].value
         for name in ("argv", "result"):
             if name in fields and not isinstance(fields[name], str):
                 fields[name] = _json(fields[name])
@@ -522,33 +608,28 @@ class Store:
         with self.write() as c:
             c.execute(f"UPDATE attempts SET {assignments} WHERE id = ?", (*fields.values(), attempt_id))
 
-    def attempt(self, attempt_id: int) -> dict:
+    def attempt(self, attempt_id: int) -> Attempt:
         row = self._one("SELECT * FROM attempts WHERE id = ?", (attempt_id,))
         if row is None:
             raise StoreError(f"no attempt {attempt_id}")
-        return self._decode_attempt(row)
-
-    @staticmethod
-    def _decode_attempt(row: dict) -> dict:
-        row["result"] = json.loads(row["result"] or "{}")
-        row["argv"] = json.loads(row["argv"]) if row["argv"] else None
-        return row
+        return Attempt.from_row(row)
 
     def attempts(self, subject_id: int | None = None, *, status: Sequence[str] = (), entry: int | None = None,
-                 limit: int | None = None, newest_first: bool = False) -> list[dict]:
-        where, params = [], []
+                 limit: int | None = None, newest_first: bool = False) -> list[Attempt]:
+        where: list[str] = []
+        params: list[Any] = []
         if subject_id is not None:
             where.append("subject_id = ?")
             params.append(subject_id)
         if status:
             where.append(f"status IN ({', '.join('?' * len(status))})")
-            params.extend(status)
+            params.extend(str(s) for s in status)
         if entry is not None:
             where.append("entry = ?")
             params.append(entry)
         rows = self.db["attempts"].rows_where(" AND ".join(where) or None, params,
                                               order_by="id DESC" if newest_first else "id", limit=limit)
-        return [self._decode_attempt(r) for r in rows]
+        return [Attempt.from_row(r) for r in rows]
 
     # -- intake files -------------------------------------------------------------------
 
@@ -591,7 +672,8 @@ class Store:
 
     def files(self, *, subject_id: int | None = None, status: str | Sequence[str] | None = None,
               limit: int | None = None, root: str | None = None, cause: str | None = None) -> list[dict]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if subject_id is not None:
             where.append("subject_id = ?")
             params.append(subject_id)

@@ -201,12 +201,12 @@ def test_transient_retry_and_permanent_failure(write_config, tmp_path, daemon_fa
 
     def memory_failure():
         subject = store.find_subject("night", night)
-        return subject and [a for a in store.attempts(subject.id) if a["status"] == "failed"
-                            and a["result"].get("kind") == "retry"]
+        return subject and [a for a in store.attempts(subject.id) if a.status == "failed"
+                            and a.result.get("kind") == "retry"]
 
     first = wait_for(memory_failure, timeout=90, interval=0.2, what="a memory-class failure")[0]
     transient.unlink()  # the node had its memory back
-    assert first["result"]["adjust"] == {"request_memory": 4096}
+    assert first.result["adjust"] == {"request_memory": 4096}
     wait_for(lambda: settled(config, {night: "failed"}, daemon=daemon), timeout=120, interval=0.5,
              what="the night failed in drp")
 
@@ -246,7 +246,7 @@ def test_kill9_during_bps_submit_then_restart(write_config, tmp_path, daemon_fac
     b.close()
     store = Store(config.db)
     subject = store.subject("night", night)
-    assert any(a["status"] == "interrupted" for a in store.attempts(subject.id))
+    assert any(a.status == "interrupted" for a in store.attempts(subject.id))
     store.close()
     # No child of the killed daemon is left.
     assert not [pid for pid in psutil.pids() if _is_bps_of(pid, tmp_path)]
@@ -297,9 +297,9 @@ def test_one_bps_job_killed_under_a_running_daemon(write_config, tmp_path, daemo
     b.close()
 
     store = Store(config.db)
-    bias = [a for a in store.attempts(store.subject("night", night).id) if a["step"] == "bias"]
+    bias = [a for a in store.attempts(store.subject("night", night).id) if a.step == "bias"]
     store.close()
-    runs = [(a["status"], a["result"].get("kind"), a["result"].get("evidence", {})) for a in bias]
+    runs = [(a.status, a.result.get("kind"), a.result.get("evidence", {})) for a in bias]
     step1 = [(status, kind, ev) for status, kind, ev in runs if ev.get("step") == "step1"]
     # The submission whose job was killed: incomplete (its other jobs' quanta kept), retried.
     (killed_status, killed_kind, killed), *later = step1
@@ -559,12 +559,12 @@ def test_rerun_while_a_drp_step_runs_supersedes_it_and_keeps_its_run_out(write_c
     def drp_child():
         s = store.find_subject("night", night)
         return s and s.state == "drp" and [a for a in store.attempts(s.id, entry=s.entry, status=("running",))
-                                           if a["pgid"]]
+                                           if a.pgid]
 
     running = wait_for(drp_child, timeout=240, interval=0.1, what="a DRP step running")[0]
     real = cli(path, "rerun-from", "night", night, "flat", "--reason", "bad dome flats", "--operator", "ann")
     assert real.returncode == 0, real.stderr
-    wait_for(lambda: store.attempt(running["id"])["status"] == "superseded", timeout=30, what="the step superseded")
+    wait_for(lambda: store.attempt(running.id).status == "superseded", timeout=30, what="the step superseded")
 
     def rerun_done() -> bool:
         s = store.subject("night", night)

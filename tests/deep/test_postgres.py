@@ -78,7 +78,7 @@ def test_night_to_done_on_postgres_through_a_kill9(write_config, tmp_path, daemo
     def step_child_running() -> bool:
         store = Store(config.db)
         try:
-            return any(a["status"] == "running" and a["pgid"] and a["step"] for a in store.attempts())
+            return any(a.status == "running" and a.pgid and a.step for a in store.attempts())
         finally:
             store.close()
 
@@ -116,8 +116,8 @@ def test_server_away_for_20s_mid_night(write_config, tmp_path, daemon_factory, p
         def waiting_on_the_registry() -> str | None:
             store = Store(config.db)
             try:
-                return next((a["result"]["reason"] for a in store.attempts() if a["status"] == "waiting"
-                             and "Butler registry unreachable" in a["result"].get("reason", "")), None)
+                return next((a.result["reason"] for a in store.attempts() if a.status == "waiting"
+                             and "Butler registry unreachable" in a.result.get("reason", "")), None)
             finally:
                 store.close()
 
@@ -138,6 +138,6 @@ def test_server_away_for_20s_mid_night(write_config, tmp_path, daemon_factory, p
     finally:
         store.close()
     # The wait spent no retry budget: no attempt of the night failed, and the outage is a problem row.
-    assert not [a for a in attempts if a["status"] == "failed"], [a["result"] for a in attempts]
+    assert not [a for a in attempts if a.status == "failed"], [a.result for a in attempts]
     assert problems and "Butler registry unreachable" in reason
     assert outputs_twice(str(config.root / "repo")) == {}

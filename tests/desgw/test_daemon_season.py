@@ -121,7 +121,7 @@ def max_overlap(config, stage: str) -> int:
     """The most attempts of `stage` that ran at the same time."""
     store = Store(config.db)
     try:
-        spans = [(a["started"], a["ended"]) for a in store.attempts() if a["stage"] == stage and a["ended"]]
+        spans = [(a.started, a.ended) for a in store.attempts() if a.stage == stage and a.ended]
     finally:
         store.close()
     return max(sum(s <= t < e for s, e in spans) for t, _ in spans)
@@ -129,7 +129,7 @@ def max_overlap(config, stage: str) -> int:
 
 def running_child(config, kind: str, key: str) -> dict | None:
     _, attempts, _ = subject(config, kind, key)
-    return next((a for a in attempts if a["status"] == "running" and a["pgid"]), None)
+    return next((a for a in attempts if a.status == "running" and a.pgid), None)
 
 
 def test_season_through_the_daemon(write_config, tmp_path, daemon_factory, site, grid):
@@ -155,7 +155,7 @@ def test_season_through_the_daemon(write_config, tmp_path, daemon_factory, site,
     # Post-processing killed after step 4; the next try resumes with --SKIPTO 5.
     outdir = site.postproc / "outputs" / f"season{SEASON}"
     wait_for(lambda: 4 in steps_run(outdir), timeout=45, what="post-processing past step 4")
-    os.killpg(wait_for(lambda: running_child(config, "season", str(SEASON)))["pgid"], signal.SIGKILL)
+    os.killpg(wait_for(lambda: running_child(config, "season", str(SEASON))).pgid, signal.SIGKILL)
     wait_for(lambda: subject(config, "season", str(SEASON))[0].data.get("postproc_runs"), timeout=30,
              what="first post-processing run complete")
     assert steps_run(outdir) == [-1, 0, 1, 2, 3, 4, -1, 1, 5, 6, 7]
@@ -167,10 +167,10 @@ def test_season_through_the_daemon(write_config, tmp_path, daemon_factory, site,
     season, season_attempts, _ = subject(config, "season", str(SEASON))
     (run,) = season.data["postproc_runs"]
     assert run["expnums"] == ready and run["skipto"] == 5 and run["status"]["state"] == "complete"
-    tries = [a for a in season_attempts if a["stage"] == "postprocessing"]
-    assert [a["status"] for a in tries] == ["failed", "succeeded"]
+    tries = [a for a in season_attempts if a.stage == "postprocessing"]
+    assert [a.status for a in tries] == ["failed", "succeeded"]
     # The launch script's arguments: postproc dir, outdir, season, SKIPTO, update links, nite, python.
-    assert [a["argv"][4:8] for a in tries] == [[str(site.postproc), str(outdir), str(SEASON), s] for s in ("", "5")]
+    assert [a.argv[4:8] for a in tries] == [[str(site.postproc), str(outdir), str(SEASON), s] for s in ("", "5")]
     assert read_rc(site.gw_workflow / "dagmaker.rc")["SEASON"] == str(SEASON)
     assert {(c["key"], c["old"], c["new"], c["how"]) for c in season.data["rc_changes"]} == {
         ("SEASON", "33", "2206", "replaced"), ("PNUM", "7", "12", "replaced")}
@@ -183,18 +183,18 @@ def test_season_through_the_daemon(write_config, tmp_path, daemon_factory, site,
     assert {e: spool_entries(site, e) for e in [*ready, STUCK, TOO_MANY, NO_TEMPLATES]} == {
         **dict.fromkeys([*ready, STUCK, TOO_MANY], 1), NO_TEMPLATES: 0}
     crashed, attempts, journal = subject(config, "exposure", f"{SEASON}.{CRASH}")
-    submits = [(a["step"], a["status"]) for a in attempts if a["stage"] == "submitting"]
+    submits = [(a.step, a.status) for a in attempts if a.stage == "submitting"]
     assert submits == [("jobsub", "interrupted"), ("recover", "succeeded")]
     (row,) = [r for r in journal if r["trigger"] == "submitted"]
     assert row["evidence"]["recovered"] is True and crashed.data["job_id"] == spool_job_ids(site, CRASH)[0]
 
     # No templates: DAGMaker once, never submitted, never retried.
     _, attempts, _ = subject(config, "exposure", f"{SEASON}.{NO_TEMPLATES}")
-    assert [a["stage"] for a in attempts] == ["new", "dagmaker"]
+    assert [a.stage for a in attempts] == ["new", "dagmaker"]
     # Other DAGMaker failures: the retry budget, then failed with the log tail.
     _, attempts, journal = subject(config, "exposure", f"{SEASON}.{BROKEN}")
     # (the kill -9 above may interrupt one try; interruptions do not count against the budget)
-    tries = [a["status"] for a in attempts if a["stage"] == "dagmaker" and a["status"] != "interrupted"]
+    tries = [a.status for a in attempts if a.stage == "dagmaker" and a.status != "interrupted"]
     assert tries == ["failed"] * 3
     assert journal[-1]["reason"].startswith("gave up after 3 tries: DAGMaker exited 2")
     assert ".pgpass not found" in journal[-1]["evidence"]["log_tail"]
@@ -203,7 +203,7 @@ def test_season_through_the_daemon(write_config, tmp_path, daemon_factory, site,
     # Stuck below 50 CCDs: polled, then stalled by the deadline, with its table in the last poll.
     _, attempts, journal = subject(config, "exposure", f"{SEASON}.{STUCK}")
     assert journal[-1]["trigger"] == "stall" and journal[-1]["from_state"] == "ccd_check"
-    last_poll = attempts[-1]["result"]
+    last_poll = attempts[-1].result
     assert last_poll["evidence"]["complete"] == 44 and last_poll["evidence"]["incomplete"] == 15
     assert "need 50" in last_poll["reason"]
     # Too many forcefiles: held for a person, with the numbers.

@@ -25,9 +25,9 @@ import psutil
 import pytest
 from steps_support import outputs_twice
 
-from autoproc.engine import crashes_since_progress
+from autoproc.decision import crashes_since_progress
 from autoproc.script import demo as scenario
-from autoproc.store import Store
+from autoproc.store import Attempt, Store
 from conftest import journal_consistent, pgid_of
 
 pytestmark = pytest.mark.middleware
@@ -67,9 +67,9 @@ def where_it_lands(config) -> list[dict]:
         subjects = {s.id: s for s in store.subjects()}
         out = []
         for a in store.attempts(status=("queued", "running")):
-            s = subjects.get(a["subject_id"])
+            s = subjects.get(a.subject_id)
             out.append({"kind": s.kind if s else "?", "key": s.key if s else "?", "state": s.state if s else "?",
-                        "stage": a["stage"], "step": a["step"], "status": a["status"], "attempt": a["id"]})
+                        "stage": a.stage, "step": a.step, "status": a.status, "attempt": a.id})
         return out
     finally:
         store.close()
@@ -125,12 +125,12 @@ def progress(config) -> tuple[int, int]:
         store.close()
 
 
-def longest_crash_streak(attempts: list[dict]) -> int:
+def longest_crash_streak(attempts: list[Attempt]) -> int:
     """The most crashes one state entry suffered in a row with no progress between them
     (what `max_interruptions` is compared with)."""
-    by_entry: dict[tuple[int, int], list[dict]] = {}
-    for a in sorted(attempts, key=lambda a: a["id"]):
-        by_entry.setdefault((a["subject_id"], a["entry"]), []).append(a)
+    by_entry: dict[tuple[int, int], list[Attempt]] = {}
+    for a in sorted(attempts, key=lambda a: a.id):
+        by_entry.setdefault((a.subject_id, a.entry), []).append(a)
     return max((crashes_since_progress(chain[:i + 1]) for chain in by_entry.values() for i in range(len(chain))),
                default=0)
 
@@ -293,13 +293,13 @@ def test_demo_survives_sigkills(tmp_path: Path):
     if restart_failures:
         problems["restarts"] = restart_failures
 
-    pgids = {a["pgid"] for a in attempts if a["pgid"]} | {d.pid for d in daemons}
+    pgids = {a.pgid for a in attempts if a.pgid} | {d.pid for d in daemons}
     time.sleep(1.0)
     left = leftover_processes(root, pgids)
     if left:
         problems["processes left"] = left
 
-    interrupted = [a for a in attempts if a["status"] == "interrupted"]
+    interrupted = [a for a in attempts if a.status == "interrupted"]
     figures.update({
         "kills": len(kills),
         "kills_landing_on_running_attempts": sum(1 for k in kills if k["running"]),
@@ -307,8 +307,8 @@ def test_demo_survives_sigkills(tmp_path: Path):
         "interrupted_by_step": dict(Counter(f"{r['kind']}:{r['state']}/{r['step'] or r['stage']}"
                                             for k in kills for r in k["running"] if "state" in r)),
         "interrupted_attempts_in_store": len(interrupted),
-        "interrupted_attempts_by_step": dict(Counter(a["step"] or a["stage"] for a in interrupted)),
-        "attempts_reporting_progress": sum(1 for a in attempts if a["result"].get("progress")),
+        "interrupted_attempts_by_step": dict(Counter(a.step or a.stage for a in interrupted)),
+        "attempts_reporting_progress": sum(1 for a in attempts if a.result.get("progress")),
         "longest_crash_streak_without_progress": longest_crash_streak(attempts),
         "failures": failures,
         "postproc_launches": launches,

@@ -175,7 +175,7 @@ def test_work_dir_full_then_space_back(write_config, tmp_path, daemon_factory):
         wait_for(lambda: sum("No space left" in p for p in problems(config)) >= 2, what="no-space problems")
 
         def waiting_reasons(store):
-            return [a["result"].get("reason", "") for a in store.attempts(status=("waiting",))]
+            return [a.result.get("reason", "") for a in store.attempts(status=("waiting",))]
         reasons = wait_for(lambda: read(config, waiting_reasons), what="attempts waiting for space")
         assert all("No space left on device" in r for r in reasons), reasons
         st = states(config)
@@ -208,7 +208,7 @@ def test_file_size_limit_then_lifted(write_config, tmp_path, daemon_factory):
     (inbox / "out-1.w").write_text(f"bigfile {big}")
 
     def waiting_reasons(store):
-        return {store.subject_by_id(a["subject_id"]).key: a["result"].get("reason", "")
+        return {store.subject_by_id(a.subject_id).key: a.result.get("reason", "")
                 for a in store.attempts(status=("waiting",))}
     reasons = wait_for(lambda: len(r := read(config, waiting_reasons)) == 2 and r, what="both attempts waiting")
     assert "spew was killed by SIGXFSZ" in reasons["log"] and "file-size limit" in reasons["log"], reasons
@@ -220,7 +220,7 @@ def test_file_size_limit_then_lifted(write_config, tmp_path, daemon_factory):
     assert full_problems() == 2, problems(config)
     st = states(config)
     assert st["log"] == st["out"] == "building", st  # waiting: no budget spent, not failed
-    assert read(config, lambda s: [a for a in s.attempts() if a["status"] == "failed"]) == []
+    assert read(config, lambda s: [a for a in s.attempts() if a.status == "failed"]) == []
     assert d.proc.poll() is None
     resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))  # the limit is lifted
     wait_for(lambda: all_done(config, ["log", "out"]), timeout=30, what="both done once the limit is lifted")
@@ -288,10 +288,10 @@ def test_hung_child_killed_at_deadline_then_retry_policy(write_config, tmp_path,
         s = store.subject("widget", "h")
         return store.attempts(s.id), store.journal(s.id)
     attempts, journal = read(config, history)
-    assert [a["status"] for a in attempts] == ["failed", "failed"]
+    assert [a.status for a in attempts] == ["failed", "failed"]
     for a in attempts:
-        assert a["result"]["kind"] == "retry" and "timed out after 1 s" in a["result"]["reason"], a["result"]
-        assert a["ended"] - a["started"] < 10  # killed at the deadline (+ the kill grace), not left to run
+        assert a.result["kind"] == "retry" and "timed out after 1 s" in a.result["reason"], a.result
+        assert a.ended - a.started < 10  # killed at the deadline (+ the kill grace), not left to run
     assert journal[-1]["to_state"] == "failed"
     assert "gave up after 2 tries" in journal[-1]["reason"] and "timed out" in journal[-1]["reason"]
     # Nothing of those process groups survives: the children and the grandchildren that
@@ -299,7 +299,7 @@ def test_hung_child_killed_at_deadline_then_retry_policy(write_config, tmp_path,
     pids = [int(p) for line in (Path(config.root) / "hung.pids").read_text().split("\n") for p in line.split()]
     assert len(pids) == 4
     wait_for(lambda: all(pid_gone(p) for p in pids), timeout=5, what="hung children and grandchildren gone")
-    assert all(group_gone(a["pgid"]) for a in attempts)
+    assert all(group_gone(a.pgid) for a in attempts)
     assert d.proc.poll() is None
 
 
@@ -311,16 +311,16 @@ def test_worker_killed_from_outside_is_retried(write_config, tmp_path, daemon_fa
     (inbox / "w-1.w").write_text("sleep 3")
 
     def running(store):
-        return [a for a in store.attempts(status=("running",)) if a["pgid"]]
+        return [a for a in store.attempts(status=("running",)) if a.pgid]
     attempt = wait_for(lambda: read(config, running), what="w's build running")[0]
-    os.killpg(attempt["pgid"], signal.SIGKILL)  # the OOM killer, an admin, a lost node
+    os.killpg(attempt.pgid, signal.SIGKILL)  # the OOM killer, an admin, a lost node
     wait_for(lambda: all_done(config, ["w"]), timeout=30, what="w done after the kill")
     attempts = read(config, lambda s: s.attempts(s.subject("widget", "w").id))
-    build = [a for a in attempts if a["stage"] == "building"]
-    assert [a["status"] for a in build] == ["failed", "succeeded"]
-    assert build[0]["result"]["kind"] == "retry" and "-9" in build[0]["result"]["reason"]
-    assert build[1]["try"] == 2
-    assert group_gone(attempt["pgid"])
+    build = [a for a in attempts if a.stage == "building"]
+    assert [a.status for a in build] == ["failed", "succeeded"]
+    assert build[0].result["kind"] == "retry" and "-9" in build[0].result["reason"]
+    assert build[1].try_number == 2
+    assert group_gone(attempt.pgid)
     ledger = (Path(config.root) / "ledger.txt").read_text().splitlines()
     assert ledger.count("build w try=2 adjust={}") == 1 and ledger.count("done w") == 1
     assert d.proc.poll() is None

@@ -23,8 +23,13 @@ One attempt:
    writes them again, so the chain never holds two copies.
 8. `fixup_chain(parent)`: the new RUN becomes the newest child.
 
-`attempt.json` in the attempt directory records the attempt before the child starts and
-its outcome after, so a daemon restarted after a kill can `recover_attempt()` it.
+`attempt.json` in the attempt directory is the step's RUN record: which RUN, graph and
+quanta it was for, written before the child starts and with its outcome after, so the
+Butler-side work a killed attempt leaves (ingest, judge, rename, chain) is finished by
+`recover_attempt()` before the next attempt of the step. It is not a ledger of attempts or
+processes: the engine's attempts are (docs/STAGES.md, "One attempt ledger"). The runner
+never kills a process group; it refuses to run or recover beside a live child of an
+earlier attempt (RunnerError), which the engine kills.
 """
 
 from __future__ import annotations
@@ -550,10 +555,6 @@ def run_step(
     if recover_pending:
         recovered = []
         for prev in pending_attempts(attempt_root, parent):
-            child = _record(prev).get("child") or {}
-            if child.get("host") == socket.gethostname() and process.group_alive(int(child.get("pgid", 0) or 0)):
-                raise RunnerError(f"{prev}: its child (pgid {child['pgid']}) is still running; "
-                                  "kill it or wait before a new attempt")
             rec = recover_attempt(butler, prev, run_child=run_child, env=env, rename_retryable=rename_retryable)
             recovered.append({"attempt_dir": str(prev), "run": rec.run, "status": rec.status,
                               "recovered": rec.recovered, "succeeded": rec.succeeded})
@@ -758,13 +759,24 @@ def pending_attempts(attempt_root: Path | str, parent: str) -> list[Path]:
     return out
 
 
+def _refuse_beside_child(attempt_dir: Path, record: Mapping) -> None:
+    """RunnerError when the attempt's child is still running on this host: nothing may
+    run or be judged beside it. Killing it is the engine's job (its attempts know every
+    child: ActionContext.record_child)."""
+    child = record.get("child") or {}
+    if child.get("host") == socket.gethostname() and process.group_alive(int(child.get("pgid", 0) or 0)):
+        raise RunnerError(f"{attempt_dir}: its child (pgid {child['pgid']}) is still running; "
+                          "kill it or wait before a new attempt")
+
+
 def recover_attempt(butler, attempt_dir: Path | str, *, run_child: RunChild = process.run,
                     env: Mapping[str, str] | None = None, rename_retryable: bool = True) -> StepOutcome:
     """Finish an attempt whose child was killed (or whose daemon died): for bps, ingest
     whatever its jobs wrote (`butler aggregate-graph`) unless the final job did it; then
     judge, rename retryable logs and put the RUN in the chain. Safe to call twice.
     Call it before starting the next attempt of the same step, so no finished quantum is
-    computed twice and no output is left unregistered."""
+    computed twice and no output is left unregistered. Raises RunnerError while the
+    attempt's child still runs on this host."""
     attempt_dir = Path(attempt_dir)
     record = json.loads((attempt_dir / "attempt.json").read_text())
     prev = record.get("outcome")
@@ -774,9 +786,7 @@ def recover_attempt(butler, attempt_dir: Path | str, *, run_child: RunChild = pr
             return _outcome_from_json(prev)  # already final
     if "run" not in record or record.get("run") is None:
         return _outcome_from_json(record.get("outcome", {}))
-    child = record.get("child")
-    if child and child.get("host") == socket.gethostname() and process.kill_group(int(child["pgid"]), grace=3.0):
-        _LOG.warning("%s: child group %s was still running; killed before recovery", attempt_dir, child["pgid"])
+    _refuse_beside_child(attempt_dir, record)
     record = {**record, "attempt_dir": str(attempt_dir)}
     outcome = StepOutcome(status="incomplete", parent=record["parent"], pipeline=record["pipeline"],
                           step=record.get("step"), mode=record["mode"], run=record["run"],

@@ -339,15 +339,16 @@ class Steps:
     def _run(self, step: str, labels: list[str]) -> Outcome:
         ctx, cfg = self.ctx, self.cfg
         memory = int(ctx.adjust.get("request_memory") or cfg.request_memory)
-        notify, stopping = ctx.notify, ctx.stopping
+        stopping = ctx.stopping
         try:
             out = runner.run_step(
                 self.butler, str(repo_path(ctx.config)), self.pipeline, step, self.parent,
                 ctx.config.work_dir / "deep", fixed_inputs=self.fixed, where=cfg.where, mode=cfg.mode,
                 submit_template=_submit_template(cfg), submit_extra=_submit_extra(ctx), request_memory=memory, cores=cfg.cores,
                 clusters=_clusters(cfg, labels), env=cfg.env, timeout=cfg.step_timeout_seconds,
-                # The engine records the child's pid/pgid (to kill it after a restart) and stops it on SIGTERM.
-                on_start=(lambda child: notify(ctx.attempt_id, child)) if notify is not None else None,
+                # The child goes into the engine's ledger (the attempt's row and `step.child.json`): the
+                # engine kills it after a restart, when an operator moves the night on, and on SIGTERM.
+                on_start=lambda child: ctx.record_child("step", child),
                 on_progress=ctx.progress,
                 should_stop=stopping.is_set if stopping is not None else None)
         except runner.RunnerError as err:  # an earlier attempt's child is still running

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from autoproc import process
+from autoproc import actions, process
 from autoproc.actions import (
     ActionContext,
     Env,
@@ -310,9 +310,9 @@ def find_dag_submission(ctx: ActionContext) -> Outcome:
     if started:
         return Outcome("submitted", reason=f"{len(started)} CCDs have grid outputs under {report.dp_dir}",
                        evidence={"recovered": True, "chips": started}, data={"job_id": None})
-    if earlier is None or not (earlier / "jobsub.child.json").exists():
+    if earlier is None or not actions.child_started(earlier, "jobsub"):
         raise Retry("the interrupted attempt never started jobsub_submit_dag: safe to submit")
-    status = process.recorded_exit(earlier / "jobsub.log.exit")
+    status = actions.child_exit(earlier, "jobsub")
     if status not in (None, 0):
         raise Retry(f"the interrupted jobsub_submit_dag exited {status} without a job id: safe to submit")
     raise Hold("the DAG submission was interrupted and left no job id and no grid outputs; check the grid "

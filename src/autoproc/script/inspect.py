@@ -46,7 +46,7 @@ def show(store: Store, kind: str, key: str, *, journal_rows: int = 10) -> dict[s
     return {
         **_brief(s),
         "data": s.data,
-        "attempts": store.attempts(s.id, limit=20, newest_first=True)[::-1],
+        "attempts": [a.to_json() for a in store.attempts(s.id, limit=20, newest_first=True)[::-1]],
         "files": store.files(subject_id=s.id, limit=200),
         "journal": store.journal(s.id, limit=journal_rows, newest_first=True)[::-1],
     }
