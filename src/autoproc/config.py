@@ -189,7 +189,7 @@ class ExecutorConfig(Section):
 class HooksConfig(Section):
     """Executables run on the transitions they subscribe to (see `autoproc.hooks`)."""
 
-    directory: Path | None = Field(default=None, description="Hook executables; default: <root>/hooks.")
+    directory: Path = Field(default=Path("hooks"), description="Hook executables (a relative path is under `root`).")
     timeout_seconds: Seconds = Field(default=30.0, description="A hook still running then is killed, its process "
                                      "group included, and the kill recorded as a problem.")
     workers: int = Field(default=2, ge=1, description="Hooks running at once (threads beside the engine).")
@@ -233,8 +233,9 @@ class ControlConfig(Section):
     daemon journals who sent them from the socket's peer credentials (`autoproc.control`)."""
 
     enabled: bool = Field(default=True, description="Listen on the socket.")
-    socket: Path | None = Field(
-        default=None, description="Unix socket path; default: <root>/control.sock. Under the system unit: "
+    socket: Path = Field(
+        default=Path("control.sock"), description="Unix socket path (a relative path is under `root`). Under the "
+        "system unit: "
         "/run/autoproc/control.sock (its RuntimeDirectory).")
     group: str | None = Field(
         default=None, description="Group given the socket (mode 0660): who may connect at all; default: the "
@@ -273,8 +274,9 @@ class MetricsConfig(Section):
     """Prometheus metrics (`autoproc.metrics`): a text-format file for node_exporter's textfile collector,
     and optionally `/metrics` over HTTP on a loopback address."""
 
-    file: Path | None = Field(
-        default=None, description="Written atomically every `interval_seconds`; default: <root>/autoproc.prom. "
+    file: Path = Field(
+        default=Path("autoproc.prom"), description="Written atomically every `interval_seconds` (a relative path "
+        "is under `root`). "
         "Point node_exporter's --collector.textfile.directory at its directory.")
     interval_seconds: Seconds = Field(default=15.0, description="How often the metrics are gathered.")
     listen: str | None = Field(
@@ -296,7 +298,7 @@ class MetricsConfig(Section):
 class BackupConfig(Section):
     """Online copies of the state database (SQLite's backup API), see RELIABILITY.md."""
 
-    directory: Path | None = Field(default=None, description="Where backups go; default: <root>/backups. Best on "
+    directory: Path = Field(default=Path("backups"), description="Where backups go (a relative path is under `root`). Best on "
                                    "another disk than the database.")
     interval_minutes: float = Field(default=60.0, ge=0, description="The daemon writes one this often (0: only at a "
                                     "clean stop and by hand, `autoproc store backup`).")
@@ -311,8 +313,9 @@ class Config(Section):
         default=Path("autoproc-data"),
         description="Directory holding the state database and the work directory ($AUTOPROC_ROOT if unset here).",
     )
-    db: Path | None = Field(default=None, description="SQLite state database; default: <root>/autoproc.db.")
-    work_dir: Path | None = Field(default=None, description="Per-attempt working directories; default: <root>/work.")
+    db: Path = Field(default=Path("autoproc.db"), description="SQLite state database (a relative path is under `root`).")
+    work_dir: Path = Field(default=Path("work"), description="Per-attempt working directories (a relative path is under "
+                           "`root`).")
     machines_dir: Path | None = Field(default=None, description="Directory of <kind>.yaml machines; default: "
                                       "the machines of the installed chains (docs/CHAINS.md).")
     kinds: list[str] = Field(default_factory=list, description="Machines to load; default: every one there.")
@@ -364,18 +367,13 @@ class Config(Section):
     @model_validator(mode="after")
     def _fill_paths(self) -> Config:
         self.root = self.root.expanduser()
-        if self.db is None:
-            self.db = self.root / "autoproc.db"
-        if self.work_dir is None:
-            self.work_dir = self.root / "work"
-        if self.hooks.directory is None:
-            self.hooks.directory = self.root / "hooks"
-        if self.control.socket is None:
-            self.control.socket = self.root / "control.sock"
-        if self.metrics.file is None:
-            self.metrics.file = self.root / "autoproc.prom"
-        if self.backup.directory is None:
-            self.backup.directory = self.root / "backups"
+        # `root / p` is `p` itself when `p` is absolute.
+        self.db = self.root / self.db.expanduser()
+        self.work_dir = self.root / self.work_dir.expanduser()
+        self.hooks.directory = self.root / self.hooks.directory.expanduser()
+        self.control.socket = self.root / self.control.socket.expanduser()
+        self.metrics.file = self.root / self.metrics.file.expanduser()
+        self.backup.directory = self.root / self.backup.directory.expanduser()
         names = [w.name for w in self.watch]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

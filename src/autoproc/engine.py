@@ -89,7 +89,7 @@ class Engine:
         self.clock = clock
         # The daemon never gives up on a write because another process holds the database
         # (a backup, a sqlite3 shell left in a transaction): it waits, and says so.
-        self.store = Store(self.db, busy_timeout_ms=DAEMON_BUSY_SLICE_MS, on_busy=self._store_busy,
+        self.store = Store(self.config.db, busy_timeout_ms=DAEMON_BUSY_SLICE_MS, on_busy=self._store_busy,
                            check=True)
         self.on_busy: list[Callable[[Engine, float], None]] = []  # while waiting for the lock (watchdog)
         self._busy_waited = 0.0
@@ -115,15 +115,6 @@ class Engine:
         self._status_cache: tuple[float, str] = (float("-inf"), "")
         self.loop_beat = time.monotonic()  # each loop turn (the metrics' heartbeat age)
         self.watcher_lag = Lag()
-
-    @property
-    def db(self) -> Path:
-        """The state database (Config fills `db` in from `root` when it is not set)."""
-        return _filled(self.config.db, "db")
-
-    @property
-    def work_dir(self) -> Path:
-        return _filled(self.config.work_dir, "work_dir")
 
     @staticmethod
     def _load_machines(config: Config) -> dict[str, StateMachine]:
@@ -159,7 +150,7 @@ class Engine:
         watchdog fed, and say so; a problem row is recorded once the lock is ours."""
         self._busy_waited = waited
         log.warning("state database %s: write lock held by another process for %.0f s; waiting",
-                    self.db, waited)
+                    self.config.db, waited)
         for fn in self.on_busy:
             try:
                 fn(self, waited)
@@ -169,7 +160,7 @@ class Engine:
     def _note_busy(self) -> None:
         if self._busy_waited:
             waited, self._busy_waited = self._busy_waited, 0.0
-            self.store.add_problem("store", f"{self.db}: the write lock was held by another process; "
+            self.store.add_problem("store", f"{self.config.db}: the write lock was held by another process; "
                                    f"the daemon waited {waited:.0f} s for it and carried on")
 
     def _poke(self, kind: str, key: str) -> None:
@@ -189,9 +180,9 @@ class Engine:
         self.recover_attempts()
         # The last daemon's Slurm jobs (its HTEX blocks, its steps' blocks) outlive it: none of
         # them may run beside what this daemon starts.
-        self.cancel_slurm_jobs(slurm.tag_of(self.db), "left by the last daemon")
-        self.executor = Executor(self.config.executor, self.work_dir / "parsl",
-                                 slurm_comment=slurm.daemon_comment(self.db)
+        self.cancel_slurm_jobs(slurm.tag_of(self.config.db), "left by the last daemon")
+        self.executor = Executor(self.config.executor, self.config.work_dir / "parsl",
+                                 slurm_comment=slurm.daemon_comment(self.config.db)
                                  if self.config.executor.uses_slurm else None)
         self._check_watch_kinds()
         self.recheck_files(intake.to_recheck(self.store, self.config))
@@ -301,7 +292,7 @@ class Engine:
             stopper.start()
         # The process exits right after this: its blocks and its steps' jobs are cancelled
         # here, not left to the executor's shutdown thread.
-        self.cancel_slurm_jobs(slurm.tag_of(self.db), "the daemon stopped")
+        self.cancel_slurm_jobs(slurm.tag_of(self.config.db), "the daemon stopped")
         if stopper is not None:
             # What is left of the stop budget lets Parsl stop its interchange (an HTEX one
             # outlives an exit); the next daemon stops any that did not (executor.py).
@@ -377,7 +368,7 @@ class Engine:
             process.kill_groups(_groups(attempt), grace=2.0)
         if self.config.actions_start_slurm_jobs:
             # Nor beside the Slurm jobs its step left (a bps killed from outside never cancels its block).
-            self.cancel_slurm_jobs(slurm.attempt_comment(self.db, done.attempt_id), "its attempt ended")
+            self.cancel_slurm_jobs(slurm.attempt_comment(self.config.db, done.attempt_id), "its attempt ended")
         now = self.clock()
         ended = decision.ended(result, attempt, self._policy(st), now, stopping=self.stopping.is_set())
         recorded = _with_progress(attempt, result.to_json())
@@ -490,7 +481,7 @@ class Engine:
         else:
             attempt_id = self.store.add_attempt(subject, subject.state, step="recover" if recover else st.step,
                                                 try_number=try_number)
-        workdir = (self.work_dir / safe_component(subject.kind) / safe_component(subject.key)
+        workdir = (self.config.work_dir / safe_component(subject.kind) / safe_component(subject.key)
                    / f"{attempt_id:06d}-{subject.state}")
         n = 1
         while reuse is None and workdir.exists():
@@ -667,7 +658,7 @@ class Engine:
     def _watch_slurm(self) -> None:
         """Beside the loop (squeue can take seconds when the controller is down): what keeps
         this store's Slurm jobs from starting, handed to the loop as an event."""
-        tag = slurm.tag_of(self.db)
+        tag = slurm.tag_of(self.config.db)
         while not self.stopping.wait(SLURM_POLL_SECONDS):
             try:
                 jobs = slurm.jobs(tag)
@@ -801,12 +792,6 @@ class Lag:
     def snapshot(self) -> dict[str, tuple[float, int]]:
         with self._lock:
             return dict(self.by_root)
-
-
-def _filled(path: Path | None, name: str) -> Path:
-    if path is None:  # Config._fill_paths fills it in from `root`
-        raise AutoprocError(f"the configuration's {name} is not set")
-    return path
 
 
 def _children_on_disk(attempt: Attempt) -> list[dict]:
