@@ -8,6 +8,7 @@ import pytest
 from astropy.table import Table
 
 from autoproc.deep import repo as R
+from autoproc.sim.deep.instrument import INSTRUMENT_CLASS
 from autoproc.sim.deep.raws import plan_night, write_night
 
 pytestmark = pytest.mark.middleware
@@ -18,8 +19,20 @@ def setup(tmp_path):
     R.write_bpm_files(tmp_path / "bpm", (1, 3), n_bad=3, n_suspect=2)
     Table({"RA": [150.0, 150.1, 150.2], "DEC": [2.0, 2.1, 2.2], "MAG": [21.0, 22.0, 23.0],
            "BAND": ["VR", "Y", "g"], "EXPNUM": [1, 2, 3]}).write(tmp_path / "fakes.ecsv")
-    return R.RepoSetup(root=tmp_path / "repo", fields=[(150.0, 2.0)], bpm_dir=tmp_path / "bpm",
-                       fakes_table=tmp_path / "fakes.ecsv")
+    return R.RepoSetup(root=tmp_path / "repo", instrument_class=INSTRUMENT_CLASS, fields=[(150.0, 2.0)],
+                       bpm_dir=tmp_path / "bpm", fakes_table=tmp_path / "fakes.ecsv")
+
+
+def test_init_repo_refuses_an_instrument_class_it_cannot_load(setup):
+    from autoproc.deep.instrument import InstrumentError
+
+    for name, why in (("lsst.obs.decam.DarkEnergyCamera", "cannot import 'lsst.obs.decam.DarkEnergyCamera'"),
+                      ("autoproc.deep.repo.RepoSetup", "is not an lsst.pipe.base.Instrument")):
+        setup.instrument_class = name
+        with pytest.raises(InstrumentError, match=f"deep.instrument_class: .*{why}"):
+            R.init_repo(setup)
+        assert not setup.root.exists()  # refused before the repository was made
+    assert R.RepoSetup(root=setup.root).instrument_class == "lsst.obs.decam.DarkEnergyCamera"
 
 
 def test_init_repo_is_idempotent(setup):

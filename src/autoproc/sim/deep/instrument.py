@@ -6,7 +6,8 @@ and bands are the real ones, from `autoproc.deep.decam`.
 
 What is simulated: the focal-plane geometry (`detector_offset`) is a simple 12-row layout of
 0.30° × 0.15° CCDs with the real row order (S29–S31 at the south edge, N29–N31 at the north edge), no
-gaps, no rotation; it is only used to give visits and detectors plausible sky regions.
+gaps, no rotation; `SimDECam.detector_corners` gives it to ingest, which writes visit regions from
+it (docs/DEEP.md#instrument-class), so they are only plausible.
 """
 
 from __future__ import annotations
@@ -105,6 +106,10 @@ class SimDECam(Instrument):
 
     def getRawFormatter(self, dataId: Any) -> type[FitsRawFormatter]:
         return FitsRawFormatter
+
+    def detector_corners(self, ra: float, dec: float, detector: int) -> list[tuple[float, float]]:
+        """autoproc's sky-geometry hook (`autoproc.deep.instrument.SkyGeometry`): the simulated layout."""
+        return detector_corners(ra, dec, detector)
 
     def register(self, registry: Any, *, update: bool = False) -> None:
         name = self.getName()
