@@ -12,7 +12,7 @@ autoproc: a real `autoproc daemon` on a watched directory already holding the ra
 reconcile scan finds them); timed from daemon start to the night's `waiting_template`/`done`.
 The registry work, the "anything left?" checks, certification and tagging run in-process.
 
-Seed: night.py's command sequence, one CLI process at a time (SPEC §A.4, §A.7): per proc type
+Seed: night.py's command sequence, one CLI process at a time (docs/DEEP.md#steps, docs/DEEP.md#skip-rules): per proc type
 ingest → raw (tag) → collection → define-visits; per step collection → fixup → check →
 `pipetask qgraph` → `pipetask run` → retries → fixup → check → collection; then decertify →
 `butler certify-calibrations`. `butler`/`pipetask` are the real CLIs; the repo-specific DEEP

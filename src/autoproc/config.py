@@ -368,7 +368,7 @@ class DeepConfig(Section):
         default="night", description="The night of a raw from DATE-OBS: `night` = date of TAI − 12 h (the local "
         "night at CTIO), `obs_decam` = TAI date. A manifest's `night` column wins.")
     manifest: Path | None = Field(
-        default=None, description="`exposures.ecsv` (docs/DEEP.md#exposures-ecsv): gives each file's night, and a file is complete "
+        default=None, description="`exposures.ecsv` (docs/DEEP.md#exposures-manifest): gives each file's night, and a file is complete "
         "only once its md5 matches.")
     ingest_quiet_seconds: Seconds = Field(
         default=5.0, description="A night ingests its new raws in one batch once none arrived for this long.")

@@ -365,7 +365,7 @@ class ManifestRow:
 
 @dataclass
 class Manifest:
-    """``exposures.ecsv`` rows by archive basename (SPEC §A.2); ``night`` is the caldat night."""
+    """``exposures.ecsv`` rows by archive basename (docs/DEEP.md#exposures-manifest); ``night`` is the caldat night."""
 
     path: Path
     by_basename: dict[str, ManifestRow]

@@ -11,7 +11,7 @@ one row per step run. After `rerun-from` a state, the first action to run sets a
 RUNs and certifications the operator asked to redo (`autoproc.deep.rerun`), as a
 `next_step` of its own, so the steps then run again into new RUNs.
 
-Failure rules (SPEC §A.7, §A.9): memory-class failures raise `Retry` with more memory
+Failure rules (docs/DEEP.md#skip-rules, docs/DEEP.md#missing-calibrations): memory-class failures raise `Retry` with more memory
 (the engine's retry budget caps them); a fatal failure of a bias or flat step makes the
 night borrow that calibration from a neighbour night; a fatal failure anywhere else ends
 in `failed` with the failed data IDs and exceptions in the journal. A missing bias or
@@ -54,7 +54,7 @@ from autoproc.deep import collections as colls
 from autoproc.deep.instrument import InstrumentError
 from autoproc.store import Subject
 
-# SPEC §A.4 night.py / §A.5 (diff_drp: proc-decam's list), used for proc types not in `deep.steps`.
+# docs/DEEP.md#steps (diff_drp: proc-decam's list), used for proc types not in `deep.steps`.
 DEFAULT_STEPS: dict[str, list[str]] = {
     "bias": ["step1", "step2"],
     "flat": ["step0", "step1", "step2", "step3"],
