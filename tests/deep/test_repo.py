@@ -134,3 +134,26 @@ def test_skymap_covers_visits(setup, tmp_path):
     assert "already covers" in R.register_skymap(b, [(150.0, 2.0)])
     assert "registered" in R.register_skymap(b, [(30.0, -20.0)])
     b.close()
+
+
+def test_production_defaults_name_no_simulator(tmp_path):
+    """Unset, the instrument is obs_decam's, a proc type has no pipeline (its first step fails naming
+    the key), bps gets autoproc's own submit template and no clusters (docs/DEEP.md#pipelines)."""
+    from autoproc.actions import Fail
+    from autoproc.config import parse_config
+    from autoproc.deep.bps_site import SLURM_SUBMIT_TEMPLATE, SUBMIT_TEMPLATE
+    from autoproc.deep.stages import _clusters, _submit_template, pipeline_of
+
+    cfg = parse_config({"root": str(tmp_path)}).deep
+    assert cfg.instrument_class == "lsst.obs.decam.DarkEnergyCamera"
+    with pytest.raises(Fail, match=r"deep\.pipelines\.bias is not set: .* bias steps step1 step2$"):
+        pipeline_of(cfg, "bias")
+    assert _clusters(cfg, ["isr"]) is None and _submit_template(cfg) == SUBMIT_TEMPLATE
+    assert _submit_template(cfg.model_copy(update={"bps_site": "slurm"})) == SLURM_SUBMIT_TEMPLATE
+    assert "autoproc.sim" not in SUBMIT_TEMPLATE.read_text() + SLURM_SUBMIT_TEMPLATE.read_text()
+    # Set, they are used as given: the simulator's settings are nothing but configuration.
+    from autoproc.sim.deep.scenario import deep_settings
+
+    sim = parse_config({"root": str(tmp_path), "deep": deep_settings()}).deep
+    assert pipeline_of(sim, "diff_drp").endswith("/DEEP-DRP.yaml")
+    assert set(_clusters(sim, ["isr", "cpBiasIsr"]) or {}) == {"exposureCluster", "visitCluster"}

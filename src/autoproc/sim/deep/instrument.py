@@ -18,7 +18,16 @@ from typing import Any
 from lsst.daf.butler import FormatterV2
 from lsst.pipe.base import Instrument
 
-from autoproc.deep.decam import BAND_TO_FILTER, DETECTORS, FILTERS, INSTRUMENT, OPAQUE_FILTER, ROWS
+from autoproc.deep.decam import (
+    BAND_TO_FILTER,
+    CCD_PIXELS,
+    DETECTORS,
+    FILTERS,
+    INSTRUMENT,
+    OPAQUE_FILTER,
+    PIXEL_SCALE_ARCSEC,
+    ROWS,
+)
 
 __all__ = [
     "BAND_TO_FILTER",
@@ -34,8 +43,8 @@ __all__ = [
 
 INSTRUMENT_CLASS = "autoproc.sim.deep.instrument.SimDECam"
 
-CCD_WIDTH_DEG = 4096 * 0.263 / 3600.0  # long axis, along RA
-CCD_HEIGHT_DEG = 2048 * 0.263 / 3600.0  # short axis, along Dec
+CCD_WIDTH_DEG = CCD_PIXELS[1] * PIXEL_SCALE_ARCSEC / 3600.0  # long axis, along RA
+CCD_HEIGHT_DEG = CCD_PIXELS[0] * PIXEL_SCALE_ARCSEC / 3600.0  # short axis, along Dec
 
 
 def detector_offset(detector: int) -> tuple[float, float]:
