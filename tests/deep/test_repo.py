@@ -157,3 +157,18 @@ def test_production_defaults_name_no_simulator(tmp_path):
     sim = parse_config({"root": str(tmp_path), "deep": deep_settings()}).deep
     assert pipeline_of(sim, "diff_drp").endswith("/DEEP-DRP.yaml")
     assert set(_clusters(sim, ["isr", "cpBiasIsr"]) or {}) == {"exposureCluster", "visitCluster"}
+
+
+def test_deep_init_without_obs_decam_says_so_and_makes_no_repo(tmp_path):
+    """The default instrument class on a host without obs_decam: one clear line, exit 2, no repo."""
+    import subprocess
+
+    import yaml
+
+    path = tmp_path / "autoproc.yaml"
+    path.write_text(yaml.safe_dump({"root": str(tmp_path / "root"), "deep": {"repo": str(tmp_path / "repo")}}))
+    proc = subprocess.run([sys.executable, "-m", "autoproc.cli", "-c", str(path), "deep", "init"],  # noqa: S603
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "deep.instrument_class: cannot import 'lsst.obs.decam.DarkEnergyCamera'" in proc.stderr
+    assert not (tmp_path / "repo").exists()
