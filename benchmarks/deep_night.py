@@ -12,7 +12,7 @@ autoproc: a real `autoproc daemon` on a watched directory already holding the ra
 reconcile scan finds them); timed from daemon start to the night's `waiting_template`/`done`.
 The registry work, the "anything left?" checks, certification and tagging run in-process.
 
-Seed: night.py's command sequence, one CLI process at a time (SPEC §A.4, §A.7): per proc type
+Seed: night.py's command sequence, one CLI process at a time (docs/DEEP.md#steps, docs/DEEP.md#skip-rules): per proc type
 ingest → raw (tag) → collection → define-visits; per step collection → fixup → check →
 `pipetask qgraph` → `pipetask run` → retries → fixup → check → collection; then decertify →
 `butler certify-calibrations`. `butler`/`pipetask` are the real CLIs; the repo-specific DEEP
@@ -59,9 +59,11 @@ def make_night(raw_dir: Path, n_science: int, detectors: list[int]) -> list[Path
 
 def init_repo(repo: Path, registry_db: str | None = None, namespace: str | None = None) -> None:
     from autoproc.deep.repo import RepoSetup, init_repo
+    from autoproc.sim.deep.instrument import INSTRUMENT_CLASS
     from autoproc.sim.deep.raws import DEFAULT_FIELD
 
-    init_repo(RepoSetup(root=repo, fields=[DEFAULT_FIELD], registry_db=registry_db, registry_namespace=namespace))
+    init_repo(RepoSetup(root=repo, instrument_class=INSTRUMENT_CLASS, fields=[DEFAULT_FIELD], registry_db=registry_db,
+                        registry_namespace=namespace))
 
 
 def quantum_seconds(repo: Path, chains: list[str]) -> tuple[float, int]:
@@ -87,7 +89,9 @@ def run_autoproc(work: Path, raw_dir: Path, name: str = "autoproc", registry_db:
     from autoproc.store import Store
 
     root = work / name
-    deep = {"mode": "pipetask", "ingest_quiet_seconds": 0.3}
+    from autoproc.sim.deep.scenario import deep_settings
+
+    deep = {**deep_settings(), "mode": "pipetask", "ingest_quiet_seconds": 0.3}
     namespace = name.replace("-", "_") if registry_db else None  # a PostgreSQL schema name
     if registry_db:
         deep.update(registry_db=registry_db, registry_namespace=namespace)
@@ -216,14 +220,13 @@ class Seed:
 
 
 def run_seed(work: Path, raws: list[Path]) -> tuple[float, int]:
-    from autoproc.sim.deep.scenario import pipeline_path
+    from autoproc.sim.deep.scenario import PIPELINES, pipeline_path
 
     repo = work / "seed-repo"
     init_repo(repo)
     seed = Seed(work, repo)
     t0 = time.perf_counter()
-    seed.night(raws, {p: pipeline_path(n) for p, n in
-                      (("bias", "DEEP-bias"), ("flat", "DEEP-flat"), ("drp", "DEEP-DRP"))})
+    seed.night(raws, {p: pipeline_path(PIPELINES[p]) for p in ("bias", "flat", "drp")})
     return time.perf_counter() - t0, seed.commands
 
 

@@ -1,7 +1,7 @@
 """Benchmark: one CCD + forcefile sweep of 200 waiting DESGW exposures × 59 CCDs.
 
 Compares autoproc.desgw.ccd + forcefiles (one scandir of dp{S}, one per chip directory, nite
-known) with the original automation's check (SPEC §B.4): a glob over every nite per exposure,
+known) with the original automation's check (docs/DESGW.md#thresholds): a glob over every nite per exposure,
 then `*.FAIL` and `outputs_*` globs per CCD directory, then the forcephoto glob with the nite
 wildcarded. Filesystem calls are counted by wrapping os.scandir/os.stat/os.lstat (what glob and
 os.path use) plus DirEntry.stat calls counted by autoproc's FsCounter.
@@ -109,7 +109,7 @@ def sweep_autoproc(root: Path, exposures: list[tuple[int, str, str]], fs: FsCoun
 
 
 def sweep_baseline(root: Path, exposures: list[tuple[int, str, str]]) -> dict[int, int]:
-    """The original postprocessing_automations.py check (SPEC §B.4 steps 2-3)."""
+    """The original postprocessing_automations.py check (docs/DESGW.md#thresholds)."""
     complete_counts = {}
     for expnum, _nite, band in exposures:
         dirs = glob(f"{root}/exp/*/{expnum}/dp{SEASON}/{band}_*/")

@@ -100,7 +100,9 @@ def deep_night(root: Path, site: str, n_bias: int, partition: str) -> list[dict]
     """Run the zeros night with `site`; per bias step: wall, start-up, quanta, quanta/s."""
     raws = root / "raws"
     raws.mkdir(parents=True)
-    deep = {"mode": "bps", "bps_site": site, "ingest_quiet_seconds": 1.0, "cores": 2,
+    from autoproc.sim.deep.scenario import deep_settings
+
+    deep = {**deep_settings(), "mode": "bps", "bps_site": site, "ingest_quiet_seconds": 1.0, "cores": 2,
             "steps": {"bias": ["step1", "step2"]}}
     if site == "slurm":
         deep["slurm"] = {"partition": partition, "walltime": "00:30:00"}

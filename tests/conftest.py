@@ -96,6 +96,10 @@ def write_config(tmp_path: Path) -> Callable[..., tuple[Config, Path]]:
     def write(**overrides) -> tuple[Config, Path]:
         data = {"root": str(tmp_path / "root"), "machines_dir": str(MACHINES), "poll_seconds": 0.2,
                 "retry": {"backoff_seconds": 0.05}, **overrides}
+        if "deep" in overrides:  # a DEEP test runs on the simulator; its own keys win
+            from autoproc.sim.deep.scenario import deep_settings
+
+            data["deep"] = {**deep_settings(), **overrides["deep"]}
         path = tmp_path / "autoproc.yaml"
         path.write_text(yaml.safe_dump(data))
         return load_config(path), path

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 def htex_on_slurm(cluster, **provider) -> dict:
     """executor settings for HTEX blocks on the test cluster (strategy_period 1: the first
-    block is asked for about a second after start, CLUSTER.md)."""
+    block is asked for about a second after start)."""
     return {"kind": "htex", "max_workers": 4, "heartbeat_seconds": 2, "strategy_period": 1.0,
             "provider": {"kind": "slurm", "partition": cluster.partition, "walltime": "00:30:00",
                          "init_blocks": 1, "min_blocks": 0, "max_blocks": 1, **provider}}

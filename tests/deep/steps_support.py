@@ -92,40 +92,15 @@ def fail_config(tmp: Path, condition: str, exception: str = "builtins.RuntimeErr
     return p
 
 
-_THREADS_SITE = '''\
-from parsl.executors import ThreadPoolExecutor
-from lsst.ctrl.bps.parsl.configuration import get_bps_config_value
-from lsst.ctrl.bps.parsl.site import SiteConfig
-
-
-class LocalThreads(SiteConfig):
-    def get_executors(self):
-        return [ThreadPoolExecutor(label="local",
-                                   max_threads=get_bps_config_value(self.site, "cores", int, required=True))]
-
-    def select_executor(self, job):
-        return "local"
-'''
-
-
 def bps_site(tmp: Path) -> tuple[str, dict[str, str]]:
-    """(site class, extra env): deep-sim's LocalThreads site when it exists, else the same
-    15 lines written here and put on PYTHONPATH for the bps child."""
-    import importlib.util
-    import os
-
-    if importlib.util.find_spec("autoproc.sim.deep.bps_site") is not None:
-        return "autoproc.sim.deep.bps_site.LocalThreads", {}
-    d = tmp / "site_pkg"
-    d.mkdir(exist_ok=True)
-    (d / "autoproc_test_bps_site.py").write_text(_THREADS_SITE)
-    path = os.pathsep.join(p for p in (str(d), os.environ.get("PYTHONPATH", "")) if p)
-    return "autoproc_test_bps_site.LocalThreads", {"PYTHONPATH": path}
+    """(site class, extra env): autoproc's LocalThreads site, which needs nothing on the path."""
+    return "autoproc.deep.bps_site.LocalThreads", {}
 
 
 def submit_template(tmp: Path) -> Path | None:
-    p = SIM_DIR / "bps" / "submit.yaml"
-    return p if p.exists() else None
+    from autoproc.deep.bps_site import SUBMIT_TEMPLATE
+
+    return SUBMIT_TEMPLATE
 
 
 def outputs_twice(repo: str) -> dict[str, int]:

@@ -1,5 +1,5 @@
 """Certification (decertify then certify, in-process) and the missing-calibration rule
-(SPEC §A.9): nearest night, previous first, then next; flats by band."""
+(docs/DEEP.md#missing-calibrations): nearest night, previous first, then next; flats by band."""
 
 from __future__ import annotations
 

@@ -21,8 +21,9 @@ from autoproc.deep.ingest import (
     observing_night,
     read_raw_header,
 )
-from autoproc.sim.deep.instrument import SimDECam
+from autoproc.sim.deep.instrument import FitsRawFormatter, SimDECam
 from autoproc.sim.deep.raws import plan_night, write_exposures_ecsv, write_night, write_raw
+from autoproc.sim.deep.scenario import deep_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,6 +70,48 @@ def test_records_visits_and_skip_existing(butler, night):
     again = ingest_raws(butler, paths)
     assert again.ingested == [] and again.bad == {} and set(again.skipped) == set(paths)
     assert len(butler.query_datasets("raw", collections="DECam/raw/all")) == 2 * len(exps)
+
+
+class HeaderFormatter(FitsRawFormatter):
+    """A raw formatter of this test's own, to tell whose formatter ingest used."""
+
+
+class NoGeometryDECam(SimDECam):
+    """An instrument that, like obs_decam's, has no `detector_corners` for the headers backend."""
+
+    detector_corners = None  # type: ignore[assignment]
+
+    def getRawFormatter(self, dataId):
+        return HeaderFormatter
+
+
+def _registered_as(butler, class_name: str) -> None:
+    butler.registry.syncDimensionData("instrument", {
+        "name": "DECam", "detector_max": 100, "visit_max": 2**25, "exposure_max": 2**25, "visit_system": 0,
+        "class_name": class_name}, update=True)
+
+
+def test_raw_formatter_and_regions_come_from_the_registered_instrument(butler, night, tmp_path):
+    import sqlite3
+
+    from autoproc.deep.instrument import InstrumentError
+
+    _, paths, _ = night
+    _registered_as(butler, "test_ingest.NoGeometryDECam")
+    with pytest.raises(InstrumentError, match=r"test_ingest.NoGeometryDECam has no detector_corners.*"
+                                              r"deep.ingest_backend: obs_base"):
+        ingest_raws(butler, paths)
+    assert butler.query_datasets("raw", collections="DECam/raw/all", explain=False) == []
+    # Without visits nothing needs the geometry; the raws are stored with the instrument's formatter.
+    r = ingest_raws(butler, paths, define_visits=False)
+    assert r.bad == {} and r.visits == [] and len(r.ingested) == len(paths)
+    with sqlite3.connect(tmp_path / "repo" / "gen3.sqlite3") as db:
+        formatters = {f for (f,) in db.execute("SELECT DISTINCT formatter FROM file_datastore_records")}
+    assert formatters == {"test_ingest.HeaderFormatter"}
+    # The simulator's class gives the geometry: the skipped science raws get their visits now.
+    _registered_as(butler, "autoproc.sim.deep.instrument.SimDECam")
+    assert sorted(ingest_raws(butler, paths).visits) == sorted(
+        {f.exposure for f in r.ingested if f.observation_type == "science"})
 
 
 def test_bad_files_reported_rest_proceeds(butler, night, tmp_path):
@@ -281,7 +324,7 @@ def test_night_waits_for_incomplete_raw_then_grace_then_replacement(tmp_path):
 
     root = tmp_path / "root"
     settings = {"root": str(root), "machines_dir": str(ROOT / "statemachines"), "kinds": ["night", "template"],
-                "deep": {"ingest_quiet_seconds": 0, "expected_detectors": {"object": [1, 3, 4, 5]},
+                "deep": {**deep_settings(), "ingest_quiet_seconds": 0, "expected_detectors": {"object": [1, 3, 4, 5]},
                          "incomplete_grace_seconds": 3600}}
     config = parse_config(settings)
     Butler.makeRepo(str(root / "repo"))

@@ -8,6 +8,7 @@ import pytest
 from astropy.table import Table
 
 from autoproc.deep import repo as R
+from autoproc.sim.deep.instrument import INSTRUMENT_CLASS
 from autoproc.sim.deep.raws import plan_night, write_night
 
 pytestmark = pytest.mark.middleware
@@ -18,8 +19,20 @@ def setup(tmp_path):
     R.write_bpm_files(tmp_path / "bpm", (1, 3), n_bad=3, n_suspect=2)
     Table({"RA": [150.0, 150.1, 150.2], "DEC": [2.0, 2.1, 2.2], "MAG": [21.0, 22.0, 23.0],
            "BAND": ["VR", "Y", "g"], "EXPNUM": [1, 2, 3]}).write(tmp_path / "fakes.ecsv")
-    return R.RepoSetup(root=tmp_path / "repo", fields=[(150.0, 2.0)], bpm_dir=tmp_path / "bpm",
-                       fakes_table=tmp_path / "fakes.ecsv")
+    return R.RepoSetup(root=tmp_path / "repo", instrument_class=INSTRUMENT_CLASS, fields=[(150.0, 2.0)],
+                       bpm_dir=tmp_path / "bpm", fakes_table=tmp_path / "fakes.ecsv")
+
+
+def test_init_repo_refuses_an_instrument_class_it_cannot_load(setup):
+    from autoproc.deep.instrument import InstrumentError
+
+    for name, why in (("lsst.obs.decam.DarkEnergyCamera", "cannot import 'lsst.obs.decam.DarkEnergyCamera'"),
+                      ("autoproc.deep.repo.RepoSetup", "is not an lsst.pipe.base.Instrument")):
+        setup.instrument_class = name
+        with pytest.raises(InstrumentError, match=f"deep.instrument_class: .*{why}"):
+            R.init_repo(setup)
+        assert not setup.root.exists()  # refused before the repository was made
+    assert R.RepoSetup(root=setup.root).instrument_class == "lsst.obs.decam.DarkEnergyCamera"
 
 
 def test_init_repo_is_idempotent(setup):
@@ -121,3 +134,41 @@ def test_skymap_covers_visits(setup, tmp_path):
     assert "already covers" in R.register_skymap(b, [(150.0, 2.0)])
     assert "registered" in R.register_skymap(b, [(30.0, -20.0)])
     b.close()
+
+
+def test_production_defaults_name_no_simulator(tmp_path):
+    """Unset, the instrument is obs_decam's, a proc type has no pipeline (its first step fails naming
+    the key), bps gets autoproc's own submit template and no clusters (docs/DEEP.md#pipelines)."""
+    from autoproc.actions import Fail
+    from autoproc.config import parse_config
+    from autoproc.deep.bps_site import SLURM_SUBMIT_TEMPLATE, SUBMIT_TEMPLATE
+    from autoproc.deep.stages import _clusters, _submit_template, pipeline_of
+
+    cfg = parse_config({"root": str(tmp_path)}).deep
+    assert cfg.instrument_class == "lsst.obs.decam.DarkEnergyCamera"
+    with pytest.raises(Fail, match=r"deep\.pipelines\.bias is not set: .* bias steps step1 step2$"):
+        pipeline_of(cfg, "bias")
+    assert _clusters(cfg, ["isr"]) is None and _submit_template(cfg) == SUBMIT_TEMPLATE
+    assert _submit_template(cfg.model_copy(update={"bps_site": "slurm"})) == SLURM_SUBMIT_TEMPLATE
+    assert "autoproc.sim" not in SUBMIT_TEMPLATE.read_text() + SLURM_SUBMIT_TEMPLATE.read_text()
+    # Set, they are used as given: the simulator's settings are nothing but configuration.
+    from autoproc.sim.deep.scenario import deep_settings
+
+    sim = parse_config({"root": str(tmp_path), "deep": deep_settings()}).deep
+    assert pipeline_of(sim, "diff_drp").endswith("/DEEP-DRP.yaml")
+    assert set(_clusters(sim, ["isr", "cpBiasIsr"]) or {}) == {"exposureCluster", "visitCluster"}
+
+
+def test_deep_init_without_obs_decam_says_so_and_makes_no_repo(tmp_path):
+    """The default instrument class on a host without obs_decam: one clear line, exit 2, no repo."""
+    import subprocess
+
+    import yaml
+
+    path = tmp_path / "autoproc.yaml"
+    path.write_text(yaml.safe_dump({"root": str(tmp_path / "root"), "deep": {"repo": str(tmp_path / "repo")}}))
+    proc = subprocess.run([sys.executable, "-m", "autoproc.cli", "-c", str(path), "deep", "init"],  # noqa: S603
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "deep.instrument_class: cannot import 'lsst.obs.decam.DarkEnergyCamera'" in proc.stderr
+    assert not (tmp_path / "repo").exists()

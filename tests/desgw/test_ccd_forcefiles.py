@@ -1,4 +1,4 @@
-"""CCD classification (SPEC §B.7 + stale FAILs) and the forcefile check, on real trees in tmp_path."""
+"""CCD classification (docs/DESGW.md#ccd-status, stale FAILs included) and the forcefile check, on real trees in tmp_path."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Certified per-night calibrations and the missing-calibration rule (SPEC §A.4, §A.9).
+"""Certified per-night calibrations and the missing-calibration rule (docs/DEEP.md#steps, docs/DEEP.md#missing-calibrations).
 
 `certify` is decertify.py followed by `butler certify-calibrations --search-all-inputs`,
 in-process (one transaction, tens of milliseconds against ~2 s for each CLI).
@@ -246,7 +246,7 @@ def borrow_calibration(butler_or_repo, night: int | str, calib_type: str, band: 
                        max_days: int = 14, names: Names = DEFAULT_NAMES,
                        begin: str | None = CERTIFY_BEGIN, end: str | None = CERTIFY_END,
                        candidates: Iterable[int | str] | None = None) -> Substitution | None:
-    """SPEC §A.9: the nearest night (−1, +1, −2, +2, … up to `max_days`; or only the
+    """docs/DEEP.md#missing-calibrations: the nearest night (−1, +1, −2, +2, … up to `max_days`; or only the
     `candidates` given, in the same order of preference) whose `{prefix}/{n}/{type}`
     chain holds the product — for a flat, one in `band`'s physical filter(s) — is
     certified into `{prefix}/{night}/calib/{type}`. Only the borrowed data IDs are

@@ -1,4 +1,4 @@
-"""DEEP collection names and the idempotent collection primitives (SPEC §A.3, §A.4).
+"""DEEP collection names and the idempotent collection primitives (docs/DEEP.md#collections).
 
 Everything here talks to the Butler in-process (no CLI start-up cost). Names that may
 later reach a command line are validated when they are built.
@@ -296,7 +296,7 @@ def _chain_children(butler, parent: str):
 
 
 def rebuild_chain(butler, parent: str, fixed_inputs: Sequence[str], overwrite: bool = False) -> ChainResult:
-    """collection.py, exactly (SPEC §A.3).
+    """collection.py, exactly (docs/DEEP.md#collections).
 
     Candidate = RUNs matching ``parent/*`` (dated leaf newest first, others alphabetical)
     + fixed inputs; children that do not exist are dropped with a warning. A missing

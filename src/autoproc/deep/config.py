@@ -42,9 +42,8 @@ class BpsSlurmSite(Section):
         return out
 
 class DeepConfig(Section):
-    """DEEP nights on the Rubin middleware (domain/SPEC.md part A). The defaults run the simulated
-    DECam and the mock DEEP pipelines shipped in `autoproc.sim.deep`; a site with the real science
-    code points `pipelines` at its own YAMLs."""
+    """DEEP nights on the Rubin middleware (docs/DEEP.md). A site sets its instrument class and
+    the pipeline of each proc type; `autoproc demo` writes the simulator's (docs/DEEP.md#instrument-class)."""
 
     repo: Path | None = Field(default=None, description="Butler repository; default: <root>/repo.")
     registry_db: str | None = Field(
@@ -57,10 +56,10 @@ class DeepConfig(Section):
         "`namespace`); several repositories can share one database, one schema each. Default: `public`.")
     instrument: str = Field(default="DECam", pattern=r"^[A-Za-z0-9_]+$", description="Butler instrument name.")
     instrument_class: str = Field(
-        default="autoproc.sim.deep.instrument.SimDECam",
-        description="Instrument class registered by `autoproc deep init` (obs_decam's `lsst.obs.decam.DarkEnergyCamera` "
-        "where it is installed).")
-    prefix: str = Field(default="DEEP", description="First component of every DEEP collection name (SPEC §A.3).")
+        default="lsst.obs.decam.DarkEnergyCamera",
+        description="Instrument class registered by `autoproc deep init` (default: obs_decam's); the headers "
+        "ingest backend also needs its `detector_corners` for visit regions (docs/DEEP.md#instrument-class).")
+    prefix: str = Field(default="DEEP", description="First component of every DEEP collection name (docs/DEEP.md#collections).")
     raw_run: str = Field(default="DECam/raw/all", description="RUN collection all raws are ingested into.")
     fields: list[tuple[float, float]] = Field(
         default=[(150.0, 2.0)], description="(RA, Dec) degrees of the survey fields: `deep init` registers "
@@ -81,7 +80,7 @@ class DeepConfig(Section):
         default="night", description="The night of a raw from DATE-OBS: `night` = date of TAI − 12 h (the local "
         "night at CTIO), `obs_decam` = TAI date. A manifest's `night` column wins.")
     manifest: Path | None = Field(
-        default=None, description="`exposures.ecsv` (SPEC §A.2): gives each file's night, and a file is complete "
+        default=None, description="`exposures.ecsv` (docs/DEEP.md#exposures-manifest): gives each file's night, and a file is complete "
         "only once its md5 matches.")
     ingest_quiet_seconds: Seconds = Field(
         default=5.0, description="A night ingests its new raws in one batch once none arrived for this long.")
@@ -93,7 +92,7 @@ class DeepConfig(Section):
         "change; then it is ingested with its missing CCDs recorded (an md5 mismatch is then a bad file).")
     pipelines: dict[str, str] = Field(
         default_factory=dict, description="Pipeline YAML per proc type (`bias`, `flat`, `drp`, `coadd`, "
-        "`diff_drp`, `template`); unset ones are the simulator's DEEP-*.yaml.")
+        "`diff_drp`, `template`); no default: a proc type without one fails at its first step.")
     steps: dict[str, list[str]] = Field(
         default_factory=dict, description="Steps (subset or task labels) run in order per proc type; unset "
         "ones are the DEEP lists: bias step1 step2; flat step0..step3; drp step0 step1 step2a..step2f step3a; "
@@ -108,13 +107,13 @@ class DeepConfig(Section):
         "template.")
     slurm: BpsSlurmSite = Field(default_factory=BpsSlurmSite, description="The Slurm site (bps_site: slurm).")
     submit_template: Path | None = Field(
-        default=None, description="bps submit YAML template; default: the shipped one of `bps_site` (the "
-        "simulator's Parsl LocalThreads site, or ctrl_bps_parsl's Slurm site).")
+        default=None, description="bps submit YAML template; default: the shipped one of `bps_site` "
+        "(autoproc's Parsl LocalThreads site, or ctrl_bps_parsl's Slurm site; docs/DEEP.md#bps-submission).")
     cores: int = Field(default=2, ge=1, description="Cores of the bps Parsl site.")
     clusters: dict[str, dict[str, Any]] | None = Field(
         default=None, description="bps `cluster:` entries ({name: {pipetasks, dimensions, equalDimensions}}), "
-        "restricted to the labels of each step; default: per-exposure and per-visit clusters; {} = one job "
-        "per quantum.")
+        "restricted to the labels of each step; unset: the submit template's (the shipped ones have none); "
+        "{} = one job per quantum.")
     request_memory: int = Field(default=2048, ge=1, description="MB per bps job on a first try.")
     memory_factor: float = Field(default=2.0, ge=1.0, description="A memory-class failure retries the step "
                                  "with this many times the memory (within the state's retry budget).")

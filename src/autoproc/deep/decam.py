@@ -1,4 +1,5 @@
-"""What is true of DECam itself, as ingest needs it: its CCDs and its physical filters.
+"""What is true of DECam itself, as ingest needs it: its CCDs and its physical filters
+(docs/DEEP.md#decam).
 
 CCDs: ``CCDNUM`` 1–62 and their ``DETPOS`` names, as in astro_metadata_translator's
 ``translators/decam.py`` (``detector_names``: 1 S29, 2 S30, 3 S31, 4 S25, 5 S26, … 35 N4, … 62 N31)
@@ -11,9 +12,12 @@ The simulator (`autoproc.sim.deep`) takes these tables from here.
 
 from __future__ import annotations
 
-__all__ = ["BAND_TO_FILTER", "CCDNUM_OF_DETPOS", "DETECTORS", "FILTERS", "INSTRUMENT", "OPAQUE_FILTER", "ROWS"]
+__all__ = ["BAND_TO_FILTER", "CCDNUM_OF_DETPOS", "CCD_PIXELS", "DETECTORS", "FILTERS", "INSTRUMENT", "OPAQUE_FILTER",
+           "PIXEL_SCALE_ARCSEC", "ROWS"]
 
 INSTRUMENT = "DECam"
+CCD_PIXELS = (2048, 4096)  # (short, long) axis of a science CCD
+PIXEL_SCALE_ARCSEC = 0.263
 
 # The focal plane by rows, south (S) half from the centre out; the north half mirrors it.
 _S_ROWS = [["S1", "S2", "S3", "S4", "S5", "S6", "S7"], ["S8", "S9", "S10", "S11", "S12", "S13"],

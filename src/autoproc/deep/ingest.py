@@ -44,6 +44,7 @@ from typing import Any
 
 from astropy.time import Time, TimeDelta
 
+from autoproc.deep import instrument as inst
 from autoproc.deep.decam import CCDNUM_OF_DETPOS, DETECTORS, FILTERS, OPAQUE_FILTER
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,6 @@ __all__ = [
 
 RAW_RUN = "DECam/raw/all"
 INSTRUMENT = "DECam"
-RAW_FORMATTER = "autoproc.sim.deep.instrument.FitsRawFormatter"
 REQUIRED_KEYS = ("EXPNUM", "DATE-OBS", "OBSTYPE", "EXPTIME")
 OBSTYPE_TO_BUTLER = {"object": "science"}
 VISIT_SYSTEMS = {0: "one-to-one"}
@@ -365,7 +365,7 @@ class ManifestRow:
 
 @dataclass
 class Manifest:
-    """``exposures.ecsv`` rows by archive basename (SPEC §A.2); ``night`` is the caldat night."""
+    """``exposures.ecsv`` rows by archive basename (docs/DEEP.md#exposures-manifest); ``night`` is the caldat night."""
 
     path: Path
     by_basename: dict[str, ManifestRow]
@@ -518,15 +518,15 @@ def _box(corners: Sequence[tuple[float, float]]) -> Any:
     return ConvexPolygon([UnitVector3d(LonLat.fromDegrees(r, d)) for r, d in corners])
 
 
-def define_visits(butler: Any, infos: Iterable[RawInfo]) -> list[int]:
+def define_visits(butler: Any, infos: Iterable[RawInfo], instrument: Any = None) -> list[int]:
     """One-to-one visits for science exposures (visit id = exposure id); idempotent. The records
     follow the file: a visit defined from an earlier state of it (fewer CCDs) gets the file's region
     now, and a region for each of its CCDs (a CCD the file no longer has keeps its old region: the
-    registry cannot delete dimension records, and no raw refers to it)."""
+    registry cannot delete dimension records, and no raw refers to it). The regions come from the
+    registered instrument's `detector_corners` (docs/DEEP.md#instrument-class)."""
     from lsst.daf.butler import Timespan
 
-    from autoproc.sim.deep.instrument import detector_corners
-
+    geometry = inst.sky_geometry(instrument if instrument is not None else inst.registered_instrument(butler, INSTRUMENT))
     visits = []
     registry = butler.registry
     for sid, name in VISIT_SYSTEMS.items():
@@ -536,7 +536,7 @@ def define_visits(butler: Any, infos: Iterable[RawInfo]) -> list[int]:
             continue
         if info.ra is None or info.dec is None:
             raise RawFileError(info.path, "science exposure without a pointing (TELRA/TELDEC)")
-        det_corners = {d: detector_corners(info.ra, info.dec, d) for d in info.detectors}
+        det_corners = {d: geometry.detector_corners(info.ra, info.dec, d) for d in info.detectors}
         allc = [c for cs in det_corners.values() for c in cs]
         ras, decs = [c[0] for c in allc], [c[1] for c in allc]
         region = _box([(min(ras), min(decs)), (max(ras), min(decs)), (max(ras), max(decs)), (min(ras), max(decs))])
@@ -618,6 +618,9 @@ def _ingest_headers(butler: Any, paths: list[Path], result: IngestResult, *, tra
     from lsst.daf.butler.registry import ConflictingDefinitionError
 
     raw_type = register_raw_type(butler, result.run)
+    instrument = inst.registered_instrument(butler, INSTRUMENT)
+    if do_visits:
+        inst.sky_geometry(instrument)  # before anything is ingested: no raws without their visits
     infos = _read_batch(paths, result, manifest=manifest, day_obs_rule=day_obs_rule, expected=expected)
     existing = _existing(butler, result.run, [i.expnum for i in infos])
     todo: list[RawInfo] = []
@@ -655,7 +658,8 @@ def _ingest_headers(butler: Any, paths: list[Path], result: IngestResult, *, tra
         refs = [DatasetRef(raw_type, DataCoordinate.standardize(
                     {"instrument": INSTRUMENT, "exposure": info.expnum, "detector": d}, dimensions=raw_type.dimensions),
                            run=result.run) for d in info.detectors]
-        return FileDataset(path=str(info.path.resolve()), refs=refs, formatter=RAW_FORMATTER)
+        return FileDataset(path=str(info.path.resolve()), refs=refs,
+                           formatter=inst.raw_formatter(instrument, {"instrument": INSTRUMENT, "exposure": info.expnum}))
 
     done: list[RawInfo] = []
     if todo:
@@ -698,7 +702,7 @@ def _ingest_headers(butler: Any, paths: list[Path], result: IngestResult, *, tra
         science += [i for i in infos if i.is_science and i.path in result.skipped]
         for info in science:
             try:
-                result.visits.extend(define_visits(butler, [info]))
+                result.visits.extend(define_visits(butler, [info], instrument))
             except (RawFileError, ConflictingDefinitionError) as err:
                 result.bad[info.path] = f"visit definition failed: {err}"
     for path in list(result.incomplete):

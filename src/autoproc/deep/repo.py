@@ -53,7 +53,8 @@ __all__ = [
 ]
 
 INSTRUMENT = "DECam"
-DEFAULT_INSTRUMENT_CLASS = "autoproc.sim.deep.instrument.SimDECam"
+# obs_decam's class; the simulator's is set explicitly by the demo and the tests (docs/DEEP.md#instrument-class).
+DEFAULT_INSTRUMENT_CLASS = "lsst.obs.decam.DarkEnergyCamera"
 CALIB_COLLECTION = "DEEP/calib"
 CALIB_BAD_RUN = "DEEP/calib/bad"
 CALIB_SUSPECT_RUN = "DEEP/calib/suspect"
@@ -128,12 +129,12 @@ def register_instrument(repo: Any, instrument_class: str = DEFAULT_INSTRUMENT_CL
     """Register the instrument (records are synced, so a re-run is a no-op), the ``raw`` dataset type,
     the raw RUN and an (empty) ``DECam/calib`` CALIBRATION collection."""
     from lsst.daf.butler import CollectionType
-    from lsst.utils import doImportType
 
     from autoproc.deep.ingest import register_raw_type
+    from autoproc.deep.instrument import instrument_type
 
+    cls = instrument_type(instrument_class)
     butler = _butler(repo)
-    cls = doImportType(instrument_class)
     before = {r.name for r in butler.query_dimension_records("instrument", explain=False)}
     inst = cls()
     inst.register(butler.registry)
@@ -536,6 +537,9 @@ class RepoSetup:
 
 def init_repo(setup: RepoSetup) -> list[str]:
     """create → instrument → skymap → defects → fakes → refcats; returns one message per step."""
+    from autoproc.deep.instrument import instrument_type
+
+    instrument_type(setup.instrument_class)  # a class that cannot be loaded is refused before the repo is made
     msgs = [create_repo(setup.root, registry_db=setup.registry_db, registry_namespace=setup.registry_namespace)]
     butler = _butler(setup.root)
     try:

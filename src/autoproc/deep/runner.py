@@ -1,4 +1,4 @@
-"""Run one attempt of one DEEP step, and judge it from the Butler (SPEC §A.7, execute.py).
+"""Run one attempt of one DEEP step, and judge it from the Butler (docs/DEEP.md#skip-rules; DEEP's execute.py).
 
 One attempt:
 
@@ -14,7 +14,7 @@ One attempt:
 5. The outcome comes from the Butler, never from the exit code: per task, succeeded =
    `<task>_metadata` in the RUN, failed = `<task>_log` without metadata (exception type
    and message read from the log records). If the bps final job did not ingest, the
-   attempt is recovered with `butler aggregate-graph` (LSST-MIDDLEWARE §6.2 fix 3).
+   attempt is recovered with `butler aggregate-graph` (docs/DEEP.md#bps-submission).
 6. Failures whose logs match the memory regexes (retries.py) are *retryable*: their
    `<task>_log` is copied to `<task>_log_retry` and purged, so the next check sees them
    as never run. Anything else is fatal and stays visible (skip-failures).
@@ -56,7 +56,7 @@ from autoproc.deep import quanta, registry
 
 _LOG = logging.getLogger(__name__)
 
-# retries.py (SPEC §A.4): a quantum whose log matches one of these failed for memory.
+# retries.py (docs/DEEP.md#memory-failures): a quantum whose log matches one of these failed for memory.
 MEMORY_PATTERNS = (
     r".*MemoryError: std::bad_alloc.*",
     r".*ValueError: Failure from formatter.*std::bad_alloc.*",
@@ -86,7 +86,7 @@ def check_where(where: str) -> str:
 def venv_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for bps/pipetask/butler children: os.environ updated with `base`
     (overrides), then CTRL_MPEXEC_DIR and DAF_BUTLER_DIR = the interpreter's prefix unless
-    set (bps runs `${CTRL_MPEXEC_DIR}/bin/pipetask`, LSST-MIDDLEWARE §6.2 fix 2), the
+    set (bps runs `${CTRL_MPEXEC_DIR}/bin/pipetask`, docs/DEEP.md#bps-submission), the
     venv's bin first on PATH, and the BLAS thread counts at 1 unless set."""
     env = dict(os.environ)
     env.update(base or {})

@@ -1,4 +1,4 @@
-"""`autoproc deep init`: the one-time DEEP repository set-up (SPEC §A.4 first sections),
+"""`autoproc deep init`: the one-time DEEP repository set-up (docs/DEEP.md#repository-setup),
 idempotent, plus a subject for every configured template coadd."""
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ one row per step run. After `rerun-from` a state, the first action to run sets a
 RUNs and certifications the operator asked to redo (`autoproc.deep.rerun`), as a
 `next_step` of its own, so the steps then run again into new RUNs.
 
-Failure rules (SPEC §A.7, §A.9): memory-class failures raise `Retry` with more memory
+Failure rules (docs/DEEP.md#skip-rules, docs/DEEP.md#missing-calibrations): memory-class failures raise `Retry` with more memory
 (the engine's retry budget caps them); a fatal failure of a bias or flat step makes the
 night borrow that calibration from a neighbour night; a fatal failure anywhere else ends
 in `failed` with the failed data IDs and exceptions in the journal. A missing bias or
@@ -53,9 +53,10 @@ from autoproc.deep import calibs, ingest, quanta, registry, rerun, runner
 from autoproc.deep import collections as colls
 from autoproc.deep import rebuild as _rebuild  # noqa: F401 - registers the rebuild hooks
 from autoproc.deep.config import DeepConfig
+from autoproc.deep.instrument import InstrumentError
 from autoproc.store import Subject
 
-# SPEC §A.4 night.py / §A.5 (diff_drp: proc-decam's list), used for proc types not in `deep.steps`.
+# docs/DEEP.md#steps (diff_drp: proc-decam's list), used for proc types not in `deep.steps`.
 DEFAULT_STEPS: dict[str, list[str]] = {
     "bias": ["step1", "step2"],
     "flat": ["step0", "step1", "step2", "step3"],
@@ -64,10 +65,6 @@ DEFAULT_STEPS: dict[str, list[str]] = {
     "diff_drp": ["step4a", "step4b", "step4c", "step4d", "step4e"],
     "template": ["assembleCoadd"],
 }
-# The simulator's mock DEEP pipelines, for proc types not in `deep.pipelines`; coadds run
-# DEEP-template.yaml#assembleCoadd, as DEEP's coadd.py and nightly.sh did (SPEC §A.4, §A.11).
-DEFAULT_PIPELINES = {"bias": "DEEP-bias", "flat": "DEEP-flat", "drp": "DEEP-DRP", "coadd": "DEEP-template",
-                     "diff_drp": "DEEP-DRP", "template": "DEEP-template"}
 # Night states in which its warps exist (DRP is behind it).
 PAST_DRP = ("coadd", "waiting_template", "diff", "done")
 MAX_FAILURES_SHOWN = 20
@@ -91,11 +88,12 @@ def names(cfg: DeepConfig) -> colls.Names:
 
 
 def pipeline_of(cfg: DeepConfig, proc: str) -> str:
+    """The configured pipeline of a proc type; autoproc ships no science pipelines, so there is
+    no default (docs/DEEP.md#pipelines)."""
     if proc in cfg.pipelines:
         return cfg.pipelines[proc]
-    from autoproc.sim.deep.scenario import pipeline_path
-
-    return pipeline_path(DEFAULT_PIPELINES[proc])
+    raise Fail(f"deep.pipelines.{proc} is not set: autoproc has no default pipeline; set it to the "
+               f"pipeline YAML that runs the {proc} steps {' '.join(steps_of(cfg, proc))}")
 
 
 def steps_of(cfg: DeepConfig, proc: str) -> list[str]:
@@ -210,9 +208,13 @@ def ingest_night(ctx: ActionContext) -> Outcome:
     known = dict(data.get("ingested_files") or {})  # path -> [size, mtime] when it was ingested
     changed = [f["path"] for f in ctx.files if f["path"] in known and known[f["path"]] != [f["size"], f["mtime"]]]
     with open_butler(ctx.config) as butler:
-        res = ingest.ingest_raws(butler, paths, run=cfg.raw_run, transfer=cfg.ingest_transfer,
-                                 manifest=cfg.manifest, backend=cfg.ingest_backend, day_obs_rule=cfg.day_obs_rule,
-                                 expected_detectors=cfg.expected_detectors, replace=changed)
+        try:
+            res = ingest.ingest_raws(butler, paths, run=cfg.raw_run, transfer=cfg.ingest_transfer,
+                                     manifest=cfg.manifest, backend=cfg.ingest_backend,
+                                     day_obs_rule=cfg.day_obs_rule, expected_detectors=cfg.expected_detectors,
+                                     replace=changed)
+        except InstrumentError as err:
+            raise Fail(f"ingest: {err}") from None  # the configuration, not the raws: retrying cannot help
     bad = {str(p): reason for p, reason in res.bad.items()}
     raws = dict(data.get("raws") or {})
     raws["ingested"] = raws.get("ingested", 0) + len(res.ingested)
@@ -248,19 +250,13 @@ def ingest_night(ctx: ActionContext) -> Outcome:
 # --- running steps ----------------------------------------------------------------------
 
 
-def _clusters(cfg: DeepConfig, labels: list[str]) -> dict[str, dict[str, Any]]:
-    """The bps clusters of this step: the configured ones (default: the simulator's
-    per-exposure and per-visit clusters) restricted to the step's task labels."""
-    if cfg.clusters is not None:
-        configured = cfg.clusters
-    else:
-        from autoproc.sim.deep.bps_site import DEFAULT_CLUSTERS
-
-        configured = {name: {"pipetasks": ",".join(tasks), "dimensions": dims,
-                             **({"equalDimensions": equal} if equal else {})}
-                      for name, (tasks, dims, equal) in DEFAULT_CLUSTERS.items()}
+def _clusters(cfg: DeepConfig, labels: list[str]) -> dict[str, dict[str, Any]] | None:
+    """The bps clusters of this step: the configured ones restricted to the step's task labels;
+    None (unset) keeps the submit template's (the shipped ones have none: one job per quantum)."""
+    if cfg.clusters is None:
+        return None
     out = {}
-    for name, spec in configured.items():
+    for name, spec in cfg.clusters.items():
         used = [t.strip() for t in str(spec.get("pipetasks", "")).split(",") if t.strip() in labels]
         if used:
             out[name] = {**spec, "pipetasks": ",".join(used)}
@@ -270,9 +266,9 @@ def _clusters(cfg: DeepConfig, labels: list[str]) -> dict[str, dict[str, Any]]:
 def _submit_template(cfg: DeepConfig) -> Path:
     if cfg.submit_template is not None:
         return cfg.submit_template
-    from autoproc.sim.deep.bps_site import SLURM_SUBMIT_TEMPLATE, SUBMIT_TEMPLATE
+    from autoproc.deep.bps_site import SUBMIT_TEMPLATES
 
-    return SLURM_SUBMIT_TEMPLATE if cfg.bps_site == "slurm" else SUBMIT_TEMPLATE
+    return SUBMIT_TEMPLATES[cfg.bps_site]
 
 
 def _submit_extra(ctx: ActionContext) -> dict[str, Any] | None:

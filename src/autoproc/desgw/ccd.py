@@ -1,4 +1,4 @@
-"""Per-CCD status of a search exposure from its dCache output tree (SPEC §B.7), stale FAILs ignored.
+"""Per-CCD status of a search exposure from its dCache output tree (docs/DESGW.md#ccd-status), stale FAILs ignored.
 
 Layout: `{exp_root}/{nite}/{expnum}/dp{S}/{band}_{CC}/` holding the outputs tarball
 `outputs_dp{S}_{nite}_{exp}_{band}_{CC}.tar.gz`, `RUNnn_<step>.FAIL` files, and for a CCD
@@ -42,7 +42,7 @@ RUN28_LOG = STEP_NAMES[27] + ".LOG"
 RUN28_FAIL = STEP_NAMES[27] + ".FAIL"
 NOOVERLAPS_FAIL = "NOOVERLAPS.FAIL"
 
-# DECam has 62 CCDs; the search DAG skips 2, 31 and 61 (SPEC §B.2).
+# DECam has 62 CCDs; the search DAG skips 2, 31 and 61 (docs/DESGW.md#dagmaker).
 ALL_CHIPS: tuple[int, ...] = tuple(range(1, 63))
 SEARCH_CHIPS: tuple[int, ...] = tuple(c for c in ALL_CHIPS if c not in (2, 31, 61))
 
@@ -204,7 +204,7 @@ def classify_chip(
     copyback_slack: float = COPYBACK_SLACK_SECONDS,
     not_before: float | None = None,
 ) -> ChipStatus:
-    """Code of one chip directory from its entries (SPEC §B.7 with the stale-FAIL rule).
+    """Code of one chip directory from its entries (docs/DESGW.md#ccd-status, with the stale-FAIL rule).
 
     A FAIL is stale (from an earlier run, ignored) when it is older than the success marker
     `RUN28_combined_prepForcePhoto.LOG` (a run that failed earlier never writes it; the RUN28

@@ -13,7 +13,7 @@ from autoproc.desgw.ccd import COPYBACK_SLACK_SECONDS
 
 class DesgwConfig(Section):
     """DESGW seasons and exposures: gw_workflow, the grid, the /pnfs tree, post-processing
-    (domain/SPEC.md part B)."""
+    (docs/DESGW.md)."""
 
     # Where things are.
     gw_workflow: Path | None = Field(
@@ -53,7 +53,7 @@ class DesgwConfig(Section):
     season_range: tuple[int, int] = Field(
         default=(100, 9999), description="Seasons picked automatically come from this range (lowest free first).")
     reserved_below: int = Field(
-        default=100, ge=1, description="Seasons below this are never used (SN group and testing, SPEC §B.2).")
+        default=100, ge=1, description="Seasons below this are never used (SN group and testing, docs/DESGW.md#seasons).")
     reserved_seasons: list[int] = Field(
         default_factory=lambda: [5000, 6000], description="Seasons never used (DES wide survey Y5 and Y6).")
     season_command: list[str] = Field(

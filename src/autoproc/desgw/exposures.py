@@ -11,7 +11,7 @@ from pathlib import Path
 
 from autoproc.desgw.errors import DesgwInputError
 
-# Column order of getExposureInfo.py's query (SPEC §B.2); awk positions $1..$11.
+# Column order of getExposureInfo.py's query (docs/DESGW.md#exposures-list); awk positions $1..$11.
 COLUMNS = (
     "expnum", "nite", "mjd_obs", "radeg", "decdeg", "band",
     "exptime", "propid", "obstype", "teff", "object",

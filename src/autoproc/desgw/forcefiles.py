@@ -1,4 +1,4 @@
-"""Forced-photometry input check (SPEC §B.4 step 3): one `.fits` and one `.psf` per complete CCD."""
+"""Forced-photometry input check (docs/DESGW.md#thresholds): one `.fits` and one `.psf` per complete CCD."""
 
 from __future__ import annotations
 

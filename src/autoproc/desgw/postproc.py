@@ -198,15 +198,15 @@ def derive_skipto(
     combined_fits: str = "datafiles_combined.fits",
     masterfile_1: str = "MasterExposureList_prelim.fits",
 ) -> SkiptoDecision:
-    """Where a rerun may resume, by the strict rule (SPEC §B.6) — never past an artefact it would load.
+    """Where a rerun may resume, by the strict rule (docs/DESGW.md#skipto) — never past an artefact it would load.
 
     6: step-0 artefacts, hostmatchstatus.txt (cwd), truthtable{S}/{plusname},
        mastertableinfo.npy and makedatafiles/{combined_fits};
     5: step-0 artefacts, hostmatchstatus.txt and the truth table;
     1: step-0 artefacts (step 1 always runs, so 1 and 2 are the same run);
     0: otherwise. `outdir` relative to `cwd` (the Post-Processing directory) as run_postproc sees it.
-    The SPEC's rule for 6 omits the truth table and hostmatchstatus.txt, but run_postproc loads
-    both whenever SKIPTO > 4, so they are required here too.
+    run_postproc loads the truth table and hostmatchstatus.txt whenever SKIPTO > 4, so 6 requires
+    them too.
     """
     cwd = Path(cwd)
     out = _resolve(outdir, cwd)
@@ -309,7 +309,7 @@ def step7_outputs_exist(outdir: str | os.PathLike[str], cwd: str | os.PathLike[s
 # ---------------------------------------------------------------- launch
 
 # Constant: all data arrives as positional arguments. Exit codes 90-93 are ours.
-LAUNCH_SCRIPT = r"""# autoproc: start Post-Processing (SPEC B.4 steps 8-10)
+LAUNCH_SCRIPT = r"""# autoproc: start Post-Processing (docs/DESGW.md#post-processing-status)
 pp_dir=$1 pp_outdir=$2 pp_season=$3 pp_skipto=$4 pp_links=$5 pp_nite=$6 pp_python=$7
 set --
 cd -- "$pp_dir" || { echo "autoproc: cannot cd to $pp_dir" >&2; exit 90; }

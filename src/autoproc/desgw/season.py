@@ -12,7 +12,7 @@ from typing import Literal
 
 from autoproc.desgw.errors import DesgwError
 
-# SPEC §B.2/§C.2: below 100 is SN group and testing; 5000/6000 are the DES wide survey Y5/Y6.
+# docs/DESGW.md#seasons: below 100 is SN group and testing; 5000/6000 are the DES wide survey Y5/Y6.
 RESERVED_SEASONS: frozenset[int] = frozenset(range(1, 100)) | {5000, 6000}
 DEFAULT_RANGE = (100, 9999)
 

@@ -51,7 +51,7 @@ CONFIGURED = frozenset({"waiting", "reading_lists", "postprocessing"})
 # Exposures whose outputs a post-processing run covers.
 POSTPROCESSABLE = frozenset({"ready", "done"})
 
-# Sources the setup script in the shell that then becomes DAGMaker (SPEC §B.3 step 3: a
+# Sources the setup script in the shell that then becomes DAGMaker (docs/DESGW.md#dagmaker: a
 # separate `source` has no effect). Constant text: data only as positional arguments.
 DAGMAKER_SCRIPT = r"""setup=$1 script=$2 expnum=$3
 set --

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from autoproc.config import Config, load_config
+from autoproc.sim.deep.scenario import deep_settings
 from autoproc.sim.desgw.site import SimSite
 
 MARKER = ".autoproc-demo"
@@ -102,6 +103,8 @@ def write_config(demo: Demo, site) -> None:
              "mode": "inotify", "quiet_seconds": 0.5},
         ],
         "deep": {
+            # the simulator's instrument class, mock pipelines and their bps clusters
+            **deep_settings(),
             "repo": str(root / "repo"),
             # pipetask: a bps submission costs 25-40 s of start-up per step on 2 cores; the
             # tests run bps, the demo shows the whole chain in minutes.

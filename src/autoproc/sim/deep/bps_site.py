@@ -1,8 +1,5 @@
-"""bps + Parsl for the simulator: the `LocalThreads` site and `render_submit` for ``bps/submit.yaml``.
-
-`LocalThreads` is a Parsl ThreadPool site (LSST-MIDDLEWARE §6.1): every bps job is already a
-``pipetask run-qbb`` subprocess, so threads are enough, start in about a second, and leave no
-interchange or worker pool behind when ``bps submit`` is killed (kill its process group).
+"""bps for the mock DEEP pipelines: their clusters and `render_submit`, which fills autoproc's
+submit template (`autoproc.deep.bps_site`) for a test that runs `bps submit` by hand.
 """
 
 from __future__ import annotations
@@ -11,15 +8,12 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-__all__ = ["DEFAULT_CLUSTERS", "SLURM_SUBMIT_TEMPLATE", "SUBMIT_TEMPLATE", "LocalThreads", "pipeline_labels", "render_submit"]
+from autoproc.deep.bps_site import SUBMIT_TEMPLATE
 
-SUBMIT_TEMPLATE = Path(__file__).resolve().parent / "bps" / "submit.yaml"
-# The same for ctrl_bps_parsl's Slurm site (`deep.bps_site: slurm`).
-SLURM_SUBMIT_TEMPLATE = SUBMIT_TEMPLATE.with_name("submit-slurm.yaml")
+__all__ = ["DEFAULT_CLUSTERS", "cluster_settings", "pipeline_labels", "render_submit"]
 
 # name -> (labels, dimensions, equalDimensions); only clusters with labels in the submitted pipeline
 # are written, restricted to those labels.
@@ -34,24 +28,10 @@ DEFAULT_CLUSTERS: dict[str, tuple[list[str], str, str | None]] = {
 }
 
 
-def _site_classes() -> Any:
-    from lsst.ctrl.bps.parsl.site import SiteConfig
-
-    return SiteConfig
-
-
-class LocalThreads(_site_classes()):  # type: ignore[misc]
-    """A ThreadPoolExecutor site; ``cores`` from the site config (``$J`` overrides, as in DEEP)."""
-
-    def get_executors(self) -> list[Any]:
-        from lsst.ctrl.bps.parsl.configuration import get_bps_config_value
-        from parsl.executors import ThreadPoolExecutor
-
-        cores = int(os.environ.get("J") or get_bps_config_value(self.site, "cores", int, required=True))
-        return [ThreadPoolExecutor(label="local", max_threads=cores)]
-
-    def select_executor(self, job: Any) -> str:
-        return "local"
+def cluster_settings() -> dict[str, dict[str, str]]:
+    """`DEFAULT_CLUSTERS` as `deep.clusters` entries ({name: {pipetasks, dimensions, equalDimensions}})."""
+    return {name: {"pipetasks": ",".join(tasks), "dimensions": dims, **({"equalDimensions": equal} if equal else {})}
+            for name, (tasks, dims, equal) in DEFAULT_CLUSTERS.items()}
 
 
 def pipeline_labels(pipeline: str) -> list[str]:
@@ -128,6 +108,7 @@ def render_submit(
         "CORES": str(int(cores)), "MONITOR": "true" if monitor else "false",
         "QGRAPH_FILE": f'qgraphFile: "{qgraph_file}"' if qgraph_file else "",
         "CLUSTERS": "\n".join(lines) if lines else "  {}",
+        "AGGREGATE_OPTIONS": "--mock-storage-classes -o {submitPath}/provenance.qg",
     }
     text = Path(template).read_text()
     for k, v in values.items():

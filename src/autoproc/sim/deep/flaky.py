@@ -1,11 +1,11 @@
 """`FlakyTestPipelineTask`: a `DynamicTestPipelineTask` whose failures can be switched on and off
-without changing its config, so ``--extend-run`` and ``bps restart`` can recover (LSST-MIDDLEWARE §5.4).
+without changing its config, so ``--extend-run`` and ``bps restart`` can recover (docs/DEEP.md#pipelines).
 
 Every task of the mock DEEP pipelines uses this class; with nothing switched on it behaves exactly like
 `DynamicTestPipelineTask`. Two switches:
 
 1. ``config.fail_marker`` (a path): the configured ``fail_condition`` / ``fail_exception`` apply only
-   while that file exists (the LSST-MIDDLEWARE recipe; needs a ``-C label:file.py`` config override).
+   while that file exists (needs a ``-C label:file.py`` config override).
 2. Environment variable ``AUTOPROC_SIM_FAIL_DIR`` (no config change at all): while a file
    ``$AUTOPROC_SIM_FAIL_DIR/<task label>.fail`` exists, quanta of that task fail. Line 1 of the file is
    a Butler where-expression on the quantum data ID (empty = every quantum), line 2 an optional

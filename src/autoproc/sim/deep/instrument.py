@@ -6,7 +6,8 @@ and bands are the real ones, from `autoproc.deep.decam`.
 
 What is simulated: the focal-plane geometry (`detector_offset`) is a simple 12-row layout of
 0.30° × 0.15° CCDs with the real row order (S29–S31 at the south edge, N29–N31 at the north edge), no
-gaps, no rotation; it is only used to give visits and detectors plausible sky regions.
+gaps, no rotation; `SimDECam.detector_corners` gives it to ingest, which writes visit regions from
+it (docs/DEEP.md#instrument-class), so they are only plausible.
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ from typing import Any
 from lsst.daf.butler import FormatterV2
 from lsst.pipe.base import Instrument
 
-from autoproc.deep.decam import BAND_TO_FILTER, DETECTORS, FILTERS, INSTRUMENT, OPAQUE_FILTER, ROWS
+from autoproc.deep.decam import (
+    BAND_TO_FILTER,
+    CCD_PIXELS,
+    DETECTORS,
+    FILTERS,
+    INSTRUMENT,
+    OPAQUE_FILTER,
+    PIXEL_SCALE_ARCSEC,
+    ROWS,
+)
 
 __all__ = [
     "BAND_TO_FILTER",
@@ -33,8 +43,8 @@ __all__ = [
 
 INSTRUMENT_CLASS = "autoproc.sim.deep.instrument.SimDECam"
 
-CCD_WIDTH_DEG = 4096 * 0.263 / 3600.0  # long axis, along RA
-CCD_HEIGHT_DEG = 2048 * 0.263 / 3600.0  # short axis, along Dec
+CCD_WIDTH_DEG = CCD_PIXELS[1] * PIXEL_SCALE_ARCSEC / 3600.0  # long axis, along RA
+CCD_HEIGHT_DEG = CCD_PIXELS[0] * PIXEL_SCALE_ARCSEC / 3600.0  # short axis, along Dec
 
 
 def detector_offset(detector: int) -> tuple[float, float]:
@@ -105,6 +115,10 @@ class SimDECam(Instrument):
 
     def getRawFormatter(self, dataId: Any) -> type[FitsRawFormatter]:
         return FitsRawFormatter
+
+    def detector_corners(self, ra: float, dec: float, detector: int) -> list[tuple[float, float]]:
+        """autoproc's sky-geometry hook (`autoproc.deep.instrument.SkyGeometry`): the simulated layout."""
+        return detector_corners(ra, dec, detector)
 
     def register(self, registry: Any, *, update: bool = False) -> None:
         name = self.getName()

@@ -1,4 +1,4 @@
-"""Helpers for the mock DEEP pipelines' ``python:`` config blocks (LSST-MIDDLEWARE §4.1).
+"""Helpers for the mock DEEP pipelines' ``python:`` config blocks (docs/DEEP.md#pipelines).
 
 Nested dicts in a pipeline YAML ``config:`` cannot fill `DynamicTestPipelineTask`'s ``inputs`` /
 ``outputs`` (they need `DynamicConnectionConfig` items), so every task's config is a ``python:`` block

@@ -4,7 +4,7 @@ File layout (as real DECam raws): one multi-extension FITS file per exposure, an
 with the exposure header, then one 16×16 int16 image HDU per CCD with ``CCDNUM``, ``DETPOS`` and
 ``EXTNAME = DETPOS``. The name is the archive one, ``c4d_YYMMDD_HHMMSS_ori.fits`` (UTC of DATE-OBS; the
 real archive files are ``.fits.fz``, we do not tile-compress). With ``md5_names=True`` the file is named
-like the DEEP downloader's ``<md5>_<basename>`` (SPEC §A.2).
+like the DEEP downloader's ``<md5>_<basename>`` (docs/DEEP.md#exposures-manifest).
 
 Primary header keys: ``INSTRUME='DECam'``, ``TELESCOP``, ``OBSID`` (``ct4m<utc>``), ``EXPNUM``,
 ``DATE-OBS`` (UTC isot), ``MJD-OBS``, ``TIME-OBS``, ``OBSTYPE`` (``zero`` / ``dome flat`` / ``object``),
@@ -246,7 +246,7 @@ def plan_night(
     """A night of DECam exposures in observing order: zeros, dome flats per band, then science.
 
     ``flats_per_band``: an int (that many flats for every band observed in ``science``) or a mapping
-    band → count. ``missing_flat_bands`` drops those bands' flats (the "missing data" case of SPEC §A.9).
+    band → count. ``missing_flat_bands`` drops those bands' flats (the "missing data" case of docs/DEEP.md#missing-calibrations).
     Exposure numbers are consecutive from ``start_expnum`` (default: derived from the night so that
     different nights never collide). Science pointings dither around ``field_center`` in a small
     square pattern.
@@ -312,7 +312,7 @@ def write_exposures_ecsv(
     *,
     archive_root: str = "/net/archive/pipe",
 ) -> Path:
-    """Write a DEEP ``exposures.ecsv`` (SPEC §A.2) for (exposure, written file or None) pairs.
+    """Write a DEEP ``exposures.ecsv`` (docs/DEEP.md#exposures-manifest) for (exposure, written file or None) pairs.
 
     ``md5sum`` is the md5 of the written file (a row whose file is not written yet gets the md5 it
     will have: the file is rendered in memory). ``archive_filename`` is archive-style

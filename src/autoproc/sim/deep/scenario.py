@@ -16,9 +16,14 @@ from typing import Any
 
 from .raws import DEFAULT_FIELD, SimExposure, plan_night, write_exposures_ecsv, write_night
 
-__all__ = ["PIPELINES_DIR", "SimNight", "build_night_repo", "certify", "pipeline_path", "run_step_inprocess"]
+__all__ = ["PIPELINES", "PIPELINES_DIR", "SimNight", "build_night_repo", "certify", "deep_settings", "pipeline_path",
+           "run_step_inprocess"]
 
 PIPELINES_DIR = Path(__file__).resolve().parent / "pipelines"
+# The mock pipeline of each proc type; coadds run DEEP-template.yaml#assembleCoadd, as DEEP's
+# coadd.py and nightly.sh did (docs/DEEP.md#pipelines).
+PIPELINES = {"bias": "DEEP-bias", "flat": "DEEP-flat", "drp": "DEEP-DRP", "coadd": "DEEP-template",
+             "diff_drp": "DEEP-DRP", "template": "DEEP-template"}
 
 
 def pipeline_path(name: str, step: str | None = None) -> str:
@@ -26,6 +31,18 @@ def pipeline_path(name: str, step: str | None = None) -> str:
     base = name if name.endswith(".yaml") else f"{name}.yaml"
     uri = str(PIPELINES_DIR / base)
     return f"{uri}#{step}" if step else uri
+
+
+def deep_settings() -> dict[str, Any]:
+    """The `deep:` settings that run autoproc on the simulator: its instrument class, the mock
+    pipelines and their bps clusters. The demo's configuration and the tests' take them from here;
+    a site's own keys are merged over them."""
+    from .bps_site import cluster_settings
+    from .instrument import INSTRUMENT_CLASS
+
+    return {"instrument_class": INSTRUMENT_CLASS,
+            "pipelines": {proc: pipeline_path(name) for proc, name in PIPELINES.items()},
+            "clusters": cluster_settings()}
 
 
 @dataclass
@@ -61,13 +78,15 @@ def build_night_repo(
     from autoproc.deep import repo as deep_repo
     from autoproc.deep.ingest import ingest_raws
 
+    from .instrument import INSTRUMENT_CLASS
+
     root = Path(root)
     exps = plan_night(night, n_bias, flats_per_band, science, field_center, detectors=detectors,
                       missing_flat_bands=missing_flat_bands)
     raw_dir = root / "raw" / str(night)
     paths = write_night(exps, raw_dir, md5_names=True)
     manifest = write_exposures_ecsv(zip(exps, paths, strict=True), root / "exposures.ecsv")
-    setup = deep_repo.RepoSetup(root=root / "repo", fields=[field_center])
+    setup = deep_repo.RepoSetup(root=root / "repo", instrument_class=INSTRUMENT_CLASS, fields=[field_center])
     if defects:
         deep_repo.write_bpm_files(root / "bpm", detectors)
         setup.bpm_dir = root / "bpm"

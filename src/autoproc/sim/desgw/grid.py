@@ -6,7 +6,7 @@ Spool: `incoming/{cluster}.json` (+ `.dag`) from the fake jobsub_submit_dag → 
 while CCDs land in batches → `done/`. Every file is written to a temporary name and renamed,
 so a reader never sees half a file.
 
-A failed CCD gets what SEdiff's copyback writes (SPEC §B.2): the outputs tarball (written
+A failed CCD gets what SEdiff's copyback writes (docs/DESGW.md#ccd-tree): the outputs tarball (written
 even on failure) and the `RUNnn_*.FAIL` beside it, in the same step. Their mtimes come in
 either order, as they do on dCache: the FAIL is made on the worker before the tarball is
 packed (so it is often older, by `FAIL_LEAD` seconds here), or it lands after it. The FAIL

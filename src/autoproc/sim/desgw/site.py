@@ -20,7 +20,7 @@ _DATA = _HERE / "data"
 
 STEP_NAMES_TEXT = "\n".join(STEP_NAMES) + "\n"  # Post-Processing/steplist.txt
 
-# The keys of the current gw_workflow dagmaker.rc (SPEC §B.2), SEASON on line 19.
+# The keys of the current gw_workflow dagmaker.rc (docs/DESGW.md#dagmaker-rc), SEASON on line 19.
 DAGMAKER_RC = """#
 # dagmaker.rc for the simulated gw_workflow (keys and layout as the real file).
 # DAGMaker.sh sources this file from the directory it runs in; values with spaces
