@@ -228,11 +228,11 @@ def ingest_night(ctx: ActionContext) -> Outcome:
             known[f["path"]] = [f["size"], f["mtime"]]
     # Exposures ingested short of HDUs (after the grace); a complete replacement clears them.
     missing = dict(data.get("missing_detectors") or {})
-    for f in res.ingested:
-        if f.incomplete:
-            missing[str(f.exposure)] = {"path": str(f.path), "missing": list(f.missing), "reason": f.incomplete}
+    for raw in res.ingested:
+        if raw.incomplete:
+            missing[str(raw.exposure)] = {"path": str(raw.path), "missing": list(raw.missing), "reason": raw.incomplete}
         else:
-            missing.pop(str(f.exposure), None)
+            missing.pop(str(raw.exposure), None)
     other = sorted(str(n) for n in res.nights if f"{n:08d}" != ctx.subject.key)
     evidence = {"summary": res.summary(), "ingested": len(res.ingested), "skipped": len(res.skipped),
                 "bad": bad, "visits": len(res.visits), "run": res.run}
