@@ -43,6 +43,8 @@ from pathlib import Path
 
 import yaml
 
+import step_profile
+
 NIGHT = "20240601"
 STEPS = {"bias": ["step1", "step2"], "flat": ["step0", "step1", "step2", "step3"],
          "drp": ["step0", "step1", "step2a", "step2b", "step2c", "step2d", "step2e", "step2f", "step3a"]}
@@ -83,11 +85,12 @@ def quantum_seconds(repo: Path, chains: list[str]) -> tuple[float, int]:
 # --- autoproc ---------------------------------------------------------------------------
 
 
-def run_autoproc(work: Path, raw_dir: Path, name: str = "autoproc", registry_db: str | None = None) -> float:
+def run_autoproc(work: Path, raw_dir: Path, name: str = "autoproc", registry_db: str | None = None,
+                 warm: bool = True) -> float:
     from autoproc.store import Store
 
     root = work / name
-    deep = {"mode": "pipetask", "ingest_quiet_seconds": 0.3}
+    deep = {"mode": "pipetask", "ingest_quiet_seconds": 0.3, "warm": warm}
     namespace = name.replace("-", "_") if registry_db else None  # a PostgreSQL schema name
     if registry_db:
         deep.update(registry_db=registry_db, registry_namespace=namespace)
@@ -248,6 +251,9 @@ def main() -> int:
     ap.add_argument("--registry", choices=["sqlite", "postgres", "both"], default="sqlite",
                     help="autoproc's Butler registry; both: the night on each, in this run")
     ap.add_argument("--no-seed", action="store_true", help="skip the seed's way")
+    ap.add_argument("--executor", choices=["warm", "process", "both"], default="both",
+                    help="autoproc's steps forked from the warm server, as fresh pipetask processes, or both "
+                    "(in this run, warm first; the overhead and seed ratio are of the first)")
     args = ap.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="deep-night-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -258,11 +264,18 @@ def main() -> int:
     steps = sum(len(s) for s in STEPS.values())
     server = postgres_server(work) if args.registry != "sqlite" else None
     try:
-        walls, quanta = {}, {}
+        walls, quanta, profiles, loads = {}, {}, {}, {}
         for registry in (["sqlite", "postgres"] if args.registry == "both" else [args.registry]):
-            name = f"autoproc-{registry}"
-            walls[registry] = run_autoproc(work, work / "raws", name, server.url() if registry == "postgres" else None)
-            quanta[registry] = quantum_seconds(work / name / "repo", [f"DEEP/{NIGHT}/{p}" for p in STEPS])
+            for executor in (["warm", "process"] if args.executor == "both" else [args.executor]):
+                key = f"{registry}/{executor}"
+                name = f"autoproc-{registry}-{executor}"
+                loads[key] = os.getloadavg()[0]
+                walls[key] = run_autoproc(work, work / "raws", name, server.url() if registry == "postgres" else None,
+                                          warm=executor == "warm")
+                quanta[key] = quantum_seconds(work / name / "repo", [f"DEEP/{NIGHT}/{p}" for p in STEPS])
+                print(f"{key}: per-step profile (seconds)", file=sys.stderr)
+                profiles[key] = {c: round(v, 2) for c, v in step_profile.print_table(
+                    step_profile.profile(work / name), file=sys.stderr).items()}
     finally:
         if server is not None:
             server.stop()
@@ -272,19 +285,28 @@ def main() -> int:
               "autoproc_seconds": {r: round(t, 1) for r, t in walls.items()},
               "quantum_seconds_autoproc": {r: round(q, 2) for r, (q, _) in quanta.items()},
               "autoproc_overhead_seconds": round(t_auto - q_auto, 1),
-              "autoproc_overhead_per_step_seconds": round((t_auto - q_auto) / steps, 2), "work_dir": str(work)}
-    if len(walls) == 2:
-        result["ratio_postgres_over_sqlite"] = round(walls["postgres"] / walls["sqlite"], 3)
+              "autoproc_overhead_per_step_seconds": round((t_auto - q_auto) / steps, 2),
+              "overhead_per_step_seconds": {k: round((walls[k] - quanta[k][0]) / steps, 2) for k in walls},
+              "autoproc_over_quanta": {k: round(walls[k] / quanta[k][0], 2) for k in walls},
+              "profile_sums": profiles, "load_average_at_start": loads, "work_dir": str(work)}
+    if "sqlite/warm" in walls and "sqlite/process" in walls:
+        result["ratio_warm_over_process"] = round(walls["sqlite/warm"] / walls["sqlite/process"], 3)
+    if args.registry == "both":
+        ex = "warm" if args.executor != "process" else "process"
+        result["ratio_postgres_over_sqlite"] = round(walls[f"postgres/{ex}"] / walls[f"sqlite/{ex}"], 3)
     if not args.no_seed:
         t_seed, n_cmd = run_seed(work, raws)
         q_seed, _ = quantum_seconds(work / "seed-repo", [f"DEEP/{NIGHT}/{p}" for p in STEPS])
         result.update({"seed_seconds": round(t_seed, 1), "ratio_autoproc_over_seed": round(t_auto / t_seed, 3),
+                       "ratio_over_seed": {k: round(w / t_seed, 3) for k, w in walls.items()},
                        "seed_processes": n_cmd, "quantum_seconds_seed": round(q_seed, 2)})
     print(json.dumps(result, indent=1))
     for registry, wall in walls.items():
         print(f"autoproc on {registry}: {wall:.1f} s")
-    if len(walls) == 2:
+    if "ratio_postgres_over_sqlite" in result:
         print(f"PostgreSQL / SQLite: {result['ratio_postgres_over_sqlite']:.2f}")
+    if "ratio_warm_over_process" in result:
+        print(f"warm / process: {result['ratio_warm_over_process']:.2f}")
     if not args.no_seed:
         print(f"autoproc {t_auto:.1f} s vs seed {t_seed:.1f} s ({n_cmd} processes): ratio {t_auto / t_seed:.2f} "
               f"(goal <= 0.5); autoproc overhead over quantum execution {t_auto - q_auto:.1f} s "

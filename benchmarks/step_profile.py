@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
+from typing import TextIO
 
 
 def _ts(s: str) -> float:
@@ -68,14 +69,16 @@ def profile(root: Path) -> list[dict]:
 COLUMNS = ("graph", "startup", "quanta_s", "between_q", "tail", "judge", "between")
 
 
-def print_table(rows: list[dict]) -> dict[str, float]:
-    print(f"{'step':14} {'quanta':>6} " + " ".join(f"{c:>8}" for c in COLUMNS))
+def print_table(rows: list[dict], file: TextIO = sys.stdout) -> dict[str, float]:
+    """Print the rows, their sums and means per attempt; returns the sums."""
+    print(f"{'step':14} {'quanta':>6} " + " ".join(f"{c:>9}" for c in COLUMNS), file=file)
     for r in rows:
-        print(f"{r['step']:14} {r['quanta']:6d} " + " ".join(f"{r[c]:8.2f}" for c in COLUMNS))
+        print(f"{r['step']:14} {r['quanta']:6d} " + " ".join(f"{r[c]:9.2f}" for c in COLUMNS), file=file)
     sums = {c: sum(r[c] for r in rows) for c in COLUMNS}
-    print(f"{'total':14} {sum(r['quanta'] for r in rows):6d} " + " ".join(f"{sums[c]:8.2f}" for c in COLUMNS))
+    print(f"{'total':14} {sum(r['quanta'] for r in rows):6d} " + " ".join(f"{sums[c]:9.2f}" for c in COLUMNS),
+          file=file)
     n = max(1, len(rows))
-    print(f"{'per attempt':14} {'':6} " + " ".join(f"{sums[c] / n:8.2f}" for c in COLUMNS))
+    print(f"{'per attempt':14} {'':6} " + " ".join(f"{sums[c] / n:9.2f}" for c in COLUMNS), file=file)
     return sums
 
 
