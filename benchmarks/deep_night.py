@@ -20,7 +20,11 @@ scripts (ingest.py, raw.py, collection.py, qgraph.py, retries.py, decertify.py) 
 calls of the same functions autoproc uses (`butler define-visits` needs obs_base, absent here).
 
 Reported: wall time of both, the ratio, and autoproc's overhead over pure quantum execution
-(Σ endUtc − prepUtc over every `<task>_metadata` of the night).
+(Σ endUtc − prepUtc over every `<task>_metadata` of the night), per step and per quantum (the
+child's time between quanta), with the per-step profile of `step_profile.py` on stderr.
+`--executor both` (the default) runs the autoproc night twice in the run: steps forked from the
+warm server (`deep.warm`), then a fresh `pipetask` process per step. `--drp-through step1`
+stops both sides after that DRP step (the survey-scale night: `--detectors 1,...,60`).
 
 `--registry postgres` puts autoproc's Butler registry on a private PostgreSQL server started
 for the run (tests/postgres_server.py; the server binaries of Debian's postgresql package);
@@ -90,7 +94,7 @@ def run_autoproc(work: Path, raw_dir: Path, name: str = "autoproc", registry_db:
     from autoproc.store import Store
 
     root = work / name
-    deep = {"mode": "pipetask", "ingest_quiet_seconds": 0.3, "warm": warm}
+    deep = {"mode": "pipetask", "ingest_quiet_seconds": 0.3, "warm": warm, "steps": STEPS}
     namespace = name.replace("-", "_") if registry_db else None  # a PostgreSQL schema name
     if registry_db:
         deep.update(registry_db=registry_db, registry_namespace=namespace)
@@ -251,6 +255,8 @@ def main() -> int:
     ap.add_argument("--registry", choices=["sqlite", "postgres", "both"], default="sqlite",
                     help="autoproc's Butler registry; both: the night on each, in this run")
     ap.add_argument("--no-seed", action="store_true", help="skip the seed's way")
+    ap.add_argument("--drp-through", default=None, choices=STEPS["drp"],
+                    help="the last DRP step run (both sides); default: all of them")
     ap.add_argument("--executor", choices=["warm", "process", "both"], default="both",
                     help="autoproc's steps forked from the warm server, as fresh pipetask processes, or both "
                     "(in this run, warm first; the overhead and seed ratio are of the first)")
@@ -258,6 +264,8 @@ def main() -> int:
     work = args.out or Path(tempfile.mkdtemp(prefix="deep-night-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     dets = [int(d) for d in args.detectors.split(",")]
+    if args.drp_through:
+        STEPS["drp"] = STEPS["drp"][:STEPS["drp"].index(args.drp_through) + 1]
     raws = make_night(work / "raws", args.exposures_science, dets)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     n_exp = len(raws)
@@ -288,6 +296,10 @@ def main() -> int:
               "autoproc_overhead_per_step_seconds": round((t_auto - q_auto) / steps, 2),
               "overhead_per_step_seconds": {k: round((walls[k] - quanta[k][0]) / steps, 2) for k in walls},
               "autoproc_over_quanta": {k: round(walls[k] / quanta[k][0], 2) for k in walls},
+              # autoproc's own cost per quantum (in the child, between quanta) and per step (the rest)
+              "ms_per_quantum": {k: round(1000 * profiles[k]["between_q"] / quanta[k][1], 1) for k in walls},
+              "ms_per_step": {k: round(1000 * (walls[k] - quanta[k][0] - profiles[k]["between_q"]) / steps)
+                              for k in walls},
               "profile_sums": profiles, "load_average_at_start": loads, "work_dir": str(work)}
     if "sqlite/warm" in walls and "sqlite/process" in walls:
         result["ratio_warm_over_process"] = round(walls["sqlite/warm"] / walls["sqlite/process"], 3)
