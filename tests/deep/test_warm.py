@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 
+import psutil
 import pytest
 
 pytest.importorskip("lsst.daf.butler")
@@ -169,3 +170,41 @@ def test_a_command_the_server_does_not_run_goes_through_process_run(tmp_path, ex
     res = executor.run(["/bin/sh", "-c", "echo hello; exit 3"], cwd=tmp_path, log=tmp_path / "x.log")
     assert res.returncode == 3 and "hello" in res.tail()
     assert executor.server_pid is None or executor.starts <= 1  # no server needed for it
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for init to reap it."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.parametrize("when", ["ready", "during_preload"])
+def test_the_server_goes_when_its_client_is_killed(tmp_path, when):
+    """A daemon killed with -9 leaves no warm server behind (and no socket directory), even
+    when it died while the server was still importing the middleware."""
+    import subprocess
+    import sys
+
+    start = ("ex.start()\nprint(ex.server_pid, ex.socket, flush=True)\n" if when == "ready" else
+             # the server's own command line, as WarmExecutor starts it, killed before it is ready
+             "import os, subprocess\n"
+             "srv = subprocess.Popen([sys.executable, '-m', 'autoproc.deep.warm', ex.socket, str(os.getpid())])\n"
+             "print(srv.pid, ex.socket, flush=True)\n")
+    code = ("import sys, time\nfrom autoproc.deep import runner, warm\n"
+            "ex = warm.WarmExecutor(runner.venv_env())\n" + start + "time.sleep(600)\n")
+    client = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)  # noqa: S603
+    try:
+        pid, sock = client.stdout.readline().split()
+        assert _running(int(pid))
+        client.kill()
+        client.wait()
+        end = time.monotonic() + 60
+        while _running(int(pid)) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not _running(int(pid))
+        assert not os.path.exists(sock)
+    finally:
+        client.kill()
+        client.wait()

@@ -112,9 +112,11 @@ def _send(conn: socket.socket, msg: Mapping) -> None:
         conn.sendall((json.dumps(msg) + "\n").encode())
 
 
-def serve(sock_path: str, preload: Sequence[str] = ()) -> int:
+def serve(sock_path: str, parent: int, preload: Sequence[str] = ()) -> int:
     """The server's loop: one thread (forking is only safe so), a selector over the
-    listening socket and the clients, grandchildren reaped every 0.1 s."""
+    listening socket and the clients, grandchildren reaped every 0.1 s. It stops once
+    `parent` (the client's process) is no longer its parent, even if that died during the
+    preload."""
     for name in (*PRELOAD, *preload):
         try:
             importlib.import_module(name)
@@ -124,7 +126,6 @@ def serve(sock_path: str, preload: Sequence[str] = ()) -> int:
     # os.fork warn; jemalloc's own fork handlers keep its allocator consistent in the child,
     # and no thread of ours exists, so the warning says nothing here.
     warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning)
-    parent = os.getppid()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(sock_path + ".tmp")
     os.chmod(sock_path + ".tmp", 0o600)
@@ -193,6 +194,11 @@ def serve(sock_path: str, preload: Sequence[str] = ()) -> int:
             _write_status(status_file, rc if rc >= 0 else 128 - rc)
             if client is not None:
                 _send(client, {"exit": rc})
+    # A client killed with -9 cannot clean up: the server removes its socket and directory.
+    with contextlib.suppress(OSError):
+        os.unlink(sock_path)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(sock_path))
     return 0
 
 
@@ -225,7 +231,8 @@ class WarmExecutor:
             out = open(self.log, "ab") if self.log is not None else None  # noqa: SIM115 - closed below
             try:
                 self._server = subprocess.Popen(  # noqa: S603 - our own module, paths as argv
-                    [sys.executable, "-m", "autoproc.deep.warm", self.socket, *self.preload], env=self.env,
+                    [sys.executable, "-m", "autoproc.deep.warm", self.socket, str(os.getpid()), *self.preload],
+                    env=self.env,
                     stdin=subprocess.DEVNULL, stdout=out or subprocess.DEVNULL, stderr=subprocess.STDOUT,
                     start_new_session=True)
             finally:
@@ -354,10 +361,10 @@ class _Lines:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args:
-        print("usage: python -m autoproc.deep.warm SOCKET [MODULE ...]", file=sys.stderr)
+    if len(args) < 2 or not args[1].isdigit():
+        print("usage: python -m autoproc.deep.warm SOCKET PARENT_PID [MODULE ...]", file=sys.stderr)
         return 2
-    return serve(args[0], args[1:])
+    return serve(args[0], int(args[1]), args[2:])
 
 
 if __name__ == "__main__":
