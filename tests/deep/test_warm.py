@@ -189,9 +189,10 @@ def test_the_server_goes_when_its_client_is_killed(tmp_path, when):
 
     start = ("ex.start()\nprint(ex.server_pid, ex.socket, flush=True)\n" if when == "ready" else
              # the server's own command line, as WarmExecutor starts it, killed before it is ready
-             "import os, subprocess\n"
-             "srv = subprocess.Popen([sys.executable, '-m', 'autoproc.deep.warm', ex.socket, str(os.getpid())])\n"
-             "print(srv.pid, ex.socket, flush=True)\n")
+             "import os, subprocess, tempfile\n"
+             "sock = os.path.join(tempfile.mkdtemp(prefix='autoproc-warm-'), 'sock')\n"
+             "srv = subprocess.Popen([sys.executable, '-m', 'autoproc.deep.warm', sock, str(os.getpid())])\n"
+             "print(srv.pid, sock, flush=True)\n")
     code = ("import sys, time\nfrom autoproc.deep import runner, warm\n"
             "ex = warm.WarmExecutor(runner.venv_env())\n" + start + "time.sleep(600)\n")
     client = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)  # noqa: S603
@@ -204,7 +205,7 @@ def test_the_server_goes_when_its_client_is_killed(tmp_path, when):
         while _running(int(pid)) and time.monotonic() < end:
             time.sleep(0.1)
         assert not _running(int(pid))
-        assert not os.path.exists(sock)
+        assert not os.path.exists(os.path.dirname(sock))
     finally:
         client.kill()
         client.wait()

@@ -213,8 +213,8 @@ class WarmExecutor:
         self.env = dict(os.environ if env is None else env)
         self.preload = list(preload)
         self.log = Path(log) if log is not None else None
-        self._dir = tempfile.mkdtemp(prefix="autoproc-warm-")  # 0700; short enough for a socket path
-        self.socket = os.path.join(self._dir, "sock")
+        self._dir: str | None = None  # made when a server starts
+        self.socket = ""
         self._server: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self.starts = 0
@@ -226,6 +226,9 @@ class WarmExecutor:
                 return
             if self._server is not None:
                 self.close(remove_dir=False)
+            if self._dir is None or not os.path.isdir(self._dir):
+                self._dir = tempfile.mkdtemp(prefix="autoproc-warm-")  # 0700; short enough for a socket path
+                self.socket = os.path.join(self._dir, "sock")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket)
             out = open(self.log, "ab") if self.log is not None else None  # noqa: SIM115 - closed below
@@ -265,11 +268,12 @@ class WarmExecutor:
             except subprocess.TimeoutExpired:
                 srv.kill()
                 srv.wait()
-        if remove_dir:
+        if remove_dir and self._dir is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.socket)
             with contextlib.suppress(OSError):
                 os.rmdir(self._dir)
+            self._dir = None
 
     def run(self, argv: Sequence[str], *, cwd: Path | str, log: Path | str, env: Mapping[str, str] | None = None,
             timeout: float | None = None, on_start: Callable[[process.Child], None] | None = None,
