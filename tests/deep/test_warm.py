@@ -209,3 +209,13 @@ def test_the_server_goes_when_its_client_is_killed(tmp_path, when):
     finally:
         client.kill()
         client.wait()
+
+
+def test_a_server_that_cannot_start_costs_the_warm_start_not_the_step(tmp_path, monkeypatch):
+    ex = warm.WarmExecutor(R.venv_env(), log=tmp_path / "warm.log")
+    monkeypatch.setattr(warm.sys, "executable", "/bin/false")  # the server's interpreter: exits 1 at once
+    try:
+        res = ex.run([R._tool("butler"), "--help"], cwd=tmp_path, log=tmp_path / "b.log")
+        assert res.returncode == 0 and "Usage" in res.tail(100) and ex.server_pid is None
+    finally:
+        ex.close()

@@ -16,8 +16,8 @@ restarted daemon finds, kills and recovers it exactly like a `pipetask` child. A
 grandchild killed with SIGKILL is reaped by the server, which writes its status file
 (128 + signal, as the shell wrapper does). If the server itself dies, running
 grandchildren go on in their own sessions; the client waits for their group to end and
-the next request starts a new server. Commands other than `pipetask` and `butler`, or
-a server that cannot start, run through `process.run` instead.
+the next request starts a new server. Commands other than `pipetask` and `butler`, and
+any command when the server cannot start or refuses it, run through `process.run` instead.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import atexit
 import contextlib
 import importlib
 import json
+import logging
 import os
 import selectors
 import signal
@@ -40,6 +41,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from autoproc import process
+
+_LOG = logging.getLogger(__name__)
 
 # The entry point each command runs in the grandchild (the console scripts' `main`).
 ENTRY_POINTS = {"pipetask": "lsst.ctrl.mpexec.cli.pipetask", "butler": "lsst.daf.butler.cli.butler"}
@@ -288,16 +291,26 @@ class WarmExecutor:
         process.make_dirs(Path(cwd))
         process.make_dirs(log.parent)
         status_file = str(log.with_suffix(log.suffix + ".exit"))
-        self._ensure_server()
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            conn.connect(self.socket)
-            conn.sendall((json.dumps({"argv": argv, "cwd": str(cwd), "log": str(log), "status_file": status_file,
-                                      "env": dict(os.environ if env is None else env)}) + "\n").encode())
+            try:  # nothing runs yet: a server that cannot start or answer costs the warm start, not the step
+                self._ensure_server()
+                conn.connect(self.socket)
+                conn.sendall((json.dumps({"argv": argv, "cwd": str(cwd), "log": str(log),
+                                          "status_file": status_file,
+                                          "env": dict(os.environ if env is None else env)}) + "\n").encode())
+            except (WarmError, OSError) as err:
+                _LOG.warning("%s; running %s as a fresh process", err, Path(argv[0]).name)
+                return process.run(argv, cwd=cwd, log=log, env=env, timeout=timeout, on_start=on_start,
+                                   should_stop=should_stop)
             lines = _Lines(conn)
             reply = json.loads(lines.next(START_TIMEOUT) or b"{}")
-            if "pid" not in reply:
-                raise WarmError(f"warm server refused {argv[:2]}: {reply.get('error', 'no answer')}")
+            if "error" in reply:  # refused before forking: nothing of the step runs
+                _LOG.warning("warm server refused %s: %s; running it as a fresh process", argv[:2], reply["error"])
+                return process.run(argv, cwd=cwd, log=log, env=env, timeout=timeout, on_start=on_start,
+                                   should_stop=should_stop)
+            if "pid" not in reply:  # it may have forked: starting a second copy could run the graph twice
+                raise WarmError(f"warm server gave no answer for {argv[:2]} within {START_TIMEOUT:.0f} s")
             pid = int(reply["pid"])
             child = process.Child(pid=pid, pgid=pid, host=socket.gethostname(), argv=tuple(argv), cwd=str(cwd),
                                   log=str(log), status_file=status_file, started=time.time())
