@@ -391,7 +391,7 @@ class DeepConfig(Section):
     mode: Literal["bps", "pipetask"] = Field(
         default="bps", description="`bps`: `bps submit` with the Parsl plugin; `pipetask`: `pipetask run -j 1`.")
     warm: bool = Field(
-        default=True, description="mode `pipetask`: each step's `pipetask run` (and `butler` recovery) is forked "
+        default=True, description="mode `pipetask`: each step's `pipetask run` is forked "
         "from a server that has the middleware imported already, in its own process group with its own log "
         "(no 1-3 s of start-up per step); false: a fresh `pipetask` process per step.")
     warm_preload: list[str] = Field(
