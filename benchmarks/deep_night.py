@@ -20,7 +20,11 @@ scripts (ingest.py, raw.py, collection.py, qgraph.py, retries.py, decertify.py) 
 calls of the same functions autoproc uses (`butler define-visits` needs obs_base, absent here).
 
 Reported: wall time of both, the ratio, and autoproc's overhead over pure quantum execution
-(Σ endUtc − prepUtc over every `<task>_metadata` of the night).
+(Σ endUtc − prepUtc over every `<task>_metadata` of the night), per step and per quantum (the
+child's time between quanta), with the per-step profile of `step_profile.py` on stderr.
+`--executor both` (the default) runs the autoproc night twice in the run: steps forked from the
+warm server (`deep.warm`), then a fresh `pipetask` process per step. `--drp-through step1`
+stops both sides after that DRP step (the survey-scale night: `--detectors 1,...,60`).
 
 `--registry postgres` puts autoproc's Butler registry on a private PostgreSQL server started
 for the run (tests/postgres_server.py; the server binaries of Debian's postgresql package);
@@ -42,6 +46,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+import step_profile
 
 NIGHT = "20240601"
 STEPS = {"bias": ["step1", "step2"], "flat": ["step0", "step1", "step2", "step3"],
@@ -85,13 +91,14 @@ def quantum_seconds(repo: Path, chains: list[str]) -> tuple[float, int]:
 # --- autoproc ---------------------------------------------------------------------------
 
 
-def run_autoproc(work: Path, raw_dir: Path, name: str = "autoproc", registry_db: str | None = None) -> float:
+def run_autoproc(work: Path, raw_dir: Path, name: str = "autoproc", registry_db: str | None = None,
+                 warm: bool = True) -> float:
     from autoproc.store import Store
 
     root = work / name
     from autoproc.sim.deep.scenario import deep_settings
 
-    deep = {**deep_settings(), "mode": "pipetask", "ingest_quiet_seconds": 0.3}
+    deep = {**deep_settings(), "mode": "pipetask", "ingest_quiet_seconds": 0.3, "warm": warm, "steps": STEPS}
     namespace = name.replace("-", "_") if registry_db else None  # a PostgreSQL schema name
     if registry_db:
         deep.update(registry_db=registry_db, registry_namespace=namespace)
@@ -251,21 +258,35 @@ def main() -> int:
     ap.add_argument("--registry", choices=["sqlite", "postgres", "both"], default="sqlite",
                     help="autoproc's Butler registry; both: the night on each, in this run")
     ap.add_argument("--no-seed", action="store_true", help="skip the seed's way")
+    ap.add_argument("--drp-through", default=None, choices=STEPS["drp"],
+                    help="the last DRP step run (both sides); default: all of them")
+    ap.add_argument("--executor", choices=["warm", "process", "both"], default="both",
+                    help="autoproc's steps forked from the warm server, as fresh pipetask processes, or both "
+                    "(in this run, warm first; the overhead and seed ratio are of the first)")
     args = ap.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="deep-night-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     dets = [int(d) for d in args.detectors.split(",")]
+    if args.drp_through:
+        STEPS["drp"] = STEPS["drp"][:STEPS["drp"].index(args.drp_through) + 1]
     raws = make_night(work / "raws", args.exposures_science, dets)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     n_exp = len(raws)
     steps = sum(len(s) for s in STEPS.values())
     server = postgres_server(work) if args.registry != "sqlite" else None
     try:
-        walls, quanta = {}, {}
+        walls, quanta, profiles, loads = {}, {}, {}, {}
         for registry in (["sqlite", "postgres"] if args.registry == "both" else [args.registry]):
-            name = f"autoproc-{registry}"
-            walls[registry] = run_autoproc(work, work / "raws", name, server.url() if registry == "postgres" else None)
-            quanta[registry] = quantum_seconds(work / name / "repo", [f"DEEP/{NIGHT}/{p}" for p in STEPS])
+            for executor in (["warm", "process"] if args.executor == "both" else [args.executor]):
+                key = f"{registry}/{executor}"
+                name = f"autoproc-{registry}-{executor}"
+                loads[key] = os.getloadavg()[0]
+                walls[key] = run_autoproc(work, work / "raws", name, server.url() if registry == "postgres" else None,
+                                          warm=executor == "warm")
+                quanta[key] = quantum_seconds(work / name / "repo", [f"DEEP/{NIGHT}/{p}" for p in STEPS])
+                print(f"{key}: per-step profile (seconds)", file=sys.stderr)
+                profiles[key] = {c: round(v, 2) for c, v in step_profile.print_table(
+                    step_profile.profile(work / name), file=sys.stderr).items()}
     finally:
         if server is not None:
             server.stop()
@@ -275,19 +296,32 @@ def main() -> int:
               "autoproc_seconds": {r: round(t, 1) for r, t in walls.items()},
               "quantum_seconds_autoproc": {r: round(q, 2) for r, (q, _) in quanta.items()},
               "autoproc_overhead_seconds": round(t_auto - q_auto, 1),
-              "autoproc_overhead_per_step_seconds": round((t_auto - q_auto) / steps, 2), "work_dir": str(work)}
-    if len(walls) == 2:
-        result["ratio_postgres_over_sqlite"] = round(walls["postgres"] / walls["sqlite"], 3)
+              "autoproc_overhead_per_step_seconds": round((t_auto - q_auto) / steps, 2),
+              "overhead_per_step_seconds": {k: round((walls[k] - quanta[k][0]) / steps, 2) for k in walls},
+              "autoproc_over_quanta": {k: round(walls[k] / quanta[k][0], 2) for k in walls},
+              # autoproc's own cost per quantum (in the child, between quanta) and per step (the rest)
+              "ms_per_quantum": {k: round(1000 * profiles[k]["between_q"] / quanta[k][1], 1) for k in walls},
+              "ms_per_step": {k: round(1000 * (walls[k] - quanta[k][0] - profiles[k]["between_q"]) / steps)
+                              for k in walls},
+              "profile_sums": profiles, "load_average_at_start": loads, "work_dir": str(work)}
+    if "sqlite/warm" in walls and "sqlite/process" in walls:
+        result["ratio_warm_over_process"] = round(walls["sqlite/warm"] / walls["sqlite/process"], 3)
+    if args.registry == "both":
+        ex = "warm" if args.executor != "process" else "process"
+        result["ratio_postgres_over_sqlite"] = round(walls[f"postgres/{ex}"] / walls[f"sqlite/{ex}"], 3)
     if not args.no_seed:
         t_seed, n_cmd = run_seed(work, raws)
         q_seed, _ = quantum_seconds(work / "seed-repo", [f"DEEP/{NIGHT}/{p}" for p in STEPS])
         result.update({"seed_seconds": round(t_seed, 1), "ratio_autoproc_over_seed": round(t_auto / t_seed, 3),
+                       "ratio_over_seed": {k: round(w / t_seed, 3) for k, w in walls.items()},
                        "seed_processes": n_cmd, "quantum_seconds_seed": round(q_seed, 2)})
     print(json.dumps(result, indent=1))
     for registry, wall in walls.items():
         print(f"autoproc on {registry}: {wall:.1f} s")
-    if len(walls) == 2:
+    if "ratio_postgres_over_sqlite" in result:
         print(f"PostgreSQL / SQLite: {result['ratio_postgres_over_sqlite']:.2f}")
+    if "ratio_warm_over_process" in result:
+        print(f"warm / process: {result['ratio_warm_over_process']:.2f}")
     if not args.no_seed:
         print(f"autoproc {t_auto:.1f} s vs seed {t_seed:.1f} s ({n_cmd} processes): ratio {t_auto / t_seed:.2f} "
               f"(goal <= 0.5); autoproc overhead over quantum execution {t_auto - q_auto:.1f} s "

@@ -173,25 +173,36 @@ def run(
     proc, child = start(argv, cwd=cwd, log=log, env=env, stdin=stdin)
     if on_start is not None:
         on_start(child)
+
+    def poll(wait: float) -> int | None:
+        try:
+            return proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            return None
+
+    return wait(child, poll, timeout=timeout, should_stop=should_stop)
+
+
+def wait(child: Child, poll: Callable[[float], int | None], *, timeout: float | None = None,
+         should_stop: Callable[[], bool] | None = None) -> ChildResult:
+    """Wait for a started child: `poll(seconds)` waits up to that long and returns its exit
+    status once it ended (else None). On timeout, or when `should_stop()` turns true, its
+    whole process group is killed (SIGTERM, SIGKILL after the grace); the result says so."""
     deadline = None if timeout is None else time.monotonic() + timeout
     timed_out = False
     killed_at: float | None = None
-    while True:
-        try:
-            proc.wait(timeout=0.1)
-            break
-        except subprocess.TimeoutExpired:
-            now = time.monotonic()
-            if killed_at is None:
-                timed_out = deadline is not None and now > deadline
-                if timed_out or (should_stop is not None and should_stop()):
-                    signal_group(child.pgid, signal.SIGTERM)
-                    killed_at = now
-            elif now - killed_at > KILL_GRACE_SECONDS:
-                signal_group(child.pgid, signal.SIGKILL)
+    while (returncode := poll(0.1)) is None:
+        now = time.monotonic()
+        if killed_at is None:
+            timed_out = deadline is not None and now > deadline
+            if timed_out or (should_stop is not None and should_stop()):
+                signal_group(child.pgid, signal.SIGTERM)
+                killed_at = now
+        elif now - killed_at > KILL_GRACE_SECONDS:
+            signal_group(child.pgid, signal.SIGKILL)
     # The group may still hold grandchildren (e.g. a bps worker pool); they go too.
     kill_group(child.pgid, grace=0.5)
-    return ChildResult(proc.returncode, Path(child.log), time.time() - child.started, timed_out)
+    return ChildResult(returncode, Path(child.log), time.time() - child.started, timed_out)
 
 
 def signal_group(pgid: int, sig: int) -> None:

@@ -101,6 +101,13 @@ class DeepConfig(Section):
                        description="Data query of every graph (the chains already select the night).")
     mode: Literal["bps", "pipetask"] = Field(
         default="bps", description="`bps`: `bps submit` with the Parsl plugin; `pipetask`: `pipetask run -j 1`.")
+    warm: bool = Field(
+        default=True, description="mode `pipetask`: each step's `pipetask run` is forked "
+        "from a server that has the middleware imported already, in its own process group with its own log "
+        "(no 1-3 s of start-up per step); false: a fresh `pipetask` process per step.")
+    warm_preload: list[str] = Field(
+        default_factory=list, description="Python modules the warm server imports once besides the middleware "
+        "(e.g. the science tasks' modules, `lsst.ip.isr`), so no step pays their import.")
     bps_site: Literal["local", "slurm"] = Field(
         default="local", description="Where `bps` runs a step's quanta: `local` (Parsl threads beside bps) or "
         "`slurm` (ctrl_bps_parsl's Slurm site, one Slurm job per step; see `slurm`). Picks the shipped submit "

@@ -10,7 +10,9 @@ One attempt:
    no RUN is made, no child is started.
 4. The work runs as a child started through `run_child` (default `process.run`: own
    session, log, exit-status file): `bps submit` with the Parsl plugin in the attempt
-   directory, or `pipetask run -j 1 -g <qg>`.
+   directory, or `pipetask run -j 1 -g <qg>` (the daemon passes warm.py's executor for
+   the latter, which forks it from a server with the middleware imported: same command
+   line, same session, log and exit file, no interpreter start-up).
 5. The outcome comes from the Butler, never from the exit code: per task, succeeded =
    `<task>_metadata` in the RUN, failed = `<task>_log` without metadata (exception type
    and message read from the log records). If the bps final job did not ingest, the

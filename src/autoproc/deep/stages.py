@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from autoproc import slurm
+from autoproc import process, slurm
 from autoproc.actions import (
     ActionContext,
     ActionError,
@@ -49,7 +49,7 @@ from autoproc.actions import (
     file_kind,
 )
 from autoproc.config import Config
-from autoproc.deep import calibs, ingest, quanta, registry, rerun, runner
+from autoproc.deep import calibs, ingest, quanta, registry, rerun, runner, warm
 from autoproc.deep import collections as colls
 from autoproc.deep import rebuild as _rebuild  # noqa: F401 - registers the rebuild hooks
 from autoproc.deep.config import DeepConfig
@@ -281,6 +281,16 @@ def _submit_extra(ctx: ActionContext) -> dict[str, Any] | None:
     return {"site": {"slurm": cfg.slurm.site_settings(slurm.attempt_comment(ctx.config.db, ctx.attempt_id))}}
 
 
+def _run_child(config: Config) -> runner.RunChild:
+    """How a step's child starts: forked from the warm server (`deep.warm`, pipetask mode),
+    else as a fresh process; bps mode always the latter."""
+    cfg = config.deep
+    if cfg.mode != "pipetask" or not cfg.warm:
+        return process.run
+    log = config.work_dir / "deep" / "warm-server.log"
+    return warm.shared(runner.venv_env(cfg.env), cfg.warm_preload, log).run
+
+
 def _failure_lines(failures: list[dict]) -> str:
     shown = [f"{f['task']} {f['data_id']}: {f['exception_type']}: {f['message'][:200]}"
              for f in failures[:5]]
@@ -342,6 +352,7 @@ class Steps:
                 ctx.config.work_dir / "deep", fixed_inputs=self.fixed, where=cfg.where, mode=cfg.mode,
                 submit_template=_submit_template(cfg), submit_extra=_submit_extra(ctx), request_memory=memory, cores=cfg.cores,
                 clusters=_clusters(cfg, labels), env=cfg.env, timeout=cfg.step_timeout_seconds,
+                run_child=_run_child(ctx.config),
                 # The child goes into the engine's ledger (the attempt's row and `step.child.json`): the
                 # engine kills it after a restart, when an operator moves the night on, and on SIGTERM.
                 on_start=lambda child: ctx.record_child("step", child),
