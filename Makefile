@@ -58,11 +58,13 @@ test-tools:
 
 test: $(BIN)/.installed $(OLDEST_BIN)/.installed test-tools
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/pytest
 	$(OLDEST_BIN)/pytest -m "middleware and not postgres" -p no:cacheprovider
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) demo-data .pytest_cache

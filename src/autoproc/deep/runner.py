@@ -37,6 +37,7 @@ earlier attempt (RunnerError), which the engine kills.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
 import os
@@ -183,7 +184,7 @@ class StepOutcome:
             return None
         full = [f for f in self.failures if f.no_space]
         if full:
-            code = process.no_space_errno(full[0].message)
+            code = process.no_space_errno(full[0].message) or errno.ENOSPC  # the message may be cut short
             return OSError(code, f"{len(full)} quanta failed with \"{os.strerror(code)}\", e.g. {full[0].task} "
                            f"{full[0].data_id}")
         log = self.evidence.get("log", "")
@@ -663,7 +664,10 @@ def aggregate(repo: str, qgraph: str, attempt_dir: Path, *, mock_storage_classes
 def _finish(butler, outcome: StepOutcome, record: Mapping, *, run_child: RunChild, env: Mapping[str, str],
             rename_retryable: bool, recover: bool) -> None:
     """Judge, recover the bps final job when needed, rename retryable logs, fix the chain."""
-    attempt_dir = Path(record["attempt_dir"] if "attempt_dir" in record else outcome.attempt_dir)
+    where = record.get("attempt_dir", outcome.attempt_dir)
+    if where is None:
+        raise RunnerError(f"the record of RUN {record.get('run')} names no attempt directory")
+    attempt_dir = Path(where)
     run, parent = record["run"], record["parent"]
     tasks = list(record["expected"].keys())
     if record["mode"] == "bps":
