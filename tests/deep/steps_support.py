@@ -16,6 +16,7 @@ import autoproc.sim.deep as simdeep
 SIM_DIR = Path(simdeep.__file__).resolve().parent
 PIPELINES = SIM_DIR / "pipelines"
 NIGHT = 20240601
+BIAS_PARENT = f"DEEP/{NIGHT}/bias"  # the bias chain of NIGHT
 
 _FALLBACK_BIAS = """\
 description: minimal mock cpBias (test fallback until the sim pipelines exist)
@@ -122,3 +123,12 @@ def outputs_twice(repo: str) -> dict[str, int]:
         return {" ".join(k): n for k, n in seen.items() if n > 1}
     finally:
         butler.close()
+
+
+def run_bias_step(b, repo: str, pipe, tmp_path: Path, step: str = "step1", **kw):
+    """One step of the bias pipeline into BIAS_PARENT (`runner.run_step`), attempts under tmp_path."""
+    from autoproc.deep import collections as C
+    from autoproc.deep import runner as R
+
+    return R.run_step(b, repo, pipe, step, BIAS_PARENT, tmp_path / "attempts",
+                      fixed_inputs=C.DEFAULT_NAMES.fixed_inputs("bias", NIGHT), **kw)

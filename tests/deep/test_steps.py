@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("lsst.daf.butler")
 
-from steps_support import NIGHT, bias_pipeline, fail_config, make_repo  # noqa: E402
+from steps_support import BIAS_PARENT, NIGHT, fail_config, make_repo, run_bias_step  # noqa: E402
 
 from autoproc.deep import collections as C  # noqa: E402
 from autoproc.deep import quanta as Q  # noqa: E402
@@ -21,7 +21,7 @@ from autoproc.sim.deep.flaky import DIE_AFTER_OUTPUTS, FAIL_DIR_ENV, set_failure
 
 pytestmark = pytest.mark.middleware
 
-PARENT = f"DEEP/{NIGHT}/bias"
+PARENT = BIAS_PARENT
 
 
 # --- the skip-failures hook of the installed pipe_base -------------------------------------
@@ -205,20 +205,6 @@ def test_tag_raws_idempotent(tmp_path):
 # --- one attempt through pipetask, judged from the butler -----------------------------------
 
 
-@pytest.fixture
-def bias_repo(tmp_path):
-    b, repo, _ = make_repo(tmp_path, n_bias=3)
-    C.tag_raws(b, NIGHT, "bias")
-    C.ensure_chain(b, "bias", NIGHT)
-    yield b, str(repo), bias_pipeline(tmp_path)
-    b.close()
-
-
-def _run(b, repo, pipe, tmp_path, step="step1", **kw):
-    return R.run_step(b, repo, pipe, step, PARENT, tmp_path / "attempts",
-                      fixed_inputs=C.DEFAULT_NAMES.fixed_inputs("bias", NIGHT), **kw)
-
-
 def test_fatal_failure_then_skip_failures_then_release(bias_repo, tmp_path):
     b, repo, pipe = bias_repo
     st0 = Q.check_step(b, pipe, "step1", PARENT)
@@ -226,7 +212,7 @@ def test_fatal_failure_then_skip_failures_then_release(bias_repo, tmp_path):
     bad = b.query_dimension_records("exposure", where="exposure.observation_type='zero'", explain=False)
     exp = sorted(r.id for r in bad)[1]
     cfg = fail_config(tmp_path, f"detector = 3 AND exposure = {exp}")
-    out = _run(b, repo, pipe, tmp_path, config_files={"cpBiasIsr": [str(cfg)]})
+    out = run_bias_step(b, repo, pipe, tmp_path, config_files={"cpBiasIsr": [str(cfg)]})
     assert out.status == "failed" and out.returncodes == [1]
     assert out.succeeded == {"cpBiasIsr": 5} and out.failed == {"cpBiasIsr": 1}
     (f,) = out.failures
@@ -243,12 +229,12 @@ def test_fatal_failure_then_skip_failures_then_release(bias_repo, tmp_path):
     # without skip-failures the failed one is work again (plain skip-existing)
     assert Q.check_step(b, pipe, "step1", PARENT, skip_failures=False).to_run == {"cpBiasIsr": 1}
     # nothing to do: no run, no child
-    again = _run(b, repo, pipe, tmp_path)
+    again = run_bias_step(b, repo, pipe, tmp_path)
     assert again.status == "nothing_to_do" and again.run is None and not again.commands
     # the operator releases it (retries.py rename); a new attempt without the failure fixes it
     assert R.release_failures(b, PARENT, pipeline=pipe, step="step1") == 1
     assert Q.check_step(b, pipe, "step1", PARENT).to_run == {"cpBiasIsr": 1}
-    fixed = _run(b, repo, pipe, tmp_path)
+    fixed = run_bias_step(b, repo, pipe, tmp_path)
     assert fixed.status == "succeeded" and fixed.expected == {"cpBiasIsr": 1} and fixed.succeeded == {
         "cpBiasIsr": 1}
     done = Q.check_step(b, pipe, "step1", PARENT)
@@ -257,7 +243,7 @@ def test_fatal_failure_then_skip_failures_then_release(bias_repo, tmp_path):
     md = b.query_datasets("cpBiasIsr_metadata", collections=PARENT, find_first=False, explain=False)
     assert len(md) == 6 and len({r.dataId for r in md}) == 6
     # step2 runs on top, through the same chain
-    s2 = _run(b, repo, pipe, tmp_path, step="step2")
+    s2 = run_bias_step(b, repo, pipe, tmp_path, step="step2")
     assert s2.status == "succeeded" and s2.succeeded == {"cpBiasCombine": 2}
     chain = list(b.collections.get_info(PARENT).children)
     assert chain[0] == s2.run and chain.index(fixed.run) < chain.index(out.run)
@@ -266,13 +252,13 @@ def test_fatal_failure_then_skip_failures_then_release(bias_repo, tmp_path):
 def test_disk_full_quanta_wait_for_space_then_run_again(bias_repo, tmp_path):
     b, repo, pipe = bias_repo
     cfg = fail_config(tmp_path, "detector = 1", "autoproc.sim.deep.flaky.DiskFull", "full.py")
-    out = _run(b, repo, pipe, tmp_path, config_files={"cpBiasIsr": [str(cfg)]})
+    out = run_bias_step(b, repo, pipe, tmp_path, config_files={"cpBiasIsr": [str(cfg)]})
     assert out.status == "failed" and out.failed == {"cpBiasIsr": 3}
     assert all(f.no_space and f.retryable and "No space left on device" in f.message for f in out.failures)
     assert out.renamed_logs == 3  # not "failed for good": skip-failures will not skip them
     full = out.no_space()
     assert full.errno == errno.ENOSPC and full.strerror.startswith('3 quanta failed with "No space left on device"')
-    assert _run(b, repo, pipe, tmp_path).no_space() is None  # space is back: the three run again
+    assert run_bias_step(b, repo, pipe, tmp_path).no_space() is None  # space is back: the three run again
     assert Q.check_step(b, pipe, "step1", PARENT).succeeded == {"cpBiasIsr": 6}
     md = b.query_datasets("cpBiasIsr_metadata", collections=PARENT, find_first=False, explain=False)
     assert len(md) == 6 and len({r.dataId for r in md}) == 6
@@ -281,11 +267,11 @@ def test_disk_full_quanta_wait_for_space_then_run_again(bias_repo, tmp_path):
 def test_outputs_of_a_quantum_killed_before_its_metadata_are_not_kept_twice(bias_repo, tmp_path):
     b, repo, pipe = bias_repo
     switch = set_failure(tmp_path / "fail", "cpBiasIsr", "detector = 3", DIE_AFTER_OUTPUTS)
-    out = _run(b, repo, pipe, tmp_path, env={FAIL_DIR_ENV: str(tmp_path / "fail")})
+    out = run_bias_step(b, repo, pipe, tmp_path, env={FAIL_DIR_ENV: str(tmp_path / "fail")})
     assert out.status == "incomplete" and out.returncodes[0] != 0 and not out.failures
     assert out.evidence["pruned_unfinished_outputs"] == 1  # the dead quantum's cpBiasIsrExp
     switch.unlink()
-    nxt = _run(b, repo, pipe, tmp_path)
+    nxt = run_bias_step(b, repo, pipe, tmp_path)
     assert nxt.status == "succeeded" and nxt.succeeded == {"cpBiasIsr": 6 - out.succeeded["cpBiasIsr"]}
     for dtype in ("cpBiasIsr_metadata", "cpBiasIsrExp"):
         refs = b.query_datasets(dtype, collections=PARENT, find_first=False, explain=False)
@@ -295,7 +281,7 @@ def test_outputs_of_a_quantum_killed_before_its_metadata_are_not_kept_twice(bias
 def test_memory_failure_is_retryable_and_log_renamed(bias_repo, tmp_path):
     b, repo, pipe = bias_repo
     cfg = fail_config(tmp_path, "detector = 1", "builtins.MemoryError", "oom.py")
-    out = _run(b, repo, pipe, tmp_path, config_files={"cpBiasIsr": [str(cfg)]})
+    out = run_bias_step(b, repo, pipe, tmp_path, config_files={"cpBiasIsr": [str(cfg)]})
     assert out.status == "failed" and out.failed == {"cpBiasIsr": 3} and out.retryable
     assert all(f.retryable and f.exception_type == "MemoryError" for f in out.failures)
     assert out.renamed_logs == 3
@@ -305,14 +291,14 @@ def test_memory_failure_is_retryable_and_log_renamed(bias_repo, tmp_path):
     assert {r.dataId["detector"] for r in retry} == {1}
     st = Q.check_step(b, pipe, "step1", PARENT)
     assert st.to_run == {"cpBiasIsr": 3} and st.n_failed == 0
-    ok = _run(b, repo, pipe, tmp_path)
+    ok = run_bias_step(b, repo, pipe, tmp_path)
     assert ok.status == "succeeded" and ok.succeeded == {"cpBiasIsr": 3}
     assert Q.check_step(b, pipe, "step1", PARENT).empty
 
 
 def test_missing_input_is_reported_not_raised(bias_repo, tmp_path):
     b, repo, pipe = bias_repo
-    out = _run(b, repo, pipe, tmp_path, step="step2")  # step1 never ran: no cpBiasIsrExp
+    out = run_bias_step(b, repo, pipe, tmp_path, step="step2")  # step1 never ran: no cpBiasIsrExp
     assert out.status == "error" and out.error_kind == "missing_input" and not out.commands
     with pytest.raises(Q.StepCheckError):
         Q.check_step(b, pipe, "step2", PARENT)
@@ -333,14 +319,14 @@ def test_transient_flaky_failure_recovers_after_release(bias_repo, tmp_path, mon
 
     monkeypatch.setenv(FAIL_DIR_ENV, str(tmp_path / "fail"))
     marker = set_failure(tmp_path / "fail", "cpBiasIsr", "detector = 1")  # RuntimeError: not retryable
-    out = _run(b, repo, pipe, tmp_path)
+    out = run_bias_step(b, repo, pipe, tmp_path)
     assert out.status == "failed" and out.failed == {"cpBiasIsr": 3} and not out.retryable
     marker.unlink()  # the transient cause is gone...
     st = Q.check_step(b, pipe, "step1", PARENT)
     assert st.empty and st.n_failed == 3  # ...but skip-failures keeps them out until released
     assert R.release_failures(b, PARENT, task="cpBiasIsr", data_ids=[{"detector": 1}], pipeline=pipe,
                               step="step1") == 3
-    ok = _run(b, repo, pipe, tmp_path)
+    ok = run_bias_step(b, repo, pipe, tmp_path)
     assert ok.status == "succeeded" and ok.succeeded == {"cpBiasIsr": 3}
     done = Q.check_step(b, pipe, "step1", PARENT)
     assert done.empty and done.n_failed == 0 and done.n_succeeded == 6
@@ -389,11 +375,11 @@ def test_killed_attempt_is_recovered_before_the_next(bias_repo, tmp_path):
         logs = list(att.glob("*/pipetask.log"))
         return bool(logs) and logs[0].read_text().count("took ") >= 2
 
-    out = _run(b, repo, pipe, tmp_path, should_stop=stop, config_files={"cpBiasIsr": [str(slow)]})
+    out = run_bias_step(b, repo, pipe, tmp_path, should_stop=stop, config_files={"cpBiasIsr": [str(slow)]})
     assert out.killed and out.status == "incomplete" and out.succeeded["cpBiasIsr"] >= 2
     assert R.pending_attempts(att, PARENT) == [att / out.run.replace("/", "_")]
     progress: list[str] = []
-    nxt = _run(b, repo, pipe, tmp_path, on_progress=progress.append)
+    nxt = run_bias_step(b, repo, pipe, tmp_path, on_progress=progress.append)
     (rec,) = nxt.evidence["recovered_attempts"]
     assert rec["run"] == out.run and R.pending_attempts(att, PARENT) == []
     done_before = rec["succeeded"]["cpBiasIsr"]

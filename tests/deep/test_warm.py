@@ -15,11 +15,10 @@ import pytest
 
 pytest.importorskip("lsst.daf.butler")
 
-from steps_support import NIGHT, bias_pipeline, fail_config, make_repo  # noqa: E402
+from steps_support import BIAS_PARENT, fail_config, run_bias_step  # noqa: E402
 
 from autoproc import process  # noqa: E402
 from autoproc.config import Config, parse_config  # noqa: E402
-from autoproc.deep import collections as C  # noqa: E402
 from autoproc.deep import quanta as Q  # noqa: E402
 from autoproc.deep import runner as R  # noqa: E402
 from autoproc.deep import stages, warm  # noqa: E402
@@ -27,7 +26,7 @@ from autoproc.sim.deep.flaky import DIE_AFTER_OUTPUTS, FAIL_DIR_ENV, set_failure
 
 pytestmark = pytest.mark.middleware
 
-PARENT = f"DEEP/{NIGHT}/bias"
+PARENT = BIAS_PARENT
 
 
 @pytest.fixture(scope="module")
@@ -35,20 +34,6 @@ def executor():
     ex = warm.WarmExecutor(R.venv_env())
     yield ex
     ex.close()
-
-
-@pytest.fixture
-def bias_repo(tmp_path):
-    b, repo, _ = make_repo(tmp_path, n_bias=3)
-    C.tag_raws(b, NIGHT, "bias")
-    C.ensure_chain(b, "bias", NIGHT)
-    yield b, str(repo), bias_pipeline(tmp_path)
-    b.close()
-
-
-def _run(b, repo, pipe, tmp_path, step="step1", **kw):
-    return R.run_step(b, repo, pipe, step, PARENT, tmp_path / "attempts",
-                      fixed_inputs=C.DEFAULT_NAMES.fixed_inputs("bias", NIGHT), **kw)
 
 
 def _metadata(b, dtype="cpBiasIsr_metadata"):
@@ -61,7 +46,7 @@ def test_warm_step_gives_the_outcome_of_a_pipetask_child(bias_repo, tmp_path, ex
         "exposure", where="exposure.observation_type='zero'", explain=False))[1]
     cfg = fail_config(tmp_path, f"detector = 3 AND exposure = {bad}")
     children: list[process.Child] = []
-    out = _run(b, repo, pipe, tmp_path, config_files={"cpBiasIsr": [str(cfg)]}, run_child=executor.run,
+    out = run_bias_step(b, repo, pipe, tmp_path, config_files={"cpBiasIsr": [str(cfg)]}, run_child=executor.run,
                on_start=children.append)
     # The judging of test_steps' pipetask attempt: same counts, same failure, same exit status.
     assert out.status == "failed" and out.returncodes == [1]
@@ -76,9 +61,9 @@ def test_warm_step_gives_the_outcome_of_a_pipetask_child(bias_repo, tmp_path, ex
     assert "Simulated failure" in log and "QuantumGraph contains 6 quanta" in log
     # The same graph through a fresh pipetask process, after the release: the rest of the step.
     assert R.release_failures(b, PARENT, pipeline=pipe, step="step1") == 1
-    fixed = _run(b, repo, pipe, tmp_path, run_child=process.run)
+    fixed = run_bias_step(b, repo, pipe, tmp_path, run_child=process.run)
     assert fixed.status == "succeeded" and fixed.succeeded == {"cpBiasIsr": 1}
-    s2 = _run(b, repo, pipe, tmp_path, step="step2", run_child=executor.run)
+    s2 = run_bias_step(b, repo, pipe, tmp_path, step="step2", run_child=executor.run)
     assert s2.status == "succeeded" and s2.succeeded == {"cpBiasCombine": 2}
     md = _metadata(b)
     assert len(md) == 6 and len({r.dataId for r in md}) == 6
@@ -88,11 +73,11 @@ def test_warm_step_gives_the_outcome_of_a_pipetask_child(bias_repo, tmp_path, ex
 def test_warm_quantum_killed_after_its_outputs_is_pruned_and_redone(bias_repo, tmp_path, executor):
     b, repo, pipe = bias_repo
     switch = set_failure(tmp_path / "fail", "cpBiasIsr", "detector = 3", DIE_AFTER_OUTPUTS)
-    out = _run(b, repo, pipe, tmp_path, env={FAIL_DIR_ENV: str(tmp_path / "fail")}, run_child=executor.run)
+    out = run_bias_step(b, repo, pipe, tmp_path, env={FAIL_DIR_ENV: str(tmp_path / "fail")}, run_child=executor.run)
     assert out.status == "incomplete" and out.returncodes[0] != 0 and not out.failures
     assert out.evidence["pruned_unfinished_outputs"] == 1
     switch.unlink()
-    nxt = _run(b, repo, pipe, tmp_path, run_child=executor.run)
+    nxt = run_bias_step(b, repo, pipe, tmp_path, run_child=executor.run)
     assert nxt.status == "succeeded" and nxt.succeeded == {"cpBiasIsr": 6 - out.succeeded["cpBiasIsr"]}
     for dtype in ("cpBiasIsr_metadata", "cpBiasIsrExp"):
         refs = _metadata(b, dtype)
@@ -128,7 +113,7 @@ def test_warm_step_killed_with_sigkill_is_judged_then_recovered(bias_repo, tmp_p
         server = ex.server_pid
         assert server is not None
         killer = _kill_after(tmp_path, 2, (lambda: -children[0].pgid) if victim == "grandchild" else (lambda: server))
-        out = _run(b, repo, pipe, tmp_path, config_files={"cpBiasIsr": [str(slow)]}, run_child=ex.run,
+        out = run_bias_step(b, repo, pipe, tmp_path, config_files={"cpBiasIsr": [str(slow)]}, run_child=ex.run,
                    on_start=children.append)
         killer.join(5)
         if victim == "grandchild":
@@ -141,7 +126,7 @@ def test_warm_step_killed_with_sigkill_is_judged_then_recovered(bias_repo, tmp_p
             assert ex.server_pid is None
             assert out.status == "succeeded" and out.succeeded == {"cpBiasIsr": 6}
         assert not process.group_alive(children[0].pgid)
-        nxt = _run(b, repo, pipe, tmp_path, run_child=ex.run)
+        nxt = run_bias_step(b, repo, pipe, tmp_path, run_child=ex.run)
         if victim == "grandchild":
             assert nxt.status == "succeeded" and nxt.succeeded["cpBiasIsr"] == 6 - out.succeeded["cpBiasIsr"]
         else:
