@@ -46,6 +46,26 @@ def cli(demo, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=child_env(), timeout=60)
 
 
+def done_outside(config, site) -> tuple[Counter[int], list[list[int]]]:
+    """What the demo did outside autoproc so far: the DAGs submitted per exposure and the
+    post-processing launches (`end_state_checks` compares them at the end)."""
+    store = Store(config.db, readonly=True)
+    try:
+        outdir = Path(store.subject("season", str(scenario.SEASON)).data["outdir"])
+    finally:
+        store.close()
+    return submissions(site), steps_by_launch(outdir)
+
+
+def carry_on(demo, config, after: str) -> None:
+    """Start the daemon again on the state put back, let it settle, stop it."""
+    daemon = scenario.start_daemon(demo)
+    time.sleep(5.0)
+    assert settle(config, daemon), f"the demo did not settle after the {after}"
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(timeout=30)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 @pytest.mark.parametrize("which", ["first scheduled", "before the daemon started"])
@@ -66,11 +86,7 @@ def test_restore_a_backup_after_the_demo_and_carry_on(tmp_path: Path, which: str
         daemon = scenario.start_daemon(demo)
         scenario.start_data(demo, site)
         assert settle(config, daemon), "the demo did not settle before the restore"
-        before = submissions(site)
-        store = Store(config.db, readonly=True)
-        outdir = Path(store.subject("season", str(scenario.SEASON)).data["outdir"])
-        store.close()
-        launches_before = steps_by_launch(outdir)
+        before, launches_before = done_outside(config, site)
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=30) == 0
         mid = backup.backups(config.backup.directory)[-1]  # the oldest
@@ -83,11 +99,7 @@ def test_restore_a_backup_after_the_demo_and_carry_on(tmp_path: Path, which: str
         res = cli(demo, "store", "restore", str(mid))
         assert res.returncode == 0, res.stderr
         print("restored", mid.name, json.dumps(mid_states))
-        daemon = scenario.start_daemon(demo)
-        time.sleep(5.0)
-        assert settle(config, daemon), "the demo did not settle after the restore"
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
+        carry_on(demo, config, "restore")
     finally:
         demo.stop_all()
 
@@ -127,11 +139,7 @@ def test_rebuild_after_the_demo_with_no_database_and_no_backup(tmp_path: Path):
         assert settle(config, daemon), "the demo did not settle before the database was deleted"
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=30) == 0
-        before = submissions(site)
-        store = Store(config.db, readonly=True)
-        outdir = Path(store.subject("season", str(scenario.SEASON)).data["outdir"])
-        store.close()
-        launches_before = steps_by_launch(outdir)
+        before, launches_before = done_outside(config, site)
         for suffix in ("", "-wal", "-shm"):
             Path(f"{config.db}{suffix}").unlink(missing_ok=True)
         for old in backup.backups(config.backup.directory):
@@ -155,11 +163,7 @@ def test_rebuild_after_the_demo_with_no_database_and_no_backup(tmp_path: Path):
             want = "no_templates" if behaviour.get("no_templates") else "ccd_check"
             assert rebuilt[("exposure", f"{scenario.SEASON}.{expnum}")] == want, rebuilt
         assert rebuilt[("season", str(scenario.SEASON))] == "waiting"
-        daemon = scenario.start_daemon(demo)
-        time.sleep(5.0)
-        assert settle(config, daemon), "the demo did not settle after the rebuild"
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
+        carry_on(demo, config, "rebuild")
     finally:
         demo.stop_all()
     end_state_checks(config, site, before, launches_before)
