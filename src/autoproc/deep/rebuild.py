@@ -19,14 +19,11 @@ from autoproc.config import Config
 
 def _collections(config: Config) -> list[str] | None:
     """Every collection under the DEEP prefix, or None when there is no repository yet."""
-    from lsst.daf.butler import Butler
+    from autoproc.deep.stages import existing_butler
 
-    from autoproc.deep.stages import repo_path
-
-    repo = repo_path(config)
-    if not (repo / "butler.yaml").exists():
+    butler = existing_butler(config, writeable=False)
+    if butler is None:
         return None
-    butler = Butler.from_config(str(repo), writeable=False)
     try:
         return sorted(butler.collections.query(f"{config.deep.prefix}/*"))
     finally:

@@ -90,17 +90,6 @@ def _borrowers(butler: Any, config: Config, night: str, chains: list[Chain]) -> 
     return notes
 
 
-def _open(config: Config, writeable: bool) -> Any | None:
-    from lsst.daf.butler import Butler
-
-    from autoproc.deep.stages import repo_path
-
-    repo = repo_path(config)
-    if not (repo / "butler.yaml").exists():
-        return None
-    return Butler.from_config(str(repo), writeable=writeable)
-
-
 @rerun_hook("night")
 @rerun_hook("template")
 def plan_rerun(subject: Subject, state: str, redo: list[str], config: Config | None) -> RerunPlan:
@@ -117,7 +106,9 @@ def plan_rerun(subject: Subject, state: str, redo: list[str], config: Config | N
         known = {c.parent for c in chains}
         chains += [Chain(c["proc"], c["parent"]) for c in earlier.get("chains", []) if c["parent"] not in known]
         calib_list += [(c, t) for c, t in earlier.get("calibs", []) if (c, t) not in calib_list]
-    butler = _open(config, writeable=False)
+    from autoproc.deep.stages import existing_butler
+
+    butler = existing_butler(config, writeable=False)
     if butler is None:
         lines: list[str] = []
         notes = ["no Butler repository yet: nothing to set aside"]

@@ -83,6 +83,17 @@ def repo_path(config: Config) -> Path:
     return config.deep.repo or config.root / "repo"
 
 
+def existing_butler(config: Config, writeable: bool) -> Any | None:
+    """A Butler on the configured repository, or None when there is none yet (for looking
+    at what is there; actions use `open_butler`, which holds the night instead)."""
+    from lsst.daf.butler import Butler
+
+    repo = repo_path(config)
+    if not (repo / "butler.yaml").exists():
+        return None
+    return Butler.from_config(str(repo), writeable=writeable)
+
+
 def names(cfg: DeepConfig) -> colls.Names:
     return colls.Names(prefix=cfg.prefix, raw_run=cfg.raw_run, instrument=cfg.instrument)
 
