@@ -1,5 +1,5 @@
 """The warm step executor (deep/warm.py): a step forked from the warm server gives the same
-outputs and the same judging as a `pipetask` child, lives in its own session, and a
+outputs and the same judging as a fresh `autoproc-step` or `pipetask` child, lives in its own session, and a
 grandchild (or the server) killed with SIGKILL mid-step is judged and recovered like a
 killed child. Real middleware, real processes and signals."""
 
@@ -40,14 +40,16 @@ def _metadata(b, dtype="cpBiasIsr_metadata"):
     return b.query_datasets(dtype, collections=PARENT, find_first=False, explain=False)
 
 
-def test_warm_step_gives_the_outcome_of_a_pipetask_child(bias_repo, tmp_path, executor):
+@pytest.mark.parametrize(("quantum_backed", "says"), [(True, "Running 6 quanta"),
+                                                      (False, "QuantumGraph contains 6 quanta")])
+def test_warm_step_gives_the_outcome_of_a_fresh_child(bias_repo, tmp_path, executor, quantum_backed, says):
     b, repo, pipe = bias_repo
     bad = sorted(r.id for r in b.query_dimension_records(
         "exposure", where="exposure.observation_type='zero'", explain=False))[1]
     cfg = fail_config(tmp_path, f"detector = 3 AND exposure = {bad}")
     children: list[process.Child] = []
     out = run_bias_step(b, repo, pipe, tmp_path, config_files={"cpBiasIsr": [str(cfg)]}, run_child=executor.run,
-               on_start=children.append)
+                        on_start=children.append, quantum_backed=quantum_backed)
     # The judging of test_steps' pipetask attempt: same counts, same failure, same exit status.
     assert out.status == "failed" and out.returncodes == [1]
     assert out.succeeded == {"cpBiasIsr": 5} and out.failed == {"cpBiasIsr": 1}
@@ -57,17 +59,17 @@ def test_warm_step_gives_the_outcome_of_a_pipetask_child(bias_repo, tmp_path, ex
     (child,) = children
     assert child.pid == child.pgid and child.pid != executor.server_pid  # a grandchild, its own group
     assert process.recorded_exit(child.status_file) == 1
-    log = (tmp_path / "attempts" / out.run.replace("/", "_") / "pipetask.log").read_text()
-    assert "Simulated failure" in log and "QuantumGraph contains 6 quanta" in log
-    # The same graph through a fresh pipetask process, after the release: the rest of the step.
+    log = (tmp_path / "attempts" / out.run.replace("/", "_") / "step.log").read_text()
+    assert "Simulated failure" in log and says in log
+    # The same graph through a fresh process, after the release: the rest of the step.
     assert R.release_failures(b, PARENT, pipeline=pipe, step="step1") == 1
-    fixed = run_bias_step(b, repo, pipe, tmp_path, run_child=process.run)
+    fixed = run_bias_step(b, repo, pipe, tmp_path, run_child=process.run, quantum_backed=quantum_backed)
     assert fixed.status == "succeeded" and fixed.succeeded == {"cpBiasIsr": 1}
-    s2 = run_bias_step(b, repo, pipe, tmp_path, step="step2", run_child=executor.run)
+    s2 = run_bias_step(b, repo, pipe, tmp_path, step="step2", run_child=executor.run, quantum_backed=quantum_backed)
     assert s2.status == "succeeded" and s2.succeeded == {"cpBiasCombine": 2}
     md = _metadata(b)
     assert len(md) == 6 and len({r.dataId for r in md}) == 6
-    assert executor.starts == 1  # one server for all of it
+    assert executor.starts == 1  # one server for all of it (and for both parametrizations)
 
 
 def test_warm_quantum_killed_after_its_outputs_is_pruned_and_redone(bias_repo, tmp_path, executor):
@@ -89,7 +91,7 @@ def _kill_after(tmp_path, n_done: int, target) -> threading.Thread:
     def watch() -> None:
         end = time.monotonic() + 120
         while time.monotonic() < end:
-            logs = list((tmp_path / "attempts").glob("*/pipetask.log"))
+            logs = list((tmp_path / "attempts").glob("*/step.log"))
             if logs and logs[0].read_text().count("took ") >= n_done:
                 ident = target()
                 (os.killpg if ident < 0 else os.kill)(abs(ident), signal.SIGKILL)
@@ -117,8 +119,10 @@ def test_warm_step_killed_with_sigkill_is_judged_then_recovered(bias_repo, tmp_p
                    on_start=children.append)
         killer.join(5)
         if victim == "grandchild":
-            # Judged like a killed child: incomplete, what finished is kept, the dead quantum's outputs pruned.
-            assert out.killed and out.status == "incomplete" and out.returncodes == [-signal.SIGKILL]
+            # Judged like a killed child: incomplete, what finished is kept (registered by
+            # `autoproc-step register` at once), the dead quantum's outputs pruned.
+            assert out.killed and out.status == "incomplete" and out.returncodes == [-signal.SIGKILL, 0]
+            assert out.recovered and out.commands[-1][1] == "register"
             assert 2 <= out.succeeded["cpBiasIsr"] < 6
             assert process.recorded_exit(children[0].status_file) == 128 + signal.SIGKILL
         else:

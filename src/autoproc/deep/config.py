@@ -100,11 +100,16 @@ class DeepConfig(Section):
     where: str = Field(default="instrument='DECam' AND skymap='discrete'",
                        description="Data query of every graph (the chains already select the night).")
     mode: Literal["bps", "pipetask"] = Field(
-        default="bps", description="`bps`: `bps submit` with the Parsl plugin; `pipetask`: `pipetask run -j 1`.")
+        default="bps", description="`bps`: `bps submit` with the Parsl plugin; `pipetask`: one process per step "
+        "runs the step's graph (see `quantum_backed`).")
+    quantum_backed: bool = Field(
+        default=True, description="mode `pipetask`: the step's graph runs through `autoproc-step` (one "
+        "quantum-backed Butler for all its quanta, their outputs registered in one transaction at the end); "
+        "false: `pipetask run -j 1` (every output registered as it is written).")
     warm: bool = Field(
-        default=True, description="mode `pipetask`: each step's `pipetask run` is forked "
+        default=True, description="mode `pipetask`: each step's process is forked "
         "from a server that has the middleware imported already, in its own process group with its own log "
-        "(no 1-3 s of start-up per step); false: a fresh `pipetask` process per step.")
+        "(no 1-3 s of start-up per step); false: a fresh process per step.")
     warm_preload: list[str] = Field(
         default_factory=list, description="Python modules the warm server imports once besides the middleware "
         "(e.g. the science tasks' modules, `lsst.ip.isr`), so no step pays their import.")

@@ -10,13 +10,17 @@ One attempt:
    no RUN is made, no child is started.
 4. The work runs as a child started through `run_child` (default `process.run`: own
    session, log, exit-status file): `bps submit` with the Parsl plugin in the attempt
-   directory, or `pipetask run -j 1 -g <qg>` (the daemon passes warm.py's executor for
-   the latter, which forks it from a server with the middleware imported: same command
-   line, same session, log and exit file, no interpreter start-up).
+   directory, or `autoproc-step run REPO <qg>` (execute.py: one quantum-backed Butler,
+   one registration at the end; `quantum_backed=False`: `pipetask run -j 1 -g <qg>`).
+   The daemon passes warm.py's executor for the latter two, which forks them from a
+   server with the middleware imported: same command line, same session, log and exit
+   file, no interpreter start-up.
 5. The outcome comes from the Butler, never from the exit code: per task, succeeded =
    `<task>_metadata` in the RUN, failed = `<task>_log` without metadata (exception type
-   and message read from the log records). If the bps final job did not ingest, the
-   attempt is recovered with `butler aggregate-graph` (docs/DEEP.md#bps-submission).
+   and message read from the log records). What a child wrote but did not register is
+   registered first: if the bps final job did not ingest, with `butler aggregate-graph`
+   (docs/DEEP.md#bps-submission); if `autoproc-step run` was killed or could not
+   register, with `autoproc-step register`.
 6. Failures whose logs match the memory regexes (retries.py) are *retryable*: their
    `<task>_log` is copied to `<task>_log_retry` and purged, so the next check sees them
    as never run. Anything else is fatal and stays visible (skip-failures).
@@ -507,6 +511,7 @@ def run_step(
     inputs: Sequence[str] | None = None,
     where: str = "",
     mode: str = "pipetask",
+    quantum_backed: bool = True,
     submit_template: Path | str | None = None,
     submit_extra: Mapping[str, Any] | None = None,
     request_memory: int | None = None,
@@ -529,7 +534,8 @@ def run_step(
 
     `fixed_inputs`: when given, the chain is first rebuilt (collection.py) with them.
     `inputs`: input collections for the graph (default: the chain itself).
-    `mode`: "bps" (bps submit + Parsl, in `<attempt>/`) or "pipetask" (`pipetask run -j 1`).
+    `mode`: "bps" (bps submit + Parsl, in `<attempt>/`) or "pipetask" (`autoproc-step run`,
+    or `pipetask run -j 1` when not `quantum_backed`).
     `config_files`: {task label: config override file(s)}, applied in the graph (the
     children run the graph file, so they see the same configs).
     `cores`: the bps site's cores. `clusters`: bps `cluster:` entries ({name: {pipetasks,
@@ -601,12 +607,15 @@ def run_step(
                                    clusters=clusters)
         argv = [_tool("bps"), "submit", str(submit)]
         log = attempt_dir / "bps.log"
+    elif quantum_backed:
+        argv = [_tool("autoproc-step"), "run", repo, str(qg), "--summary", str(attempt_dir / "summary.json")]
+        log = attempt_dir / "step.log"
     else:
         argv = [_tool("pipetask"), "run", "-b", repo, "-g", str(qg), "--register-dataset-types",
                 "-j", "1", "--no-versions", "--summary", str(attempt_dir / "summary.json")]
-        log = attempt_dir / "pipetask.log"
+        log = attempt_dir / "step.log"
     record = {"state": "running", "run": run, "parent": parent, "pipeline": pipeline_uri, "step": step,
-              "mode": mode, "repo": repo, "qgraph": str(qg), "argv": argv, "log": str(log),
+              "mode": mode, "quantum_backed": mode == "pipetask" and quantum_backed, "repo": repo, "qgraph": str(qg), "argv": argv, "log": str(log),
               "expected": outcome.expected, "mock_storage_classes": mock_storage_classes,
               "submit_path": str(attempt_dir / "submit") if mode == "bps" else None,
               "started": dt.datetime.now(dt.UTC).isoformat()}
@@ -626,11 +635,13 @@ def run_step(
         outcome.seconds = time.perf_counter() - t0
         return outcome
     outcome.returncodes.append(res.returncode)
-    outcome.killed = bool(res.timed_out or res.returncode < 0 or res.returncode in (137, 143)
-                          or (should_stop is not None and should_stop()))
+    stopping = should_stop is not None and should_stop()
+    outcome.killed = bool(res.timed_out or res.returncode < 0 or res.returncode in (137, 143) or stopping)
     outcome.evidence["log_tail"] = res.tail(15)
+    # What a killed `autoproc-step` wrote is registered now, unless the daemon is stopping
+    # (then the next attempt's recovery does it); a killed bps attempt is always left to it.
     _finish(butler, outcome, record, run_child=run_child, env=child_env, rename_retryable=rename_retryable,
-            recover=not outcome.killed)
+            recover=not outcome.killed or (record["quantum_backed"] and not stopping))
     outcome.seconds = time.perf_counter() - t0
     _write_json(attempt_dir / "attempt.json", {**record, "state": "done", "outcome": outcome.to_json()})
     return outcome
@@ -661,6 +672,20 @@ def aggregate(repo: str, qgraph: str, attempt_dir: Path, *, mock_storage_classes
     return argv, res.returncode
 
 
+def _register(outcome: StepOutcome, record: Mapping, attempt_dir: Path, *, run_child: RunChild,
+              env: Mapping[str, str]) -> None:
+    """`autoproc-step register REPO QG`: what a killed `autoproc-step run`, or one that could
+    not register (exit `execute.NOT_REGISTERED`), left in the datastore only. If this fails
+    too, the attempt stays pending (`pending_attempts`) and the next one tries again first."""
+    argv = [_tool("autoproc-step"), "register", record["repo"], record["qgraph"]]
+    res = run_child(argv, cwd=attempt_dir, log=attempt_dir / "register.log", env=env)
+    outcome.commands.append(argv)
+    outcome.returncodes.append(res.returncode)
+    outcome.recovered = res.returncode == 0
+    if not outcome.recovered:
+        outcome.evidence["unregistered"] = True
+
+
 def _finish(butler, outcome: StepOutcome, record: Mapping, *, run_child: RunChild, env: Mapping[str, str],
             rename_retryable: bool, recover: bool) -> None:
     """Judge, recover the bps final job when needed, rename retryable logs, fix the chain."""
@@ -688,6 +713,8 @@ def _finish(butler, outcome: StepOutcome, record: Mapping, *, run_child: RunChil
             if prov_out and Path(prov_out).exists():
                 outcome.evidence["provenance_qg"] = prov_out
     else:
+        if record.get("quantum_backed") and recover and (not outcome.returncodes or outcome.returncodes[-1] not in (0, 1)):
+            _register(outcome, record, attempt_dir, run_child=run_child, env=env)
         summary = attempt_dir / "summary.json"
         if summary.exists():
             outcome.evidence["summary_json"] = str(summary)
@@ -759,8 +786,9 @@ def pending_attempts(attempt_root: Path | str, parent: str) -> list[Path]:
         if rec.get("parent") != parent or not rec.get("run"):
             continue
         oc = rec.get("outcome") or {}
-        if rec.get("state") == "running" or (oc.get("killed") and not oc.get("recovered")
-                                             and not oc.get("evidence", {}).get("recovery")):
+        evidence = oc.get("evidence", {})
+        if rec.get("state") == "running" or evidence.get("unregistered") or (
+                oc.get("killed") and not oc.get("recovered") and not evidence.get("recovery")):
             out.append(d)
     return out
 
@@ -787,8 +815,9 @@ def recover_attempt(butler, attempt_dir: Path | str, *, run_child: RunChild = pr
     record = json.loads((attempt_dir / "attempt.json").read_text())
     prev = record.get("outcome")
     if record.get("state") == "done" and prev:
-        if (prev.get("evidence") or {}).get("recovery") or (
-                not prev.get("killed") and prev.get("status") != "incomplete"):
+        evidence = prev.get("evidence") or {}
+        if not evidence.get("unregistered") and (evidence.get("recovery") or (
+                not prev.get("killed") and prev.get("status") != "incomplete")):
             return _outcome_from_json(prev)  # already final
     if "run" not in record or record.get("run") is None:
         return _outcome_from_json(record.get("outcome", {}))

@@ -361,6 +361,7 @@ class Steps:
             out = runner.run_step(
                 self.butler, str(repo_path(ctx.config)), self.pipeline, step, self.parent,
                 ctx.config.work_dir / "deep", fixed_inputs=self.fixed, where=cfg.where, mode=cfg.mode,
+                quantum_backed=cfg.quantum_backed,
                 submit_template=_submit_template(cfg), submit_extra=_submit_extra(ctx), request_memory=memory, cores=cfg.cores,
                 clusters=_clusters(cfg, labels), env=cfg.env, timeout=cfg.step_timeout_seconds,
                 run_child=_run_child(ctx.config),

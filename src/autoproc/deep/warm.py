@@ -1,14 +1,14 @@
-"""A warm executor for steps: `pipetask`/`butler` commands forked from a server that has
-the middleware imported already, instead of a fresh interpreter per step.
+"""A warm executor for steps: `autoproc-step`/`pipetask`/`butler` commands forked from a
+server that has the middleware imported already, instead of a fresh interpreter per step.
 
 The server (`python -m autoproc.deep.warm SOCKET`) is started once, imports the
 middleware (and `deep.warm_preload`), then waits on a Unix socket. Per request it forks
 one grandchild that starts its own session (own process group, killable as one, like
 `process.start`'s children), appends its output to the step's log, takes the step's
-environment and working directory, and runs the very command line `pipetask run -g
-<saved graph> ...` would run, through the same click entry point in-process. So the
-outputs, the logs and the judging from the Butler are those of a `pipetask` child; only
-the ~1–3 s of interpreter and middleware start-up is gone (benchmarks/README.md).
+environment and working directory, and runs the very command line (`autoproc-step run
+REPO <saved graph>`, or `pipetask run -g <saved graph> ...`) through the same entry point
+in-process. So the outputs, the logs and the judging from the Butler are those of a fresh
+child; only the ~1–3 s of interpreter and middleware start-up is gone (benchmarks/README.md).
 
 `WarmExecutor.run` has `process.run`'s signature (the runner's `run_child`): it reports
 the grandchild as a `process.Child` (pid = pgid, the log's `.exit` status file), so a
@@ -16,8 +16,8 @@ restarted daemon finds, kills and recovers it exactly like a `pipetask` child. A
 grandchild killed with SIGKILL is reaped by the server, which writes its status file
 (128 + signal, as the shell wrapper does). If the server itself dies, running
 grandchildren go on in their own sessions; the client waits for their group to end and
-the next request starts a new server. Commands other than `pipetask` and `butler`, and
-any command when the server cannot start or refuses it, run through `process.run` instead.
+the next request starts a new server. Commands other than those three, and any command
+when the server cannot start or refuses it, run through `process.run` instead.
 """
 
 from __future__ import annotations
@@ -45,13 +45,16 @@ from autoproc import process
 _LOG = logging.getLogger(__name__)
 
 # The entry point each command runs in the grandchild (the console scripts' `main`).
-ENTRY_POINTS = {"pipetask": "lsst.ctrl.mpexec.cli.pipetask", "butler": "lsst.daf.butler.cli.butler"}
+ENTRY_POINTS = {"pipetask": "lsst.ctrl.mpexec.cli.pipetask", "butler": "lsst.daf.butler.cli.butler",
+                "autoproc-step": "autoproc.deep.execute"}
 # What `pipetask run`, `run-qbb` and `butler aggregate-graph` import before their first
 # quantum; imported once in the server, shared copy-on-write by every grandchild.
 PRELOAD = (
     "lsst.ctrl.mpexec.cli.pipetask", "lsst.ctrl.mpexec.cli.cmd.commands", "lsst.ctrl.mpexec.cli.script.run",
     "lsst.ctrl.mpexec.cli.script.run_qbb", "lsst.daf.butler.cli.butler", "lsst.daf.butler.cli.cmd",
     "lsst.pipe.base.tests.mocks", "lsst.pipe.base.quantum_graph", "sqlalchemy.dialects.sqlite",
+    "autoproc.deep.execute", "lsst.pipe.base.mp_graph_executor", "lsst.pipe.base.single_quantum_executor",
+    "lsst.pipe.base.script.utils", "lsst.daf.butler.cli.cliLog",
 )
 START_TIMEOUT = 60.0
 
@@ -93,8 +96,8 @@ def _grandchild(req: Mapping, close: Sequence[socket.socket]) -> int:
     argv = [str(a) for a in req["argv"]]
     sys.argv = argv
     try:
-        importlib.import_module(ENTRY_POINTS[Path(argv[0]).name]).main()
-        rc = 0
+        code = importlib.import_module(ENTRY_POINTS[Path(argv[0]).name]).main()  # click's exit by SystemExit
+        rc = code if isinstance(code, int) else 0
     except SystemExit as exc:
         code = exc.code
         rc = code if isinstance(code, int) else (0 if code is None else 1)
@@ -281,7 +284,7 @@ class WarmExecutor:
     def run(self, argv: Sequence[str], *, cwd: Path | str, log: Path | str, env: Mapping[str, str] | None = None,
             timeout: float | None = None, on_start: Callable[[process.Child], None] | None = None,
             should_stop: Callable[[], bool] | None = None, stdin: Path | str | None = None) -> process.ChildResult:
-        """`process.run` for `pipetask`/`butler` commands, forked warm; anything else (or a
+        """`process.run` for the `ENTRY_POINTS` commands, forked warm; anything else (or a
         command with standard input) through `process.run` itself."""
         argv = [str(a) for a in argv]
         if not argv or Path(argv[0]).name not in ENTRY_POINTS or stdin is not None:
