@@ -5,8 +5,9 @@
 
 The night: 5 zeros, 5 VR dome flats, 10 VR science exposures (20 exposures) × 4 CCDs, bias →
 flat → DRP with the DEEP step lists (bias step1-2, flat step0-3, DRP step0-step3a), the
-simulator's mock pipelines. Both sides run every step as `pipetask run -j 1` (bps submit would
-add the same ~3 s per step and job start-ups to both sides; the point here is the orchestration).
+simulator's mock pipelines. The seed's side runs every step as `pipetask run -j 1`; autoproc's
+as `--executor` says (bps submit would add the same ~3 s per step and job start-ups to both
+sides; the point here is the orchestration).
 
 autoproc: a real `autoproc daemon` on a watched directory already holding the raws (its
 reconcile scan finds them); timed from daemon start to the night's `waiting_template`/`done`.
@@ -22,8 +23,12 @@ calls of the same functions autoproc uses (`butler define-visits` needs obs_base
 Reported: wall time of both, the ratio, and autoproc's overhead over pure quantum execution
 (Σ endUtc − prepUtc over every `<task>_metadata` of the night), per step and per quantum (the
 child's time between quanta), with the per-step profile of `step_profile.py` on stderr.
-`--executor both` (the default) runs the autoproc night twice in the run: steps forked from the
-warm server (`deep.warm`), then a fresh `pipetask` process per step. `--drp-through step1`
+`--executor step pipetask` (the default) runs the autoproc night twice in the run: each step's
+graph through `autoproc-step` (one quantum-backed Butler, one registration per step), then
+through `pipetask run`, both forked from the warm server (`deep.warm`); `process` adds a fresh
+`pipetask` process per step. The last one named is the baseline of the ratios, and its pure
+quantum time is reported against the others' wall time too (pipetask registers each output
+inside the quantum, so its pure quantum time is the larger). `--drp-through step1`
 stops both sides after that DRP step (the survey-scale night: `--detectors 1,...,60`).
 
 `--registry postgres` puts autoproc's Butler registry on a private PostgreSQL server started
@@ -91,14 +96,22 @@ def quantum_seconds(repo: Path, chains: list[str]) -> tuple[float, int]:
 # --- autoproc ---------------------------------------------------------------------------
 
 
+# How autoproc's steps run (deep.* keys): the graph through `autoproc-step` forked warm (the
+# default), `pipetask run` forked warm, `pipetask run` as a fresh process per step.
+EXECUTORS = {"step": {"quantum_backed": True, "warm": True},
+             "pipetask": {"quantum_backed": False, "warm": True},
+             "process": {"quantum_backed": False, "warm": False}}
+
+
 def run_autoproc(work: Path, raw_dir: Path, name: str = "autoproc", registry_db: str | None = None,
-                 warm: bool = True) -> float:
+                 executor: str = "step") -> float:
     from autoproc.store import Store
 
     root = work / name
     from autoproc.sim.deep.scenario import deep_settings
 
-    deep = {**deep_settings(), "mode": "pipetask", "ingest_quiet_seconds": 0.3, "warm": warm, "steps": STEPS}
+    deep = {**deep_settings(), "mode": "pipetask", "ingest_quiet_seconds": 0.3, **EXECUTORS[executor],
+            "steps": STEPS}
     namespace = name.replace("-", "_") if registry_db else None  # a PostgreSQL schema name
     if registry_db:
         deep.update(registry_db=registry_db, registry_namespace=namespace)
@@ -260,9 +273,10 @@ def main() -> int:
     ap.add_argument("--no-seed", action="store_true", help="skip the seed's way")
     ap.add_argument("--drp-through", default=None, choices=STEPS["drp"],
                     help="the last DRP step run (both sides); default: all of them")
-    ap.add_argument("--executor", choices=["warm", "process", "both"], default="both",
-                    help="autoproc's steps forked from the warm server, as fresh pipetask processes, or both "
-                    "(in this run, warm first; the overhead and seed ratio are of the first)")
+    ap.add_argument("--executor", nargs="+", choices=list(EXECUTORS), default=["step", "pipetask"],
+                    help="how autoproc's steps run, one night each in this run, in this order (the overhead "
+                    "and seed ratio are of the first): step = autoproc-step forked warm (the default), "
+                    "pipetask = pipetask run forked warm, process = a fresh pipetask run per step")
     args = ap.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="deep-night-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -277,12 +291,12 @@ def main() -> int:
     try:
         walls, quanta, profiles, loads = {}, {}, {}, {}
         for registry in (["sqlite", "postgres"] if args.registry == "both" else [args.registry]):
-            for executor in (["warm", "process"] if args.executor == "both" else [args.executor]):
+            for executor in args.executor:
                 key = f"{registry}/{executor}"
                 name = f"autoproc-{registry}-{executor}"
                 loads[key] = os.getloadavg()[0]
                 walls[key] = run_autoproc(work, work / "raws", name, server.url() if registry == "postgres" else None,
-                                          warm=executor == "warm")
+                                          executor)
                 quanta[key] = quantum_seconds(work / name / "repo", [f"DEEP/{NIGHT}/{p}" for p in STEPS])
                 print(f"{key}: per-step profile (seconds)", file=sys.stderr)
                 profiles[key] = {c: round(v, 2) for c, v in step_profile.print_table(
@@ -304,10 +318,18 @@ def main() -> int:
               "ms_per_step": {k: round(1000 * (walls[k] - quanta[k][0] - profiles[k]["between_q"]) / steps)
                               for k in walls},
               "profile_sums": profiles, "load_average_at_start": loads, "work_dir": str(work)}
-    if "sqlite/warm" in walls and "sqlite/process" in walls:
-        result["ratio_warm_over_process"] = round(walls["sqlite/warm"] / walls["sqlite/process"], 3)
+    registries = sorted({k.split("/")[0] for k in walls})
+    base = args.executor[-1]  # the baseline: the last executor of the run
+    for ex in args.executor[:-1]:
+        for reg in registries:
+            result[f"ratio_{ex}_over_{base}" + ("" if len(registries) == 1 else f"_{reg}")] = round(
+                walls[f"{reg}/{ex}"] / walls[f"{reg}/{base}"], 3)
+        # The same quanta's pure time in the baseline's run (pipetask writes each output through
+        # the registry inside the quantum, so its pure time is larger than autoproc-step's).
+        result[f"{ex}_over_{base}_quanta"] = {
+            reg: round(walls[f"{reg}/{ex}"] / quanta[f"{reg}/{base}"][0], 2) for reg in registries}
     if args.registry == "both":
-        ex = "warm" if args.executor != "process" else "process"
+        ex = args.executor[0]
         result["ratio_postgres_over_sqlite"] = round(walls[f"postgres/{ex}"] / walls[f"sqlite/{ex}"], 3)
     if not args.no_seed:
         t_seed, n_cmd = run_seed(work, raws)
@@ -320,8 +342,9 @@ def main() -> int:
         print(f"autoproc on {registry}: {wall:.1f} s")
     if "ratio_postgres_over_sqlite" in result:
         print(f"PostgreSQL / SQLite: {result['ratio_postgres_over_sqlite']:.2f}")
-    if "ratio_warm_over_process" in result:
-        print(f"warm / process: {result['ratio_warm_over_process']:.2f}")
+    for k, v in result.items():
+        if k.startswith("ratio_") and "_over_" in k and "seed" not in k and "postgres" not in k:
+            print(f"{k[6:].replace('_over_', ' / ')}: {v:.2f}")
     if not args.no_seed:
         print(f"autoproc {t_auto:.1f} s vs seed {t_seed:.1f} s ({n_cmd} processes): ratio {t_auto / t_seed:.2f} "
               f"(goal <= 0.5); autoproc overhead over quantum execution {t_auto - q_auto:.1f} s "

@@ -4,7 +4,7 @@
 
 One repository; night after night (bias raws of the simulated DECam, `--biases` zeros ×
 `--detectors` CCDs): ingest, tag, chain, then bias step1 and step2 through `runner.run_step`
-with the warm executor, as the daemon runs them. For every night: the in-process check of
+with the warm executor and `autoproc-step` (the defaults), as the daemon runs them. For every night: the in-process check of
 step1 before it ran (`quanta.check_step`, graph build), the whole step1 attempt (chain
 rebuild, graph build and save, the warm child, judging) and its pure quantum time (Σ endUtc −
 prepUtc), and the check of the finished night (the empty check a daemon makes of every done

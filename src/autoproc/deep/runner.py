@@ -561,17 +561,10 @@ def run_step(
     pipeline_name = colls.pipeline_name_of(ppath)
     outcome = StepOutcome(status="error", parent=parent, pipeline=pipeline_uri, step=step, mode=mode)
 
-    if recover_pending:
-        recovered = []
-        for prev in pending_attempts(attempt_root, parent):
-            rec = recover_attempt(butler, prev, run_child=run_child, env=env, rename_retryable=rename_retryable)
-            recovered.append({"attempt_dir": str(prev), "run": rec.run, "status": rec.status,
-                              "recovered": rec.recovered, "succeeded": rec.succeeded})
-            kept = sum(rec.succeeded.values())
-            if kept and on_progress is not None:
-                on_progress(f"{kept} quanta finished by the interrupted {rec.run} were kept")
-        if recovered:
-            outcome.evidence["recovered_attempts"] = recovered
+    if recover_pending and (recovered := recover_pending_attempts(
+            butler, attempt_root, parent, run_child=run_child, env=env, rename_retryable=rename_retryable,
+            on_progress=on_progress)):
+        outcome.evidence["recovered_attempts"] = recovered
     if fixed_inputs is not None:
         outcome.evidence["chain_before"] = colls.rebuild_chain(butler, parent, fixed_inputs).to_json()
     run = _unique_run(butler, parent, pipeline_name, step, now, Path(attempt_root))
@@ -641,7 +634,7 @@ def run_step(
     # What a killed `autoproc-step` wrote is registered now, unless the daemon is stopping
     # (then the next attempt's recovery does it); a killed bps attempt is always left to it.
     _finish(butler, outcome, record, run_child=run_child, env=child_env, rename_retryable=rename_retryable,
-            recover=not outcome.killed or (record["quantum_backed"] and not stopping))
+            recover=not outcome.killed or (quantum_backed and mode == "pipetask" and not stopping))
     outcome.seconds = time.perf_counter() - t0
     _write_json(attempt_dir / "attempt.json", {**record, "state": "done", "outcome": outcome.to_json()})
     return outcome
@@ -791,6 +784,22 @@ def pending_attempts(attempt_root: Path | str, parent: str) -> list[Path]:
                 oc.get("killed") and not oc.get("recovered") and not evidence.get("recovery")):
             out.append(d)
     return out
+
+
+def recover_pending_attempts(butler, attempt_root: Path | str, parent: str, *, run_child: RunChild = process.run,
+                             env: Mapping[str, str] | None = None, rename_retryable: bool = True,
+                             on_progress: Callable[[str], None] | None = None) -> list[dict]:
+    """`recover_attempt` for every pending attempt of `parent` (`pending_attempts`); what each
+    kept. `on_progress` hears how many finished quanta an interrupted attempt kept."""
+    recovered = []
+    for prev in pending_attempts(attempt_root, parent):
+        rec = recover_attempt(butler, prev, run_child=run_child, env=env, rename_retryable=rename_retryable)
+        recovered.append({"attempt_dir": str(prev), "run": rec.run, "status": rec.status,
+                          "recovered": rec.recovered, "succeeded": rec.succeeded})
+        kept = sum(rec.succeeded.values())
+        if kept and on_progress is not None:
+            on_progress(f"{kept} quanta finished by the interrupted {rec.run} were kept")
+    return recovered
 
 
 def _refuse_beside_child(attempt_dir: Path, record: Mapping) -> None:

@@ -407,10 +407,20 @@ def _step_summary(steps: Steps) -> dict[str, Any]:
 
 
 def _pending_rerun(ctx: ActionContext) -> Outcome | None:
-    """An operator's rerun not yet carried out: set aside what it redoes first."""
-    if not (ctx.subject.data.get("rerun") or {}).get("pending"):
+    """An operator's rerun not yet carried out: set aside what it redoes first. A step the
+    rerun superseded may have left outputs its RUN has not registered yet (an `autoproc-step`
+    killed mid-step): they are registered first, so that RUN is set aside with the others
+    rather than chained by a later recovery."""
+    request = ctx.subject.data.get("rerun") or {}
+    if not request.get("pending"):
         return None
     with open_butler(ctx.config) as butler:
+        for chain in request.get("chains", []):
+            try:
+                runner.recover_pending_attempts(butler, ctx.config.work_dir / "deep", chain["parent"],
+                                                run_child=_run_child(ctx.config), env=ctx.config.deep.env)
+            except runner.RunnerError as err:  # the superseded step's child is not gone yet
+                raise Wait(str(err), retry_after=10.0) from None
         return rerun.carry_out(butler, ctx.subject)
 
 
