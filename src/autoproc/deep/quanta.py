@@ -317,6 +317,7 @@ def build_graph_file(butler, pipeline: str | Path, step: str | None, chain: str,
     st = _status_from(builder, components, ppath, step, chain, where, skip_failures, t0)
     if st.empty:
         return st
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     components.write(str(path))
     st.seconds = time.perf_counter() - t0
     return st

@@ -467,8 +467,8 @@ def write_submit_yaml(attempt_dir: Path, template: Path | str | None, *, repo: s
 
 def _unique_run(butler, parent: str, pipeline_name: str, step: str | None, now: dt.datetime | None,
                 attempt_root: Path) -> str:
-    """A RUN name that neither exists nor has an attempt directory (an attempt that found
-    nothing to do makes no RUN but keeps its directory)."""
+    """A RUN name that neither exists nor has an attempt directory (an attempt killed
+    before its child registered anything has a directory but no RUN yet)."""
     from lsst.daf.butler import MissingCollectionError
 
     t = now or dt.datetime.now(dt.UTC)
@@ -481,6 +481,20 @@ def _unique_run(butler, parent: str, pipeline_name: str, step: str | None, now: 
                 return run
         t = t + dt.timedelta(seconds=1)
     raise RunnerError(f"no free run name under {parent}")
+
+
+def step_clusters(clusters: Mapping[str, Mapping[str, Any]] | None, labels: Sequence[str]
+                  ) -> dict[str, dict[str, Any]] | None:
+    """The bps clusters of one step: each entry cut to the step's task labels, entries with
+    none of them left out; None (unset) stays None (the submit template's own)."""
+    if clusters is None:
+        return None
+    out = {}
+    for name, spec in clusters.items():
+        used = [t.strip() for t in str(spec.get("pipetasks", "")).split(",") if t.strip() in labels]
+        if used:
+            out[name] = {**spec, "pipetasks": ",".join(used)}
+    return out
 
 
 def _write_json(path: Path, data: Mapping) -> None:
@@ -539,8 +553,9 @@ def run_step(
     `config_files`: {task label: config override file(s)}, applied in the graph (the
     children run the graph file, so they see the same configs).
     `cores`: the bps site's cores. `clusters`: bps `cluster:` entries ({name: {pipetasks,
-    dimensions, equalDimensions}}) with dimension clustering; {} = one job per quantum;
-    None keeps the template's.
+    dimensions, equalDimensions}}) with dimension clustering, each cut to the step's own
+    tasks (an entry with none of them is left out); {} = one job per quantum; None keeps
+    the template's.
     `request_memory` (MB) goes to bps `requestMemory`; raise it for a retry after a
     memory failure. `attempt_root/<run with / as _>` is the attempt directory.
     `recover_pending`: first finish (`recover_attempt`) every earlier attempt of this
@@ -568,9 +583,10 @@ def run_step(
     if fixed_inputs is not None:
         outcome.evidence["chain_before"] = colls.rebuild_chain(butler, parent, fixed_inputs).to_json()
     run = _unique_run(butler, parent, pipeline_name, step, now, Path(attempt_root))
+    # The attempt directory is made when the graph has work (build_graph_file writes the
+    # graph into it then): a check that finds nothing, or cannot build, leaves no trace but
+    # the outcome the caller journals.
     attempt_dir = Path(attempt_root) / run.replace("/", "_")
-    attempt_dir.mkdir(parents=True, exist_ok=False)
-    outcome.run, outcome.attempt_dir = run, str(attempt_dir)
     qg = attempt_dir / f"{run.replace('/', '_')}.qg"
     try:
         st = quanta.build_graph_file(butler, ppath, step, parent, run, qg, where=where,
@@ -579,16 +595,14 @@ def run_step(
     except quanta.StepCheckError as err:
         outcome.error, outcome.error_kind = str(err), err.kind
         outcome.seconds = time.perf_counter() - t0
-        _write_json(attempt_dir / "attempt.json", {"state": "done", "outcome": outcome.to_json()})
         return outcome
     outcome.evidence["graph"] = st.to_json()
     outcome.expected = dict(st.to_run)
     if st.empty:
         outcome.status = "nothing_to_do"
-        outcome.run = None
         outcome.seconds = time.perf_counter() - t0
-        _write_json(attempt_dir / "attempt.json", {"state": "done", "outcome": outcome.to_json()})
         return outcome
+    outcome.run, outcome.attempt_dir = run, str(attempt_dir)
     if mock_storage_classes is None:
         mock_storage_classes = st.mock_storage_classes
     child_env = venv_env(env)
@@ -597,7 +611,7 @@ def run_step(
                                    qgraph_file=qg, inputs=list(inputs or [parent]), output_run=run,
                                    parent=parent, where=where, mock_storage_classes=mock_storage_classes,
                                    request_memory=request_memory, extra=submit_extra, cores=cores,
-                                   clusters=clusters)
+                                   clusters=step_clusters(clusters, list(st.to_run)))
         argv = [_tool("bps"), "submit", str(submit)]
         log = attempt_dir / "bps.log"
     elif quantum_backed:
