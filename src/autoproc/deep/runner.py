@@ -503,14 +503,56 @@ def _write_json(path: Path, data: Mapping) -> None:
     tmp.replace(path)
 
 
-def _repo_root(butler, repo: str | None) -> str:
-    if repo:
-        return str(repo)
-    raise RunnerError("the repo path (for child processes) is required")
+def _check_mode(mode: str) -> str:
+    if mode not in ("bps", "pipetask"):
+        raise RunnerError(f"mode must be bps or pipetask, got {mode!r}")
+    return mode
 
 
-def _tasks_of(builder_status: quanta.StepStatus) -> list[str]:
-    return list(builder_status.to_run.keys())
+@dataclass
+class StepPlan:
+    """One step's graph for a new RUN, built in-process: what is left to do (`status`: the
+    "anything left?" check) and, when there is work, the graph file the child runs, in the
+    new attempt's directory. One build serves both (`plan_step`)."""
+
+    parent: str
+    pipeline: str  # the pipeline file (no #fragment)
+    step: str | None
+    run: str
+    attempt_dir: Path
+    qgraph: Path
+    where: str
+    inputs: list[str] | None
+    status: quanta.StepStatus
+
+    @property
+    def pipeline_uri(self) -> str:
+        return f"{self.pipeline}#{self.step}" if self.step else self.pipeline
+
+
+def plan_step(butler, pipeline: str | Path, step: str | None, parent: str, attempt_root: Path | str, *,
+              where: str = "", inputs: Sequence[str] | None = None, skip_failures: bool = True,
+              config_files: Mapping[str, Sequence[str] | str] | None = None,
+              now: dt.datetime | None = None) -> StepPlan:
+    """Build `pipeline#step`'s graph over the chain `parent` for a new RUN (skip-existing-in
+    the chain, the skip-failures rule; `inputs` default to the chain). The graph file and its
+    attempt directory (`attempt_root/<run with / as _>`) are written only when the graph has
+    work: a step found done leaves nothing behind. Raises quanta.StepCheckError when the
+    graph cannot be built (`kind` "missing_input": the daemon waits)."""
+    colls.check_collection(parent)
+    where = check_where(where)
+    ppath, _, frag = str(pipeline).partition("#")
+    step = frag or step
+    if step:
+        colls.check_step(step)
+    run = _unique_run(butler, parent, colls.pipeline_name_of(ppath), step, now, Path(attempt_root))
+    attempt_dir = Path(attempt_root) / run.replace("/", "_")
+    qg = attempt_dir / f"{run.replace('/', '_')}.qg"
+    listed = list(inputs) if inputs else None
+    st = quanta.build_graph_file(butler, ppath, step, parent, run, qg, where=where, skip_failures=skip_failures,
+                                 inputs=listed, config_files=config_files)
+    return StepPlan(parent=parent, pipeline=ppath, step=step, run=run, attempt_dir=attempt_dir, qgraph=qg,
+                    where=where, inputs=listed, status=st)
 
 
 def run_step(
@@ -524,6 +566,56 @@ def run_step(
     fixed_inputs: Sequence[str] | None = None,
     inputs: Sequence[str] | None = None,
     where: str = "",
+    skip_failures: bool = True,
+    config_files: Mapping[str, Sequence[str] | str] | None = None,
+    rename_retryable: bool = True,
+    run_child: RunChild = process.run,
+    env: Mapping[str, str] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+    now: dt.datetime | None = None,
+    recover_pending: bool = True,
+    **execution: Any,
+) -> StepOutcome:
+    """Run one attempt of `pipeline#step` over the chain `parent` (see the module doc):
+    recover what earlier attempts left, rebuild the chain, `plan_step`, `execute_plan`.
+
+    `fixed_inputs`: when given, the chain is first rebuilt (collection.py) with them.
+    `recover_pending`: first finish (`recover_attempt`) every earlier attempt of this
+    parent under `attempt_root` that was left running or killed (raises RunnerError if
+    its child group is still alive on this host), so no finished quantum is redone;
+    `on_progress` hears how many finished quanta that kept. `execution`: the keywords of
+    `execute_plan` (mode, timeout, on_start, should_stop, ...); the rest as `plan_step`.
+    """
+    t0 = time.perf_counter()
+    mode = _check_mode(execution.get("mode", "pipetask"))
+    evidence: dict[str, Any] = {}
+    if recover_pending and (recovered := recover_pending_attempts(
+            butler, attempt_root, parent, run_child=run_child, env=env, rename_retryable=rename_retryable,
+            on_progress=on_progress)):
+        evidence["recovered_attempts"] = recovered
+    if fixed_inputs is not None:
+        evidence["chain_before"] = colls.rebuild_chain(butler, parent, fixed_inputs).to_json()
+    try:
+        plan = plan_step(butler, pipeline, step, parent, attempt_root, where=where, inputs=inputs,
+                         skip_failures=skip_failures, config_files=config_files, now=now)
+    except quanta.StepCheckError as err:
+        ppath, _, frag = str(pipeline).partition("#")
+        step = frag or step
+        outcome = StepOutcome(status="error", parent=parent, pipeline=f"{ppath}#{step}" if step else ppath,
+                              step=step, mode=mode, error=str(err), error_kind=err.kind)
+    else:
+        outcome = execute_plan(butler, repo, plan, rename_retryable=rename_retryable, run_child=run_child,
+                               env=env, **execution)
+    outcome.evidence.update(evidence)
+    outcome.seconds = time.perf_counter() - t0
+    return outcome
+
+
+def execute_plan(
+    butler,
+    repo: str,
+    plan: StepPlan,
+    *,
     mode: str = "pipetask",
     quantum_backed: bool = True,
     submit_template: Path | str | None = None,
@@ -531,71 +623,30 @@ def run_step(
     request_memory: int | None = None,
     cores: int | None = None,
     clusters: Mapping[str, Mapping[str, Any]] | None = None,
-    skip_failures: bool = True,
     rename_retryable: bool = True,
     mock_storage_classes: bool | None = None,
-    config_files: Mapping[str, Sequence[str] | str] | None = None,
     run_child: RunChild = process.run,
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
     on_start: Callable[[process.Child], None] | None = None,
-    on_progress: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    now: dt.datetime | None = None,
-    recover_pending: bool = True,
 ) -> StepOutcome:
-    """Run one attempt of `pipeline#step` over the chain `parent` (see the module doc).
+    """Run a planned step's graph in a child and judge it; "nothing_to_do" when the plan has
+    no work. The caller recovered earlier attempts of the chain first (`run_step` does).
 
-    `fixed_inputs`: when given, the chain is first rebuilt (collection.py) with them.
-    `inputs`: input collections for the graph (default: the chain itself).
     `mode`: "bps" (bps submit + Parsl, in `<attempt>/`) or "pipetask" (`autoproc-step run`,
     or `pipetask run -j 1` when not `quantum_backed`).
-    `config_files`: {task label: config override file(s)}, applied in the graph (the
-    children run the graph file, so they see the same configs).
     `cores`: the bps site's cores. `clusters`: bps `cluster:` entries ({name: {pipetasks,
     dimensions, equalDimensions}}) with dimension clustering, each cut to the step's own
     tasks (an entry with none of them is left out); {} = one job per quantum; None keeps
     the template's.
     `request_memory` (MB) goes to bps `requestMemory`; raise it for a retry after a
-    memory failure. `attempt_root/<run with / as _>` is the attempt directory.
-    `recover_pending`: first finish (`recover_attempt`) every earlier attempt of this
-    parent under `attempt_root` that was left running or killed (raises RunnerError if
-    its child group is still alive on this host), so no finished quantum is redone;
-    `on_progress` hears how many finished quanta that kept.
+    memory failure.
     """
     t0 = time.perf_counter()
-    if mode not in ("bps", "pipetask"):
-        raise RunnerError(f"mode must be bps or pipetask, got {mode!r}")
-    colls.check_collection(parent)
-    where = check_where(where)
-    ppath, _, frag = str(pipeline).partition("#")
-    step = frag or step
-    if step:
-        colls.check_step(step)
-    pipeline_uri = f"{ppath}#{step}" if step else ppath
-    pipeline_name = colls.pipeline_name_of(ppath)
-    outcome = StepOutcome(status="error", parent=parent, pipeline=pipeline_uri, step=step, mode=mode)
-
-    if recover_pending and (recovered := recover_pending_attempts(
-            butler, attempt_root, parent, run_child=run_child, env=env, rename_retryable=rename_retryable,
-            on_progress=on_progress)):
-        outcome.evidence["recovered_attempts"] = recovered
-    if fixed_inputs is not None:
-        outcome.evidence["chain_before"] = colls.rebuild_chain(butler, parent, fixed_inputs).to_json()
-    run = _unique_run(butler, parent, pipeline_name, step, now, Path(attempt_root))
-    # The attempt directory is made when the graph has work (build_graph_file writes the
-    # graph into it then): a check that finds nothing, or cannot build, leaves no trace but
-    # the outcome the caller journals.
-    attempt_dir = Path(attempt_root) / run.replace("/", "_")
-    qg = attempt_dir / f"{run.replace('/', '_')}.qg"
-    try:
-        st = quanta.build_graph_file(butler, ppath, step, parent, run, qg, where=where,
-                                     skip_failures=skip_failures, inputs=list(inputs) if inputs else None,
-                                     config_files=config_files)
-    except quanta.StepCheckError as err:
-        outcome.error, outcome.error_kind = str(err), err.kind
-        outcome.seconds = time.perf_counter() - t0
-        return outcome
+    _check_mode(mode)
+    st, run, attempt_dir, qg, parent = plan.status, plan.run, plan.attempt_dir, plan.qgraph, plan.parent
+    outcome = StepOutcome(status="error", parent=parent, pipeline=plan.pipeline_uri, step=plan.step, mode=mode)
     outcome.evidence["graph"] = st.to_json()
     outcome.expected = dict(st.to_run)
     if st.empty:
@@ -607,9 +658,9 @@ def run_step(
         mock_storage_classes = st.mock_storage_classes
     child_env = venv_env(env)
     if mode == "bps":
-        submit = write_submit_yaml(attempt_dir, submit_template, repo=repo, pipeline_uri=pipeline_uri,
-                                   qgraph_file=qg, inputs=list(inputs or [parent]), output_run=run,
-                                   parent=parent, where=where, mock_storage_classes=mock_storage_classes,
+        submit = write_submit_yaml(attempt_dir, submit_template, repo=repo, pipeline_uri=plan.pipeline_uri,
+                                   qgraph_file=qg, inputs=list(plan.inputs or [parent]), output_run=run,
+                                   parent=parent, where=plan.where, mock_storage_classes=mock_storage_classes,
                                    request_memory=request_memory, extra=submit_extra, cores=cores,
                                    clusters=step_clusters(clusters, list(st.to_run)))
         argv = [_tool("bps"), "submit", str(submit)]
@@ -621,9 +672,10 @@ def run_step(
         argv = [_tool("pipetask"), "run", "-b", repo, "-g", str(qg), "--register-dataset-types",
                 "-j", "1", "--no-versions", "--summary", str(attempt_dir / "summary.json")]
         log = attempt_dir / "step.log"
-    record = {"state": "running", "run": run, "parent": parent, "pipeline": pipeline_uri, "step": step,
-              "mode": mode, "quantum_backed": mode == "pipetask" and quantum_backed, "repo": repo, "qgraph": str(qg), "argv": argv, "log": str(log),
-              "expected": outcome.expected, "mock_storage_classes": mock_storage_classes,
+    quantum_backed = mode == "pipetask" and quantum_backed
+    record = {"state": "running", "run": run, "parent": parent, "pipeline": plan.pipeline_uri, "step": plan.step,
+              "mode": mode, "quantum_backed": quantum_backed, "repo": repo, "qgraph": str(qg), "argv": argv,
+              "log": str(log), "expected": outcome.expected, "mock_storage_classes": mock_storage_classes,
               "submit_path": str(attempt_dir / "submit") if mode == "bps" else None,
               "started": dt.datetime.now(dt.UTC).isoformat()}
     _write_json(attempt_dir / "attempt.json", record)
@@ -648,7 +700,7 @@ def run_step(
     # What a killed `autoproc-step` wrote is registered now, unless the daemon is stopping
     # (then the next attempt's recovery does it); a killed bps attempt is always left to it.
     _finish(butler, outcome, record, run_child=run_child, env=child_env, rename_retryable=rename_retryable,
-            recover=not outcome.killed or (quantum_backed and mode == "pipetask" and not stopping))
+            recover=not outcome.killed or (quantum_backed and not stopping))
     outcome.seconds = time.perf_counter() - t0
     _write_json(attempt_dir / "attempt.json", {**record, "state": "done", "outcome": outcome.to_json()})
     return outcome
