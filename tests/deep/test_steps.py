@@ -228,9 +228,11 @@ def test_fatal_failure_then_skip_failures_then_release(bias_repo, tmp_path):
     assert [d["data_id"]["exposure"] for d in st.failed["cpBiasIsr"]] == [exp]
     # without skip-failures the failed one is work again (plain skip-existing)
     assert Q.check_step(b, pipe, "step1", PARENT, skip_failures=False).to_run == {"cpBiasIsr": 1}
-    # nothing to do: no run, no child
+    # nothing to do: no run, no child, no attempt directory
+    attempts = sorted((tmp_path / "attempts").iterdir())
     again = run_bias_step(b, repo, pipe, tmp_path)
     assert again.status == "nothing_to_do" and again.run is None and not again.commands
+    assert again.attempt_dir is None and sorted((tmp_path / "attempts").iterdir()) == attempts
     # the operator releases it (retries.py rename); a new attempt without the failure fixes it
     assert R.release_failures(b, PARENT, pipeline=pipe, step="step1") == 1
     assert Q.check_step(b, pipe, "step1", PARENT).to_run == {"cpBiasIsr": 1}
