@@ -21,7 +21,9 @@ calls of the same functions autoproc uses (`butler define-visits` needs obs_base
 
 Reported: wall time of both, the ratio, and autoproc's overhead over pure quantum execution
 (Σ endUtc − prepUtc over every `<task>_metadata` of the night), per step and per quantum (the
-child's time between quanta), with the per-step profile of `step_profile.py` on stderr.
+child's time between quanta), with the per-step profile of `step_profile.py` on stderr, and the
+night's step checks (`step_checks`: `checked` in-process checks, `remembered` steps the night's
+step memory took as done instead, each a check before that memory).
 `--executor both` (the default) runs the autoproc night twice in the run: steps forked from the
 warm server (`deep.warm`), then a fresh `pipetask` process per step. `--drp-through step1`
 stops both sides after that DRP step (the survey-scale night: `--detectors 1,...,60`).
@@ -275,7 +277,7 @@ def main() -> int:
     steps = sum(len(s) for s in STEPS.values())
     server = postgres_server(work) if args.registry != "sqlite" else None
     try:
-        walls, quanta, profiles, loads = {}, {}, {}, {}
+        walls, quanta, profiles, loads, checks = {}, {}, {}, {}, {}
         for registry in (["sqlite", "postgres"] if args.registry == "both" else [args.registry]):
             for executor in (["warm", "process"] if args.executor == "both" else [args.executor]):
                 key = f"{registry}/{executor}"
@@ -287,6 +289,7 @@ def main() -> int:
                 print(f"{key}: per-step profile (seconds)", file=sys.stderr)
                 profiles[key] = {c: round(v, 2) for c, v in step_profile.print_table(
                     step_profile.profile(work / name), file=sys.stderr).items()}
+                checks[key] = step_profile.step_checks(work / name)
     finally:
         if server is not None:
             server.stop()
@@ -303,6 +306,8 @@ def main() -> int:
               "ms_per_quantum": {k: round(1000 * profiles[k]["between_q"] / quanta[k][1], 1) for k in walls},
               "ms_per_step": {k: round(1000 * (walls[k] - quanta[k][0] - profiles[k]["between_q"]) / steps)
                               for k in walls},
+              # `quanta.check_step` calls over the night, and steps taken as done from the step memory
+              "step_checks": checks,
               "profile_sums": profiles, "load_average_at_start": loads, "work_dir": str(work)}
     if "sqlite/warm" in walls and "sqlite/process" in walls:
         result["ratio_warm_over_process"] = round(walls["sqlite/warm"] / walls["sqlite/process"], 3)

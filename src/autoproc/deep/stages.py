@@ -7,7 +7,8 @@ runs one step per state entry: it checks the proc type's steps in order in-proce
 first one with work left (`runner.run_step`: bps or pipetask, judged from the Butler) and
 fires the self-loop `next_step`; once every step's graph is empty it finishes the proc
 type (certify, borrow, …) and fires the trigger that leaves the state. So the journal has
-one row per step run. After `rerun-from` a state, the first action to run sets aside the
+one row per step run. The steps found done are remembered in the subject's data and not
+checked again until their inputs may have changed (docs/DEEP.md#step-memory). After `rerun-from` a state, the first action to run sets aside the
 RUNs and certifications the operator asked to redo (`autoproc.deep.rerun`), as a
 `next_step` of its own, so the steps then run again into new RUNs.
 
@@ -384,11 +385,21 @@ class Steps:
     def _remember(self, basis: dict[str, Any], found: dict[str, dict[str, Any]]) -> None:
         self.memory[self.parent] = {"for": basis, "done": dict(found)}
 
+    def forget(self) -> None:
+        """Check every step again: the chain's inputs changed."""
+        self.memory.pop(self.parent, None)
+
+    def forget_if_tagged(self, tag: colls.TagResult) -> None:
+        """Forget when the tagging just added or replaced inputs of the chain."""
+        if tag.associated or tag.removed:
+            self.forget()
+
     def advance(self) -> Outcome | None:
         """Run the first step with work left and return its Outcome (`next_step`), or None
         when every step's graph is empty. Raises Retry / Wait / Fail per the rules above.
         Steps remembered done are not checked again (docs/DEEP.md#step-memory)."""
-        colls.rebuild_chain(self.butler, self.parent, self.fixed)
+        if colls.rebuild_chain(self.butler, self.parent, self.fixed).changed:
+            self.forget()  # RUNs or fixed inputs came or went behind the memory's back
         steps = steps_of(self.cfg, self.proc)
         basis = self._basis(steps)
         entry = self.memory.get(self.parent) or {}
@@ -517,8 +528,8 @@ def _pending_rerun(ctx: ActionContext) -> Outcome | None:
 
 def _late_raws(ctx: ActionContext) -> Outcome | None:
     """A pending rerun first (above). Then new raws of a night in the middle of processing:
-    ingest them first, then walk the stages again (every step with nothing new to do costs
-    one in-process check)."""
+    ingest them first (which forgets the steps found done), then walk the stages again (every
+    step with nothing new to do costs one in-process check)."""
     if (pending := _pending_rerun(ctx)) is not None:
         return pending
     if ctx.files:
@@ -660,6 +671,7 @@ def _tag_and_advance(ctx: ActionContext, butler: Any, proc: str, tag_inputs, par
     n, night = names(ctx.config.deep), ctx.subject.key
     tag = tag_inputs(butler, n, night)
     steps = Steps(ctx, butler, proc, parent, n.fixed_inputs(proc, night))
+    steps.forget_if_tagged(tag)
     return tag, steps, (steps.advance() if tag.total else None)
 
 
@@ -718,6 +730,7 @@ def assemble_template(ctx: ActionContext) -> Outcome:
         if not warps.total:
             raise Wait(f"no warps yet in the drp chains of {', '.join(members) or 'any member night'}")
         steps = Steps(ctx, butler, "template", n.coadd(name), n.fixed_inputs("coadd", name))
+        steps.forget_if_tagged(warps)  # a member night's new or redone warps
         if (step := steps.advance()) is not None:
             return step
     return Outcome("built", evidence={"members": members, "warps": warps.to_json(), "steps": _step_summary(steps)},
