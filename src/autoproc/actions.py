@@ -330,9 +330,10 @@ FILE_KINDS: dict[str, FileKind] = {}
 ENVIRONMENT_CHECKS: dict[str, Callable[[], None]] = {}
 RERUN_HOOKS: dict[str, RerunHook] = {}
 REBUILD_HOOKS: dict[str, RebuildHook] = {}
-# kind -> subject data keys an operator's move (set, retry, rerun-from) empties: what the
-# kind's actions remember for themselves and may only trust while the daemon moves the subject.
-FORGOTTEN_ON_MOVE: dict[str, set[str]] = {}
+# kind -> subject data keys an operator's move (set, retry, rerun-from) or a restore from a
+# backup empties: what the kind's actions remember for themselves and may only trust while the
+# daemon alone moves the subject.
+FORGOTTEN_ON_RESET: dict[str, set[str]] = {}
 
 
 def _register(table: dict, name: str | None):
@@ -392,7 +393,8 @@ def rebuild_hook(kind: str):
     return _register(REBUILD_HOOKS, kind)
 
 
-def forgotten_on_move(kind: str, key: str) -> None:
+def forgotten_on_reset(kind: str, key: str) -> None:
     """Say that subject data `key` of `kind` is emptied whenever an operator moves such a
-    subject (`autoproc.script.override`)."""
-    FORGOTTEN_ON_MOVE.setdefault(kind, set()).add(key)
+    subject (`autoproc.script.override`) and when the state database is restored from a backup
+    (`autoproc.backup.restore`)."""
+    FORGOTTEN_ON_RESET.setdefault(kind, set()).add(key)

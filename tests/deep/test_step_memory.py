@@ -175,6 +175,18 @@ def test_an_operators_move_forgets_and_a_released_failure_runs_again(bias_repo, 
     out, checked, steps = w.advance(b)
     assert checked == ["step2"] and out is None and steps.failed == {"step1": 0, "step2": 0}
 
+    # A restore from a backup: the work may have moved on since it, so the memory is emptied.
+    from autoproc.backup import restore, take_backup
+
+    made = take_backup(w.config, why="test")
+    assert list(w.memory()[BIAS_PARENT]["done"]) == ["step1"]
+    restore(w.config, made.path)
+    from autoproc.store import Store
+
+    w.store.close()
+    w.store = Store(w.config.db)  # the restored file
+    assert w.memory() == {} and w.advance(b)[1] == ["step1", "step2"]
+
 
 def test_a_memory_that_turns_out_wrong_is_forgotten_before_waiting(bias_repo, tmp_path, monkeypatch):
     """step1 remembered done, but its outputs left the chain behind autoproc's back: step2's

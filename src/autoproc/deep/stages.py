@@ -49,7 +49,7 @@ from autoproc.actions import (
     condition,
     environment_check,
     file_kind,
-    forgotten_on_move,
+    forgotten_on_reset,
 )
 from autoproc.config import Config
 from autoproc.deep import calibs, ingest, quanta, registry, rerun, runner, warm
@@ -329,7 +329,7 @@ def _step_evidence(out: runner.StepOutcome) -> dict[str, Any]:
 # Subject data: the steps found done, per chain (docs/DEEP.md#step-memory).
 STEP_MEMORY = "steps_done"
 for _kind in ("night", "template"):
-    forgotten_on_move(_kind, STEP_MEMORY)
+    forgotten_on_reset(_kind, STEP_MEMORY)
 
 
 def forget_steps() -> dict[str, Any]:
