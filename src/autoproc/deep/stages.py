@@ -8,9 +8,10 @@ first one with work left (`runner.run_step`: bps or pipetask, judged from the Bu
 fires the self-loop `next_step`; once every step's graph is empty it finishes the proc
 type (certify, borrow, …) and fires the trigger that leaves the state. So the journal has
 one row per step run. The steps found done are remembered in the subject's data and not
-checked again until their inputs may have changed (docs/DEEP.md#step-memory). After `rerun-from` a state, the first action to run sets aside the
-RUNs and certifications the operator asked to redo (`autoproc.deep.rerun`), as a
-`next_step` of its own, so the steps then run again into new RUNs.
+checked again until their inputs may have changed (docs/DEEP.md#step-memory). After
+`rerun-from` a state, the first action to run sets aside the RUNs and certifications the
+operator asked to redo (`autoproc.deep.rerun`), as a `next_step` of its own, so the steps
+then run again into new RUNs.
 
 Failure rules (docs/DEEP.md#skip-rules, docs/DEEP.md#missing-calibrations): memory-class failures raise `Retry` with more memory
 (the engine's retry budget caps them); a fatal failure of a bias or flat step makes the
@@ -545,12 +546,14 @@ def _science_bands(butler: Any, cfg: DeepConfig, night: str) -> list[str]:
     return sorted({bands.get(r.physical_filter, r.physical_filter) for r in recs})
 
 
-def _needs_calibs(ctx: ActionContext, steps: Steps, bias: bool, flat: list[str], evidence: dict) -> Outcome:
+def _needs_calibs(ctx: ActionContext, steps: Steps, bias: bool, flat: list[str], evidence: dict, looked: float
+                  ) -> Outcome:
     what = " and ".join((["bias"] if bias else []) + ([f"flat ({', '.join(flat)})"] if flat else []))
     return Outcome("need_calibs", evidence=evidence, reason=f"no {what} on this night or a neighbour "
                    f"within {ctx.config.deep.max_borrow_days} nights yet",
-                   # `checked`: the neighbour check happened then; a neighbour certifying later wakes us.
-                   data={"missing_calibs": {"bias": bias, "flat": flat, "checked": time.time()},
+                   # `checked`: when the neighbour lookup began (`looked`); a neighbour certifying after
+                   # it wakes us, also one that certified while we looked (found or not).
+                   data={"missing_calibs": {"bias": bias, "flat": flat, "checked": looked},
                          **steps.remembered()})
 
 
@@ -585,11 +588,12 @@ def process_bias(ctx: ActionContext) -> Outcome:
                                reason=f"certified {cert.count} bias into {cert.calib_collection}")
             except LookupError as err:
                 why = str(err)
+        looked = time.time()
         sub = calibs.borrow_calibration(butler, night, "bias", max_days=cfg.max_borrow_days, names=n,
                                         begin=cfg.certify_begin, end=cfg.certify_end)
     evidence["own_bias_unusable"] = why
     if sub is None:
-        return _needs_calibs(ctx, steps, True, [], evidence)
+        return _needs_calibs(ctx, steps, True, [], evidence, looked)
     return Outcome("bias_done", evidence={**evidence, "substitution": sub.to_json()}, data={"missing_calibs": {}},
                    reason=f"{why}: borrowed the bias of {sub.source_night} ({sub.distance:+d} nights)")
 
@@ -625,7 +629,7 @@ def process_flat(ctx: ActionContext) -> Outcome:
         elif tag.total:
             evidence["own_flat_unusable"] = "failed quanta"
             borrow = _science_bands(butler, cfg, night)
-        subs, missing = [], []
+        subs, missing, looked = [], [], time.time()
         for band in borrow:
             sub = calibs.borrow_calibration(butler, night, "flat", band=band, max_days=cfg.max_borrow_days,
                                             names=n, begin=cfg.certify_begin, end=cfg.certify_end)
@@ -635,7 +639,7 @@ def process_flat(ctx: ActionContext) -> Outcome:
                 subs.append(sub.to_json())
     evidence["substitutions"] = subs
     if missing:
-        out = _needs_calibs(ctx, steps, False, missing, evidence)
+        out = _needs_calibs(ctx, steps, False, missing, evidence, looked)
         out.data["own_calibs"] = own
         return out
     borrowed = ", ".join(f"{s['band']} from {s['source_night']}" for s in subs)
