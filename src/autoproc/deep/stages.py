@@ -430,7 +430,8 @@ class Steps:
             mem = known.get(step)
             # Only a clean prefix is trusted: a step with failures or blocked quanta may get work
             # back (a release, a calibration certified), and so may every step after one that ran.
-            if mem is not None and len(found) == len(self.skipped) and not mem["failed"] and not mem["blocked"]:
+            if (len(found) == len(self.skipped) and isinstance(mem, dict) and mem.get("failed") == 0
+                    and mem.get("blocked") == 0 and isinstance(mem.get("succeeded"), dict)):
                 self.failed[step], self.done[step] = 0, dict(mem["succeeded"])
                 found[step] = mem
                 self.skipped.append(step)
