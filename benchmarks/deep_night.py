@@ -22,7 +22,9 @@ calls of the same functions autoproc uses (`butler define-visits` needs obs_base
 
 Reported: wall time of both, the ratio, and autoproc's overhead over pure quantum execution
 (Σ endUtc − prepUtc over every `<task>_metadata` of the night), per step and per quantum (the
-child's time between quanta), with the per-step profile of `step_profile.py` on stderr.
+child's time between quanta), with the per-step profile of `step_profile.py` on stderr, and the
+night's step checks (`step_checks`: `checked` in-process checks, `remembered` steps the night's
+step memory took as done instead, each a check before that memory).
 `--executor step pipetask` (the default) runs the autoproc night twice in the run: each step's
 graph through `autoproc-step` (one quantum-backed Butler, one registration per step), then
 through `pipetask run`, both forked from the warm server (`deep.warm`); `process` adds a fresh
@@ -289,7 +291,7 @@ def main() -> int:
     steps = sum(len(s) for s in STEPS.values())
     server = postgres_server(work) if args.registry != "sqlite" else None
     try:
-        walls, quanta, profiles, loads = {}, {}, {}, {}
+        walls, quanta, profiles, loads, checks = {}, {}, {}, {}, {}
         for registry in (["sqlite", "postgres"] if args.registry == "both" else [args.registry]):
             for executor in args.executor:
                 key = f"{registry}/{executor}"
@@ -301,6 +303,7 @@ def main() -> int:
                 print(f"{key}: per-step profile (seconds)", file=sys.stderr)
                 profiles[key] = {c: round(v, 2) for c, v in step_profile.print_table(
                     step_profile.profile(work / name), file=sys.stderr).items()}
+                checks[key] = step_profile.step_checks(work / name)
     finally:
         if server is not None:
             server.stop()
@@ -317,6 +320,8 @@ def main() -> int:
               "ms_per_quantum": {k: round(1000 * profiles[k]["between_q"] / quanta[k][1], 1) for k in walls},
               "ms_per_step": {k: round(1000 * (walls[k] - quanta[k][0] - profiles[k]["between_q"]) / steps)
                               for k in walls},
+              # `quanta.check_step` calls over the night, and steps taken as done from the step memory
+              "step_checks": checks,
               "profile_sums": profiles, "load_average_at_start": loads, "work_dir": str(work)}
     registries = sorted({k.split("/")[0] for k in walls})
     base = args.executor[-1]  # the baseline: the last executor of the run

@@ -7,7 +7,9 @@ the in-process graph build, the child's start-up (its start → the first quantu
 the pure quantum time (Σ endUtc − prepUtc), the child's time between its quanta (`between_q`:
 registry writes, graph walking), the child's tail (last endUtc → its exit file),
 the judging after it, and the daemon's time between attempts (checks of the steps with nothing
-left, chain rebuilds, the engine). Printed per step and summed, in seconds.
+left, chain rebuilds, the engine). Printed per step and summed, in seconds. Then the night's
+step checks (`quanta.check_step` calls of the actions, from their evidence in `ROOT/autoproc.db`)
+and the steps taken as done from the night's step memory instead (docs/DEEP.md#step-memory).
 """
 
 from __future__ import annotations
@@ -66,6 +68,32 @@ def profile(root: Path) -> list[dict]:
     return rows
 
 
+def _counted(evidence: object) -> tuple[int, int]:
+    """(checked, remembered) summed over every `step_checks` in an attempt's evidence."""
+    if isinstance(evidence, list):
+        pairs = [_counted(v) for v in evidence]
+    elif isinstance(evidence, dict):
+        mine = evidence.get("step_checks")
+        pairs = [_counted(v) for k, v in evidence.items() if k != "step_checks"]
+        if isinstance(mine, dict):
+            pairs.append((int(mine.get("checked", 0)), int(mine.get("remembered", 0))))
+    else:
+        return 0, 0
+    return sum(c for c, _ in pairs), sum(r for _, r in pairs)
+
+
+def step_checks(root: Path) -> dict[str, int]:
+    """The step checks the actions of every attempt made, and the steps they took from memory."""
+    from autoproc.store import Store
+
+    store = Store(root / "autoproc.db")
+    try:
+        counts = [_counted(a.result.get("evidence") or {}) for a in store.attempts()]
+    finally:
+        store.close()
+    return {"checked": sum(c for c, _ in counts), "remembered": sum(r for _, r in counts), "attempts": len(counts)}
+
+
 COLUMNS = ("graph", "startup", "quanta_s", "between_q", "tail", "judge", "between")
 
 
@@ -87,6 +115,7 @@ def main() -> int:
     ap.add_argument("root", type=Path, help="the autoproc root of a finished night")
     args = ap.parse_args()
     print_table(profile(args.root))
+    print("step checks: " + json.dumps(step_checks(args.root)))
     print("reproduce: .venv/bin/python benchmarks/step_profile.py " + str(args.root))
     return 0
 

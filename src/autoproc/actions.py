@@ -330,6 +330,10 @@ FILE_KINDS: dict[str, FileKind] = {}
 ENVIRONMENT_CHECKS: dict[str, Callable[[], None]] = {}
 RERUN_HOOKS: dict[str, RerunHook] = {}
 REBUILD_HOOKS: dict[str, RebuildHook] = {}
+# kind -> subject data keys an operator's move (set, retry, rerun-from) or a restore from a
+# backup empties: what the kind's actions remember for themselves and may only trust while the
+# daemon alone moves the subject.
+FORGOTTEN_ON_RESET: dict[str, set[str]] = {}
 
 
 def _register(table: dict, name: str | None):
@@ -387,3 +391,10 @@ def rerun_hook(kind: str):
 def rebuild_hook(kind: str):
     """Register how `store rebuild` finds the subjects of `kind` again from the evidence."""
     return _register(REBUILD_HOOKS, kind)
+
+
+def forgotten_on_reset(kind: str, key: str) -> None:
+    """Say that subject data `key` of `kind` is emptied whenever an operator moves such a
+    subject (`autoproc.script.override`) and when the state database is restored from a backup
+    (`autoproc.backup.restore`)."""
+    FORGOTTEN_ON_RESET.setdefault(kind, set()).add(key)

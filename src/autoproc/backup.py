@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoproc import actions
 from autoproc.config import Config
 from autoproc.process import make_dirs, pid_alive
 from autoproc.store import Store, StoreDamaged, StoreError, StoreMissing, StoreUnsafe, is_damage
@@ -230,8 +231,10 @@ def restore(config: Config, backup: Path | None = None) -> tuple[Path, Path | No
     Without `backup`, the newest that passes the full integrity check. The database file
     it replaces (and its -wal) is kept beside it, renamed. Returns (backup used, what the
     replaced file was renamed to, backups skipped with why)."""
+    from autoproc.machines import load_configured
     from autoproc.store import lock_store
 
+    load_configured(config)  # its plugins say what their subjects' data forgets (below)
     make_dirs(config.db.parent)
     lock = lock_store(config.db)  # AlreadyRunning while a daemon runs; and none starts meanwhile
     try:
@@ -268,6 +271,9 @@ def restore(config: Config, backup: Path | None = None) -> tuple[Path, Path | No
         try:
             store.add_problem("store", f"restored from {chosen}" + (f"; the replaced file is kept as {aside}"
                                                                      if aside else ""))
+            for kind, keys in actions.FORGOTTEN_ON_RESET.items():  # the work went on after the backup
+                for subject in store.subjects(kind):
+                    store.update(subject, data=dict.fromkeys(sorted(keys), {}))
         finally:
             store.close()
         return chosen, aside, skipped

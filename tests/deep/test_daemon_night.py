@@ -176,6 +176,10 @@ def test_two_nights_to_done_with_borrowed_flat_and_diff(write_config, tmp_path, 
     assert [(s["band"], s["source_night"]) for s in subs][-1:] == [("g", int(N1))]
     triggers = [row["trigger"] for row in journal]
     assert triggers.index("need_calibs") < triggers.index("calibs_certified") < triggers.index("flat_done")
+    # Back from waiting for the g flat, N2 took its flat steps as done from its step memory.
+    (flat_done,) = [row["evidence"]["steps"] for row in journal if row["trigger"] == "flat_done"]
+    assert flat_done["step_checks"] == {"checked": 0, "remembered": 3}
+    assert flat_done["failed"] == {"step1": 0, "step2": 0, "step3": 0}
     assert store.file_counts() == {"consumed": 9 + 7}
     assert not shown["data"].get("bad_raws")
     # A rerun of N1's flats would leave N2 with N1's old g flat: the dry run says so.

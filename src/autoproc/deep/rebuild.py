@@ -5,7 +5,8 @@ every `deep.templates` entry (its coadd chain says whether it was built). Both c
 their machine's first state: each state's action checks the Butler before it runs a step
 (skip-existing in the chain, `quanta.check_step`), so the steps that ran are not run again
 and the certified calibrations are found, not remade; the night walks to where it was in
-one action per step. A night whose raws are in a watched root but not yet in the Butler is
+one action per step. A rebuilt subject has no step memory (docs/DEEP.md#step-memory), so
+every step is checked. A night whose raws are in a watched root but not yet in the Butler is
 found by the daemon's rescan at start, as any new file is.
 """
 

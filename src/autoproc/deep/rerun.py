@@ -9,7 +9,8 @@ are decertified. The steps then find nothing in their chains and run into new RU
 later states follow from the new outputs.
 
 The override only plans and records the request (`data["rerun"]`, `pending`), read-only on
-the Butler; the subject's next DEEP action does the Butler work. By then the engine has
+the Butler, and (as every operator move) empties the subject's step memory, so every step is
+checked again (docs/DEEP.md#step-memory); the subject's next DEEP action does the Butler work. By then the engine has
 stopped any step the override superseded, so no RUN of an older step slips back in.
 """
 

@@ -7,9 +7,11 @@ runs one step per state entry: it checks the proc type's steps in order in-proce
 first one with work left (`runner.run_step`: bps or pipetask, judged from the Butler) and
 fires the self-loop `next_step`; once every step's graph is empty it finishes the proc
 type (certify, borrow, …) and fires the trigger that leaves the state. So the journal has
-one row per step run. After `rerun-from` a state, the first action to run sets aside the
-RUNs and certifications the operator asked to redo (`autoproc.deep.rerun`), as a
-`next_step` of its own, so the steps then run again into new RUNs.
+one row per step run. The steps found done are remembered in the subject's data and not
+checked again until their inputs may have changed (docs/DEEP.md#step-memory). After
+`rerun-from` a state, the first action to run sets aside the RUNs and certifications the
+operator asked to redo (`autoproc.deep.rerun`), as a `next_step` of its own, so the steps
+then run again into new RUNs.
 
 Failure rules (docs/DEEP.md#skip-rules, docs/DEEP.md#missing-calibrations): memory-class failures raise `Retry` with more memory
 (the engine's retry budget caps them); a fatal failure of a bias or flat step makes the
@@ -24,6 +26,7 @@ and never write the store: what they found goes back as evidence and data.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import time
 from collections.abc import Iterator
@@ -47,6 +50,7 @@ from autoproc.actions import (
     condition,
     environment_check,
     file_kind,
+    forgotten_on_reset,
 )
 from autoproc.config import Config
 from autoproc.deep import calibs, ingest, quanta, registry, rerun, runner, warm
@@ -209,7 +213,7 @@ def ingest_night(ctx: ActionContext) -> Outcome:
     cfg = ctx.config.deep
     paths = [f["path"] for f in ctx.files]
     if not paths:
-        return Outcome("ingested", reason="no new raws")
+        return Outcome("ingested", reason="no new raws", data=forget_steps())
     quiet = cfg.ingest_quiet_seconds - (time.time() - max(f["updated"] for f in ctx.files))
     if quiet > 0:
         return Outcome(None, retry_after=quiet + 0.05, reason=f"{len(paths)} new raws; waiting for a quiet moment")
@@ -254,7 +258,8 @@ def ingest_night(ctx: ActionContext) -> Outcome:
     if other:
         evidence["other_nights"] = other  # the ingest's night rule disagreed with the intake's
     return Outcome("ingested", evidence=evidence,
-                   data={"raws": raws, "bad_raws": bad_raws, "ingested_files": known, "missing_detectors": missing},
+                   data={"raws": raws, "bad_raws": bad_raws, "ingested_files": known, "missing_detectors": missing,
+                         **forget_steps()},  # new raws: every step may have work again
                    reason=res.summary(), consume=[p for p in paths if p not in bad], bad=bad)
 
 
@@ -322,35 +327,144 @@ def _step_evidence(out: runner.StepOutcome) -> dict[str, Any]:
     return ev
 
 
-class Steps:
-    """The steps of one proc type over one chain, advanced one step per call."""
+# Subject data: the steps found done, per chain (docs/DEEP.md#step-memory).
+STEP_MEMORY = "steps_done"
+for _kind in ("night", "template"):
+    forgotten_on_reset(_kind, STEP_MEMORY)
 
-    def __init__(self, ctx: ActionContext, butler: Any, proc: str, parent: str, fixed: list[str]):
+
+def forget_steps() -> dict[str, Any]:
+    """Outcome data that forgets every chain's remembered steps (their inputs may change)."""
+    return {STEP_MEMORY: {}}
+
+
+def remembered_steps(ctx: ActionContext) -> dict[str, Any]:
+    """The subject's step memory, a copy to update and hand back as Outcome data."""
+    return dict(ctx.subject.data.get(STEP_MEMORY) or {})
+
+
+def _pipeline_digest(pipeline: str) -> str | None:
+    """The pipeline file's content hash, so an edited pipeline at the same path is not trusted."""
+    path = Path(pipeline.split("#", 1)[0])
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+class _MemoryWrong(Exception):
+    """A step's inputs are missing (or it has no data at all) although earlier steps were
+    skipped as remembered done."""
+
+
+class Steps:
+    """The steps of one proc type over one chain, advanced one step per call.
+
+    `memory` is the subject's step memory (`remembered_steps`), shared by the Steps of one
+    action: `advance` skips the remembered steps and hands the memory back in its Outcome."""
+
+    def __init__(self, ctx: ActionContext, butler: Any, proc: str, parent: str, fixed: list[str],
+                 memory: dict[str, Any] | None = None):
         self.ctx, self.butler, self.proc, self.parent, self.fixed = ctx, butler, proc, parent, fixed
         self.cfg = ctx.config.deep
         self.pipeline = pipeline_of(self.cfg, proc)
         self.failed: dict[str, int] = {}  # step -> quanta that failed for good (skip-failures)
         self.done: dict[str, dict[str, int]] = {}  # step -> quanta succeeded per task
+        self.memory = remembered_steps(ctx) if memory is None else memory
+        self.checks = 0  # `quanta.check_step` calls this Steps made
+        self.skipped: list[str] = []  # steps taken as done from memory
+
+    def _basis(self, steps: list[str]) -> dict[str, Any]:
+        """What a memory was found for: it is ignored when any of this differs."""
+        return {"proc": self.proc, "pipeline": self.pipeline, "digest": _pipeline_digest(self.pipeline),
+                "steps": steps, "fixed": list(self.fixed), "where": self.cfg.where}
+
+    def remembered(self) -> dict[str, Any]:
+        """Outcome data carrying the step memory."""
+        return {STEP_MEMORY: self.memory}
+
+    def _remember(self, basis: dict[str, Any], found: dict[str, dict[str, Any]]) -> None:
+        self.memory[self.parent] = {"for": basis, "done": dict(found)}
+
+    def forget(self) -> None:
+        """Check every step again: the chain's inputs changed."""
+        self.memory.pop(self.parent, None)
+
+    def forget_if_tagged(self, tag: colls.TagResult) -> None:
+        """Forget when the tagging just added or replaced inputs of the chain."""
+        if tag.associated or tag.removed:
+            self.forget()
 
     def advance(self) -> Outcome | None:
         """Run the first step with work left and return its Outcome (`next_step`), or None
-        when every step's graph is empty. Raises Retry / Wait / Fail per the rules above."""
-        colls.rebuild_chain(self.butler, self.parent, self.fixed)
-        for step in steps_of(self.cfg, self.proc):
+        when every step's graph is empty. Raises Retry / Wait / Fail per the rules above.
+        Steps remembered done are not checked again (docs/DEEP.md#step-memory)."""
+        if colls.rebuild_chain(self.butler, self.parent, self.fixed).changed:
+            self.forget()  # RUNs or fixed inputs came or went behind the memory's back
+        steps = steps_of(self.cfg, self.proc)
+        basis = self._basis(steps)
+        entry = self.memory.get(self.parent) or {}
+        known = dict(entry.get("done") or {}) if entry.get("for") == basis else {}
+        try:
             try:
+                outcome = self._walk(steps, basis, known)
+            except _MemoryWrong:
+                self.memory.pop(self.parent, None)
+                outcome = self._walk(steps, basis, {})
+        except ActionError as err:
+            err.evidence["step_checks"] = self.counted()
+            raise
+        if outcome is not None:
+            outcome.evidence["step_checks"] = self.counted()
+        return outcome
+
+    def counted(self) -> dict[str, int]:
+        """How many steps this Steps checked, and how many it took as done from memory
+        (in the evidence, for benchmarks/step_profile.py)."""
+        return {"checked": self.checks, "remembered": len(self.skipped)}
+
+    def _walk(self, steps: list[str], basis: dict[str, Any], known: dict[str, dict[str, Any]]) -> Outcome | None:
+        self.failed, self.done, self.skipped = {}, {}, []
+        found: dict[str, dict[str, Any]] = {}  # what this walk knows done, in step order
+        for step in steps:
+            mem = known.get(step)
+            # Only a clean prefix is trusted: a step with failures or blocked quanta may get work
+            # back (a release, a calibration certified), and so may every step after one that ran.
+            if (len(found) == len(self.skipped) and isinstance(mem, dict) and mem.get("failed") == 0
+                    and mem.get("blocked") == 0 and isinstance(mem.get("succeeded"), dict)):
+                self.failed[step], self.done[step] = 0, dict(mem["succeeded"])
+                found[step] = mem
+                self.skipped.append(step)
+                continue
+            try:
+                self.checks += 1
                 st = quanta.check_step(self.butler, self.pipeline, step, self.parent, where=self.cfg.where)
             except quanta.StepCheckError as err:
                 if err.kind == "missing_input" and any(self.failed.values()):
                     self.failed[step] = 0  # blocked behind an earlier step's failures
                     continue
+                if err.kind == "missing_input" and self.skipped:
+                    raise _MemoryWrong(step) from None
                 if err.kind == "missing_input":
                     raise Wait(f"{self.parent} {step}: inputs missing: {err}", retry_after=MISSING_INPUT_WAIT) from None
                 raise Fail(f"{self.parent} {step}: the graph cannot be built: {err}") from None
+            if st.no_data and self.skipped:
+                raise _MemoryWrong(step)  # no input at all behind steps taken as done: look at them
             if st.empty:
                 self.failed[step] = st.n_failed
                 self.done[step] = dict(st.succeeded)
+                found[step] = {"failed": st.n_failed, "blocked": st.n_blocked, "succeeded": dict(st.succeeded)}
                 continue
-            return self._run(step, list(st.to_run))
+            self._remember(basis, found)
+            outcome = self._run(step, list(st.to_run))
+            if outcome.evidence.get("status") in ("succeeded", "nothing_to_do"):
+                # What the next check would find: the quanta done before plus the graph just run.
+                done = {t: st.succeeded.get(t, 0) + st.to_run.get(t, 0) for t in {*st.succeeded, *st.to_run}}
+                found[step] = {"failed": 0, "blocked": st.n_blocked, "succeeded": done}
+                self._remember(basis, found)
+            outcome.data.update(self.remembered())
+            return outcome
+        self._remember(basis, found)
         return None
 
     def _run(self, step: str, labels: list[str]) -> Outcome:
@@ -403,7 +517,8 @@ class Steps:
 
 
 def _step_summary(steps: Steps) -> dict[str, Any]:
-    return {"pipeline": steps.pipeline, "parent": steps.parent, "failed": steps.failed, "succeeded": steps.done}
+    return {"pipeline": steps.pipeline, "parent": steps.parent, "failed": steps.failed, "succeeded": steps.done,
+            "step_checks": steps.counted()}
 
 
 def _pending_rerun(ctx: ActionContext) -> Outcome | None:
@@ -426,8 +541,8 @@ def _pending_rerun(ctx: ActionContext) -> Outcome | None:
 
 def _late_raws(ctx: ActionContext) -> Outcome | None:
     """A pending rerun first (above). Then new raws of a night in the middle of processing:
-    ingest them first, then walk the stages again (every step with nothing new to do costs
-    one in-process check)."""
+    ingest them first (which forgets the steps found done), then walk the stages again (every
+    step with nothing new to do costs one in-process check)."""
     if (pending := _pending_rerun(ctx)) is not None:
         return pending
     if ctx.files:
@@ -443,12 +558,15 @@ def _science_bands(butler: Any, cfg: DeepConfig, night: str) -> list[str]:
     return sorted({bands.get(r.physical_filter, r.physical_filter) for r in recs})
 
 
-def _needs_calibs(ctx: ActionContext, bias: bool, flat: list[str], evidence: dict) -> Outcome:
+def _needs_calibs(ctx: ActionContext, steps: Steps, bias: bool, flat: list[str], evidence: dict, looked: float
+                  ) -> Outcome:
     what = " and ".join((["bias"] if bias else []) + ([f"flat ({', '.join(flat)})"] if flat else []))
     return Outcome("need_calibs", evidence=evidence, reason=f"no {what} on this night or a neighbour "
                    f"within {ctx.config.deep.max_borrow_days} nights yet",
-                   # `checked`: the neighbour check happened then; a neighbour certifying later wakes us.
-                   data={"missing_calibs": {"bias": bias, "flat": flat, "checked": time.time()}})
+                   # `checked`: when the neighbour lookup began (`looked`); a neighbour certifying after
+                   # it wakes us, also one that certified while we looked (found or not).
+                   data={"missing_calibs": {"bias": bias, "flat": flat, "checked": looked},
+                         **steps.remembered()})
 
 
 def _own_calibs(ctx: ActionContext, **update: Any) -> dict[str, Any]:
@@ -482,11 +600,12 @@ def process_bias(ctx: ActionContext) -> Outcome:
                                reason=f"certified {cert.count} bias into {cert.calib_collection}")
             except LookupError as err:
                 why = str(err)
+        looked = time.time()
         sub = calibs.borrow_calibration(butler, night, "bias", max_days=cfg.max_borrow_days, names=n,
                                         begin=cfg.certify_begin, end=cfg.certify_end)
     evidence["own_bias_unusable"] = why
     if sub is None:
-        return _needs_calibs(ctx, True, [], evidence)
+        return _needs_calibs(ctx, steps, True, [], evidence, looked)
     return Outcome("bias_done", evidence={**evidence, "substitution": sub.to_json()}, data={"missing_calibs": {}},
                    reason=f"{why}: borrowed the bias of {sub.source_night} ({sub.distance:+d} nights)")
 
@@ -522,7 +641,7 @@ def process_flat(ctx: ActionContext) -> Outcome:
         elif tag.total:
             evidence["own_flat_unusable"] = "failed quanta"
             borrow = _science_bands(butler, cfg, night)
-        subs, missing = [], []
+        subs, missing, looked = [], [], time.time()
         for band in borrow:
             sub = calibs.borrow_calibration(butler, night, "flat", band=band, max_days=cfg.max_borrow_days,
                                             names=n, begin=cfg.certify_begin, end=cfg.certify_end)
@@ -532,7 +651,7 @@ def process_flat(ctx: ActionContext) -> Outcome:
                 subs.append(sub.to_json())
     evidence["substitutions"] = subs
     if missing:
-        out = _needs_calibs(ctx, False, missing, evidence)
+        out = _needs_calibs(ctx, steps, False, missing, evidence, looked)
         out.data["own_calibs"] = own
         return out
     borrowed = ", ".join(f"{s['band']} from {s['source_night']}" for s in subs)
@@ -568,6 +687,7 @@ def _tag_and_advance(ctx: ActionContext, butler: Any, proc: str, tag_inputs, par
     n, night = names(ctx.config.deep), ctx.subject.key
     tag = tag_inputs(butler, n, night)
     steps = Steps(ctx, butler, proc, parent, n.fixed_inputs(proc, night))
+    steps.forget_if_tagged(tag)
     return tag, steps, (steps.advance() if tag.total else None)
 
 
@@ -593,11 +713,11 @@ def difference(ctx: ActionContext) -> Outcome:
         return late
     cfg, night = ctx.config.deep, ctx.subject.key
     n = names(cfg)
-    summary = {}
+    summary, memory = {}, remembered_steps(ctx)  # one memory for every template's chain
     with open_butler(ctx.config) as butler:
         for template in templates_of(cfg, night):
             steps = Steps(ctx, butler, "diff_drp", n.diff(night, template),
-                          n.fixed_inputs("diff_drp", night, template))
+                          n.fixed_inputs("diff_drp", night, template), memory)
             if (step := steps.advance()) is not None:
                 return step
             summary[template] = _step_summary(steps)
@@ -626,6 +746,7 @@ def assemble_template(ctx: ActionContext) -> Outcome:
         if not warps.total:
             raise Wait(f"no warps yet in the drp chains of {', '.join(members) or 'any member night'}")
         steps = Steps(ctx, butler, "template", n.coadd(name), n.fixed_inputs("coadd", name))
+        steps.forget_if_tagged(warps)  # a member night's new or redone warps
         if (step := steps.advance()) is not None:
             return step
     return Outcome("built", evidence={"members": members, "warps": warps.to_json(), "steps": _step_summary(steps)},

@@ -95,8 +95,10 @@ def _move(store: Store, plan: Plan, *, operator: str, reason: str, dry_run: bool
     assert plan.to_state is not None, "a plan that moves the subject names its state"
     if dry_run:
         return plan
+    forget: dict[str, dict] = {key: {} for key in sorted(actions.FORGOTTEN_ON_RESET.get(plan.subject.kind, ()))}
     store.transition(plan.subject, plan.to_state, trigger=plan.trigger, actor=operator, reason=reason,
-                     evidence={"override": plan.action, **(evidence or {}), **note(on_behalf_of)}, data=data)
+                     evidence={"override": plan.action, **(evidence or {}), **note(on_behalf_of)},
+                     data={**forget, **(data or {})} or None)
     plan.done = True
     return plan
 
