@@ -142,13 +142,14 @@ def test_production_defaults_name_no_simulator(tmp_path):
     from autoproc.actions import Fail
     from autoproc.config import parse_config
     from autoproc.deep.bps_site import SLURM_SUBMIT_TEMPLATE, SUBMIT_TEMPLATE
-    from autoproc.deep.stages import _clusters, _submit_template, pipeline_of
+    from autoproc.deep.runner import step_clusters
+    from autoproc.deep.stages import _submit_template, pipeline_of
 
     cfg = parse_config({"root": str(tmp_path)}).deep
     assert cfg.instrument_class == "lsst.obs.decam.DarkEnergyCamera"
     with pytest.raises(Fail, match=r"deep\.pipelines\.bias is not set: .* bias steps step1 step2$"):
         pipeline_of(cfg, "bias")
-    assert _clusters(cfg, ["isr"]) is None and _submit_template(cfg) == SUBMIT_TEMPLATE
+    assert step_clusters(cfg.clusters, ["isr"]) is None and _submit_template(cfg) == SUBMIT_TEMPLATE
     assert _submit_template(cfg.model_copy(update={"bps_site": "slurm"})) == SLURM_SUBMIT_TEMPLATE
     assert "autoproc.sim" not in SUBMIT_TEMPLATE.read_text() + SLURM_SUBMIT_TEMPLATE.read_text()
     # Set, they are used as given: the simulator's settings are nothing but configuration.
@@ -156,7 +157,7 @@ def test_production_defaults_name_no_simulator(tmp_path):
 
     sim = parse_config({"root": str(tmp_path), "deep": deep_settings()}).deep
     assert pipeline_of(sim, "diff_drp").endswith("/DEEP-DRP.yaml")
-    assert set(_clusters(sim, ["isr", "cpBiasIsr"]) or {}) == {"exposureCluster", "visitCluster"}
+    assert set(step_clusters(sim.clusters, ["isr", "cpBiasIsr"]) or {}) == {"exposureCluster", "visitCluster"}
 
 
 def test_deep_init_without_obs_decam_says_so_and_makes_no_repo(tmp_path):

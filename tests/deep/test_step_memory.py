@@ -1,7 +1,7 @@
 """A night remembers the DEEP steps it found done (docs/DEEP.md#step-memory): `Steps.advance`
 checks only the steps not remembered, and the memory is forgotten whenever a step's inputs
 may have changed. Real Butler, real `pipetask run`, the real state store; the checks are
-counted by wrapping the real `quanta.check_step`."""
+counted by wrapping the real `runner.plan_step` (the check, and the graph a step runs)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ pytest.importorskip("lsst.daf.butler")
 from steps_support import BIAS_PARENT, NIGHT, fail_config, run_bias_step  # noqa: E402
 
 from autoproc.deep import collections as C  # noqa: E402
-from autoproc.deep import quanta as Q  # noqa: E402
 from autoproc.deep import runner as R  # noqa: E402
 
 pytestmark = pytest.mark.middleware
@@ -37,13 +36,13 @@ class World:
         self.store = Store(self.config.db)
         self.subject, _ = self.store.ensure_subject("night", KEY, "bias", actor="test", reason="test")
         self.checked: list[str] = []
-        real = Q.check_step
+        real = R.plan_step
 
-        def counted(butler, pipeline, step, chain, **kw):
+        def counted(butler, pipeline, step, chain, attempt_root, **kw):
             self.checked.append(step)
-            return real(butler, pipeline, step, chain, **kw)
+            return real(butler, pipeline, step, chain, attempt_root, **kw)
 
-        monkeypatch.setattr(Q, "check_step", counted)
+        monkeypatch.setattr(R, "plan_step", counted)
         self.attempt = 0
 
     def configure(self, steps: list[str]):

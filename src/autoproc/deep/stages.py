@@ -2,10 +2,10 @@
 statemachines/template.yaml), plus the `raw` file kind.
 
 A night walks ingest → bias → flat → drp → (nightly coadd) → diff. Each processing state
-runs one step per state entry: it checks the proc type's steps in order in-process
-(`quanta.check_step`, skip-existing-in the chain with the skip-failures rule), runs the
-first one with work left (`runner.run_step`: bps or pipetask, judged from the Butler) and
-fires the self-loop `next_step`; once every step's graph is empty it finishes the proc
+runs one step per state entry: it builds the proc type's steps' graphs in order in-process
+(`runner.plan_step`, skip-existing-in the chain with the skip-failures rule: the "anything
+left?" check), runs the first one with work left, that very graph (`runner.execute_plan`:
+bps or pipetask, judged from the Butler) and fires the self-loop `next_step`; once every step's graph is empty it finishes the proc
 type (certify, borrow, …) and fires the trigger that leaves the state. So the journal has
 one row per step run. The steps found done are remembered in the subject's data and not
 checked again until their inputs may have changed (docs/DEEP.md#step-memory). After
@@ -266,19 +266,6 @@ def ingest_night(ctx: ActionContext) -> Outcome:
 # --- running steps ----------------------------------------------------------------------
 
 
-def _clusters(cfg: DeepConfig, labels: list[str]) -> dict[str, dict[str, Any]] | None:
-    """The bps clusters of this step: the configured ones restricted to the step's task labels;
-    None (unset) keeps the submit template's (the shipped ones have none: one job per quantum)."""
-    if cfg.clusters is None:
-        return None
-    out = {}
-    for name, spec in cfg.clusters.items():
-        used = [t.strip() for t in str(spec.get("pipetasks", "")).split(",") if t.strip() in labels]
-        if used:
-            out[name] = {**spec, "pipetasks": ",".join(used)}
-    return out
-
-
 def _submit_template(cfg: DeepConfig) -> Path:
     if cfg.submit_template is not None:
         return cfg.submit_template
@@ -371,7 +358,9 @@ class Steps:
         self.failed: dict[str, int] = {}  # step -> quanta that failed for good (skip-failures)
         self.done: dict[str, dict[str, int]] = {}  # step -> quanta succeeded per task
         self.memory = remembered_steps(ctx) if memory is None else memory
-        self.checks = 0  # `quanta.check_step` calls this Steps made
+        self.checks = 0  # graphs this Steps built (`runner.plan_step`: the check and the graph a step runs)
+        self.attempts = ctx.config.work_dir / "deep"
+        self.recovered: list[dict] = []  # earlier attempts of the chain this Steps finished (`_recover`)
         self.skipped: list[str] = []  # steps taken as done from memory
 
     def _basis(self, steps: list[str]) -> dict[str, Any]:
@@ -399,7 +388,8 @@ class Steps:
         """Run the first step with work left and return its Outcome (`next_step`), or None
         when every step's graph is empty. Raises Retry / Wait / Fail per the rules above.
         Steps remembered done are not checked again (docs/DEEP.md#step-memory)."""
-        if colls.rebuild_chain(self.butler, self.parent, self.fixed).changed:
+        self._recover()
+        if colls.rebuild_chain(self.butler, self.parent, self.fixed).changed or self.recovered:
             self.forget()  # RUNs or fixed inputs came or went behind the memory's back
         steps = steps_of(self.cfg, self.proc)
         basis = self._basis(steps)
@@ -417,6 +407,16 @@ class Steps:
         if outcome is not None:
             outcome.evidence["step_checks"] = self.counted()
         return outcome
+
+    def _recover(self) -> None:
+        """Finish what earlier attempts of the chain left (a killed step's registration, its
+        judging, its RUN in the chain) before any graph is built, so none redoes their quanta."""
+        try:
+            self.recovered = runner.recover_pending_attempts(
+                self.butler, self.attempts, self.parent, run_child=_run_child(self.ctx.config), env=self.cfg.env,
+                on_progress=self.ctx.progress)
+        except runner.RunnerError as err:  # an earlier attempt's child is still running
+            raise Wait(str(err), retry_after=10.0) from None
 
     def counted(self) -> dict[str, int]:
         """How many steps this Steps checked, and how many it took as done from memory
@@ -438,7 +438,8 @@ class Steps:
                 continue
             try:
                 self.checks += 1
-                st = quanta.check_step(self.butler, self.pipeline, step, self.parent, where=self.cfg.where)
+                plan = runner.plan_step(self.butler, self.pipeline, step, self.parent, self.attempts,
+                                        where=self.cfg.where)
             except quanta.StepCheckError as err:
                 if err.kind == "missing_input" and any(self.failed.values()):
                     self.failed[step] = 0  # blocked behind an earlier step's failures
@@ -448,6 +449,7 @@ class Steps:
                 if err.kind == "missing_input":
                     raise Wait(f"{self.parent} {step}: inputs missing: {err}", retry_after=MISSING_INPUT_WAIT) from None
                 raise Fail(f"{self.parent} {step}: the graph cannot be built: {err}") from None
+            st = plan.status
             if st.no_data and self.skipped:
                 raise _MemoryWrong(step)  # no input at all behind steps taken as done: look at them
             if st.empty:
@@ -456,7 +458,7 @@ class Steps:
                 found[step] = {"failed": st.n_failed, "blocked": st.n_blocked, "succeeded": dict(st.succeeded)}
                 continue
             self._remember(basis, found)
-            outcome = self._run(step, list(st.to_run))
+            outcome = self._run(step, plan)
             if outcome.evidence.get("status") in ("succeeded", "nothing_to_do"):
                 # What the next check would find: the quanta done before plus the graph just run.
                 done = {t: st.succeeded.get(t, 0) + st.to_run.get(t, 0) for t in {*st.succeeded, *st.to_run}}
@@ -467,25 +469,22 @@ class Steps:
         self._remember(basis, found)
         return None
 
-    def _run(self, step: str, labels: list[str]) -> Outcome:
+    def _run(self, step: str, plan: runner.StepPlan) -> Outcome:
+        """Run the graph the walk just built for `step` (no second build) and judge it."""
         ctx, cfg = self.ctx, self.cfg
         memory = int(ctx.adjust.get("request_memory") or cfg.request_memory)
         stopping = ctx.stopping
-        try:
-            out = runner.run_step(
-                self.butler, str(repo_path(ctx.config)), self.pipeline, step, self.parent,
-                ctx.config.work_dir / "deep", fixed_inputs=self.fixed, where=cfg.where, mode=cfg.mode,
-                quantum_backed=cfg.quantum_backed,
-                submit_template=_submit_template(cfg), submit_extra=_submit_extra(ctx), request_memory=memory, cores=cfg.cores,
-                clusters=_clusters(cfg, labels), env=cfg.env, timeout=cfg.step_timeout_seconds,
-                run_child=_run_child(ctx.config),
-                # The child goes into the engine's ledger (the attempt's row and `step.child.json`): the
-                # engine kills it after a restart, when an operator moves the night on, and on SIGTERM.
-                on_start=lambda child: ctx.record_child("step", child),
-                on_progress=ctx.progress,
-                should_stop=stopping.is_set if stopping is not None else None)
-        except runner.RunnerError as err:  # an earlier attempt's child is still running
-            raise Wait(str(err), retry_after=10.0) from None
+        out = runner.execute_plan(
+            self.butler, str(repo_path(ctx.config)), plan, mode=cfg.mode, quantum_backed=cfg.quantum_backed,
+            submit_template=_submit_template(cfg), submit_extra=_submit_extra(ctx), request_memory=memory,
+            cores=cfg.cores, clusters=cfg.clusters, env=cfg.env, timeout=cfg.step_timeout_seconds,
+            run_child=_run_child(ctx.config),
+            # The child goes into the engine's ledger (the attempt's row and `step.child.json`): the
+            # engine kills it after a restart, when an operator moves the night on, and on SIGTERM.
+            on_start=lambda child: ctx.record_child("step", child),
+            should_stop=stopping.is_set if stopping is not None else None)
+        if self.recovered:
+            out.evidence["recovered_attempts"] = self.recovered
         ev = _step_evidence(out)
         what = f"{self.parent} {step}"
         full = out.no_space()
