@@ -772,7 +772,10 @@ def _finish(butler, outcome: StepOutcome, record: Mapping, *, run_child: RunChil
             if prov_out and Path(prov_out).exists():
                 outcome.evidence["provenance_qg"] = prov_out
     else:
-        if record.get("quantum_backed") and recover and (not outcome.returncodes or outcome.returncodes[-1] not in (0, 1)):
+        # autoproc-step exits 0 or 1 only once it has registered (execute.py); anything else, or
+        # no exit seen (a recovery), leaves that to `autoproc-step register`.
+        registered = bool(outcome.returncodes) and outcome.returncodes[-1] in (0, 1)
+        if record.get("quantum_backed") and recover and not registered:
             _register(outcome, record, attempt_dir, run_child=run_child, env=env)
         summary = attempt_dir / "summary.json"
         if summary.exists():
