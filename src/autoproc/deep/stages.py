@@ -5,9 +5,9 @@ A night walks ingest → bias → flat → drp → (nightly coadd) → diff. Eac
 runs one step per state entry: it builds the proc type's steps' graphs in order in-process
 (`runner.plan_step`, skip-existing-in the chain with the skip-failures rule: the "anything
 left?" check), runs the first one with work left, that very graph (`runner.execute_plan`:
-bps or pipetask, judged from the Butler) and fires the self-loop `next_step`; once every step's graph is empty it finishes the proc
-type (certify, borrow, …) and fires the trigger that leaves the state. So the journal has
-one row per step run. The steps found done are remembered in the subject's data and not
+bps or pipetask, judged from the Butler) and fires the self-loop `next_step`; once every
+step's graph is empty it finishes the proc type (certify, borrow, …) and fires the trigger
+that leaves the state. So the journal has one row per step run. The steps found done are remembered in the subject's data and not
 checked again until their inputs may have changed (docs/DEEP.md#step-memory). After
 `rerun-from` a state, the first action to run sets aside the RUNs and certifications the
 operator asked to redo (`autoproc.deep.rerun`), as a `next_step` of its own, so the steps
@@ -339,6 +339,18 @@ def _pipeline_digest(pipeline: str) -> str | None:
         return None
 
 
+def _recover_earlier(ctx: ActionContext, butler: Any, parent: str) -> list[dict]:
+    """Finish what earlier attempts of the chain `parent` left (a killed step's registration,
+    its judging, its RUN in the chain: `runner.recover_pending_attempts`); what each kept.
+    Waits while such an attempt's child is still running (the engine is killing it)."""
+    try:
+        return runner.recover_pending_attempts(butler, ctx.config.work_dir / "deep", parent,
+                                               run_child=_run_child(ctx.config), env=ctx.config.deep.env,
+                                               on_progress=ctx.progress)
+    except runner.RunnerError as err:
+        raise Wait(str(err), retry_after=10.0) from None
+
+
 class _MemoryWrong(Exception):
     """A step's inputs are missing (or it has no data at all) although earlier steps were
     skipped as remembered done."""
@@ -360,7 +372,7 @@ class Steps:
         self.memory = remembered_steps(ctx) if memory is None else memory
         self.checks = 0  # graphs this Steps built (`runner.plan_step`: the check and the graph a step runs)
         self.attempts = ctx.config.work_dir / "deep"
-        self.recovered: list[dict] = []  # earlier attempts of the chain this Steps finished (`_recover`)
+        self.recovered: list[dict] = []  # earlier attempts of the chain this Steps finished
         self.skipped: list[str] = []  # steps taken as done from memory
 
     def _basis(self, steps: list[str]) -> dict[str, Any]:
@@ -388,7 +400,8 @@ class Steps:
         """Run the first step with work left and return its Outcome (`next_step`), or None
         when every step's graph is empty. Raises Retry / Wait / Fail per the rules above.
         Steps remembered done are not checked again (docs/DEEP.md#step-memory)."""
-        self._recover()
+        # Before any graph is built, so none redoes quanta an earlier attempt finished.
+        self.recovered = _recover_earlier(self.ctx, self.butler, self.parent)
         if colls.rebuild_chain(self.butler, self.parent, self.fixed).changed or self.recovered:
             self.forget()  # RUNs or fixed inputs came or went behind the memory's back
         steps = steps_of(self.cfg, self.proc)
@@ -407,16 +420,6 @@ class Steps:
         if outcome is not None:
             outcome.evidence["step_checks"] = self.counted()
         return outcome
-
-    def _recover(self) -> None:
-        """Finish what earlier attempts of the chain left (a killed step's registration, its
-        judging, its RUN in the chain) before any graph is built, so none redoes their quanta."""
-        try:
-            self.recovered = runner.recover_pending_attempts(
-                self.butler, self.attempts, self.parent, run_child=_run_child(self.ctx.config), env=self.cfg.env,
-                on_progress=self.ctx.progress)
-        except runner.RunnerError as err:  # an earlier attempt's child is still running
-            raise Wait(str(err), retry_after=10.0) from None
 
     def counted(self) -> dict[str, int]:
         """How many steps this Steps checked, and how many it took as done from memory
@@ -530,11 +533,7 @@ def _pending_rerun(ctx: ActionContext) -> Outcome | None:
         return None
     with open_butler(ctx.config) as butler:
         for chain in request.get("chains", []):
-            try:
-                runner.recover_pending_attempts(butler, ctx.config.work_dir / "deep", chain["parent"],
-                                                run_child=_run_child(ctx.config), env=ctx.config.deep.env)
-            except runner.RunnerError as err:  # the superseded step's child is not gone yet
-                raise Wait(str(err), retry_after=10.0) from None
+            _recover_earlier(ctx, butler, chain["parent"])
         return rerun.carry_out(butler, ctx.subject)
 
 
