@@ -41,6 +41,7 @@ def profile(root: Path) -> list[dict]:
             exit_file = Path(str(rec["log"]) + ".exit")
             started = _ts(rec["started"])
             ended = exit_file.stat().st_mtime if exit_file.exists() else started
+            judged = att.stat().st_mtime  # the record's last write: the outcome, after the judging
             prep, end, quanta, n = [], [], 0.0, 0
             for task in rec["expected"]:
                 for ref in butler.query_datasets(f"{task}_metadata", collections=rec["run"], find_first=False,
@@ -52,13 +53,12 @@ def profile(root: Path) -> list[dict]:
                     quanta += e - p
                     n += 1
             graph = float((out.get("evidence") or {}).get("graph", {}).get("seconds", 0.0))
-            total = float(out.get("seconds", 0.0))
             rows.append({
                 "step": f"{rec['parent'].split('/')[-1]} {rec.get('step')}", "quanta": n,
-                "t0": started - graph, "t1": started - graph + total, "graph": graph,
+                "t0": started - graph, "t1": judged, "graph": graph,
                 "startup": (min(prep) - started) if prep else ended - started,
                 "quanta_s": quanta, "between_q": (max(end) - min(prep) - quanta) if prep else 0.0, "tail": (ended - max(end)) if end else 0.0,
-                "judge": total - graph - (ended - started),
+                "judge": judged - ended,
             })
     finally:
         butler.close()

@@ -633,6 +633,7 @@ def execute_plan(
 ) -> StepOutcome:
     """Run a planned step's graph in a child and judge it; "nothing_to_do" when the plan has
     no work. The caller recovered earlier attempts of the chain first (`run_step` does).
+    The outcome's `seconds` count the plan's graph build too.
 
     `mode`: "bps" (bps submit + Parsl, in `<attempt>/`) or "pipetask" (`autoproc-step run`,
     or `pipetask run -j 1` when not `quantum_backed`).
@@ -646,6 +647,7 @@ def execute_plan(
     t0 = time.perf_counter()
     _check_mode(mode)
     st, run, attempt_dir, qg, parent = plan.status, plan.run, plan.attempt_dir, plan.qgraph, plan.parent
+    t0 -= st.seconds
     outcome = StepOutcome(status="error", parent=parent, pipeline=plan.pipeline_uri, step=plan.step, mode=mode)
     outcome.evidence["graph"] = st.to_json()
     outcome.expected = dict(st.to_run)
