@@ -291,7 +291,7 @@ def main() -> int:
     steps = sum(len(s) for s in STEPS.values())
     server = postgres_server(work) if args.registry != "sqlite" else None
     try:
-        walls, quanta, profiles, loads, checks = {}, {}, {}, {}, {}
+        walls, quanta, profiles, loads, checks, own = {}, {}, {}, {}, {}, {}
         for registry in (["sqlite", "postgres"] if args.registry == "both" else [args.registry]):
             for executor in args.executor:
                 key = f"{registry}/{executor}"
@@ -301,8 +301,10 @@ def main() -> int:
                                           executor)
                 quanta[key] = quantum_seconds(work / name / "repo", [f"DEEP/{NIGHT}/{p}" for p in STEPS])
                 print(f"{key}: per-step profile (seconds)", file=sys.stderr)
-                profiles[key] = {c: round(v, 2) for c, v in step_profile.print_table(
-                    step_profile.profile(work / name), file=sys.stderr).items()}
+                rows = step_profile.profile(work / name)
+                profiles[key] = {c: round(v, 2) for c, v in step_profile.print_table(rows, file=sys.stderr).items()}
+                fixed, per_quantum, _ = step_profile.print_own_cost(rows, file=sys.stderr)
+                own[key] = {"seconds_per_attempt": round(fixed, 2), "ms_per_quantum": round(per_quantum, 2)}
                 checks[key] = step_profile.step_checks(work / name)
     finally:
         if server is not None:
@@ -320,7 +322,9 @@ def main() -> int:
               "ms_per_quantum": {k: round(1000 * profiles[k]["between_q"] / quanta[k][1], 1) for k in walls},
               "ms_per_step": {k: round(1000 * (walls[k] - quanta[k][0] - profiles[k]["between_q"]) / steps)
                               for k in walls},
-              # `quanta.check_step` calls over the night, and steps taken as done from the step memory
+              # step_profile.own_cost: the line through each attempt's time besides its quanta
+              "own_cost": own,
+              # graph builds over the night, and steps taken as done from the step memory
               "step_checks": checks,
               "profile_sums": profiles, "load_average_at_start": loads, "work_dir": str(work)}
     registries = sorted({k.split("/")[0] for k in walls})

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -110,11 +111,32 @@ def print_table(rows: list[dict], file: TextIO = sys.stdout) -> dict[str, float]
     return sums
 
 
+def own_cost(rows: list[dict]) -> tuple[float, float, int]:
+    """autoproc's own cost of an attempt as a fixed part and a part per quantum: the least
+    squares line through (quanta, the attempt's time besides its pure quantum time, the
+    daemon's time before it included) over the attempts but the night's first (which starts
+    the warm server). (seconds per attempt, milliseconds per quantum, attempts used)."""
+    pts = [(r["quanta"], sum(r[c] for c in COLUMNS if c != "quanta_s")) for r in rows[1:]]
+    if len(pts) < 2:
+        return float("nan"), float("nan"), len(pts)
+    slope, intercept = statistics.linear_regression([float(q) for q, _ in pts], [c for _, c in pts])
+    return intercept, 1000 * slope, len(pts)
+
+
+def print_own_cost(rows: list[dict], file: TextIO = sys.stdout) -> tuple[float, float, int]:
+    fixed, per_quantum, n = own_cost(rows)
+    print(f"autoproc's own cost per attempt: {fixed:.2f} s + {per_quantum:.2f} ms per quantum "
+          f"(least squares over {n} attempts, the night's first left out)", file=file)
+    return fixed, per_quantum, n
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("root", type=Path, help="the autoproc root of a finished night")
     args = ap.parse_args()
-    print_table(profile(args.root))
+    rows = profile(args.root)
+    print_table(rows)
+    print_own_cost(rows)
     print("step checks: " + json.dumps(step_checks(args.root)))
     print("reproduce: .venv/bin/python benchmarks/step_profile.py " + str(args.root))
     return 0
