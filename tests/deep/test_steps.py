@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import json
+from pathlib import Path
 
 import pytest
 
@@ -393,3 +394,38 @@ def test_killed_attempt_is_recovered_before_the_next(bias_repo, tmp_path):
     md = b.query_datasets("cpBiasIsr_metadata", collections=PARENT, find_first=False, explain=False)
     assert len(md) == 6 and len({r.dataId for r in md}) == 6
     assert Q.check_step(b, pipe, "step1", PARENT).empty
+
+
+def test_an_attempt_that_could_not_register_stays_pending_until_it_does(bias_repo, tmp_path):
+    """`autoproc-step register` failing (here: the repository's configuration missing from the
+    child's view) leaves the attempt pending with its outputs unregistered; once it can
+    register, the recovery keeps every quantum it had finished."""
+    b, repo, pipe = bias_repo
+    att = tmp_path / "attempts"
+
+    def stop() -> bool:  # stop once two quanta are done: nothing registered yet
+        logs = list(att.glob("*/step.log"))
+        return bool(logs) and logs[0].read_text().count("took ") >= 2
+
+    slow = tmp_path / "slow.py"
+    slow.write_text("config.sleep = 0.5\n")
+    out = run_bias_step(b, repo, pipe, tmp_path, should_stop=stop, config_files={"cpBiasIsr": [str(slow)]})
+    assert out.killed and out.succeeded["cpBiasIsr"] == 0
+    (pending,) = R.pending_attempts(att, PARENT)
+    config = Path(repo) / "butler.yaml"
+    config.rename(config.with_suffix(".away"))
+    try:
+        failed = R.recover_attempt(b, pending)
+    finally:
+        config.with_suffix(".away").rename(config)
+    assert failed.returncodes == [3] and failed.evidence["unregistered"] and not failed.recovered
+    assert failed.status == "incomplete" and failed.succeeded == {"cpBiasIsr": 0}
+    assert R.pending_attempts(att, PARENT) == [pending]  # still owed its registration
+    kept = R.recover_attempt(b, pending)
+    assert kept.returncodes == [0] and kept.recovered and kept.succeeded["cpBiasIsr"] >= 2
+    assert R.pending_attempts(att, PARENT) == []
+    assert R.recover_attempt(b, pending).succeeded == kept.succeeded  # final: not registered twice
+    nxt = run_bias_step(b, repo, pipe, tmp_path)
+    assert nxt.status == "succeeded" and nxt.succeeded["cpBiasIsr"] == 6 - kept.succeeded["cpBiasIsr"]
+    md = b.query_datasets("cpBiasIsr_metadata", collections=PARENT, find_first=False, explain=False)
+    assert len(md) == 6 and len({r.dataId for r in md}) == 6
