@@ -23,7 +23,7 @@ import pytest
 
 pytest.importorskip("lsst.daf.butler")
 
-from autoproc.sim.deep.flaky import FAIL_DIR_ENV, set_failure  # noqa: E402
+from autoproc.sim.deep.flaky import FAIL_DIR_ENV, set_failure, slow_down  # noqa: E402
 from autoproc.store import Store  # noqa: E402
 from conftest import ancestors, argv_of, child_env, states, wait_for  # noqa: E402
 
@@ -554,7 +554,11 @@ def test_rerun_from_flat_runs_the_flat_steps_again_and_drp_uses_the_new_flats(wr
 @pytest.mark.slow
 def test_rerun_while_a_drp_step_runs_supersedes_it_and_keeps_its_run_out(write_config, tmp_path, daemon_factory):
     night = "20240621"
-    config, path, raws = deep_config(write_config, tmp_path, steps={**FAST_STEPS, "drp": ["step1", "step2a"]})
+    # DRP step1's quanta take 3 s each, so the step still runs when the rerun lands (a step of
+    # 4 mock quanta through autoproc-step is over in well under the CLI's start-up).
+    slow = slow_down(tmp_path / "switches", "isr", 3.0)
+    config, path, raws = deep_config(write_config, tmp_path, steps={**FAST_STEPS, "drp": ["step1", "step2a"]},
+                                     env={FAIL_DIR_ENV: str(tmp_path / "switches")})
     deep_init(path)
     daemon = daemon_factory(path).start()
     assert stream(raws, night, "--science", "VR:2", "--n-bias", "2", "--flats", "1").wait(60) == 0
@@ -569,6 +573,7 @@ def test_rerun_while_a_drp_step_runs_supersedes_it_and_keeps_its_run_out(write_c
     real = cli(path, "rerun-from", "night", night, "flat", "--reason", "bad dome flats", "--operator", "ann")
     assert real.returncode == 0, real.stderr
     wait_for(lambda: store.attempt(running.id).status == "superseded", timeout=30, what="the step superseded")
+    slow.unlink()
 
     def rerun_done() -> bool:
         s = store.subject("night", night)

@@ -14,12 +14,15 @@ Every task of the mock DEEP pipelines uses this class; with nothing switched on 
    full disk raises; ``die-after-outputs`` makes the process exit at once after the quantum wrote
    its outputs and before its metadata, as a kill at that moment would). The variable is inherited by ``pipetask`` and by bps job
    subprocesses, so a test can flip failures on and off between attempts.
+   ``$AUTOPROC_SIM_FAIL_DIR/<task label>.sleep`` (a number of seconds) makes each quantum of that
+   task sleep that long first: a slow quantum, so a test can act while a step runs (`slow_down`).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,8 @@ from lsst.pipe.base.tests.mocks import (
 )
 from lsst.utils import doImportType
 
-__all__ = ["DIE_AFTER_OUTPUTS", "FAIL_DIR_ENV", "DiskFull", "FlakyTestPipelineTask", "FlakyTestPipelineTaskConfig", "set_failure"]
+__all__ = ["DIE_AFTER_OUTPUTS", "FAIL_DIR_ENV", "DiskFull", "FlakyTestPipelineTask", "FlakyTestPipelineTaskConfig", "set_failure",
+           "slow_down"]
 
 FAIL_DIR_ENV = "AUTOPROC_SIM_FAIL_DIR"
 DIE_AFTER_OUTPUTS = "die-after-outputs"
@@ -69,7 +73,16 @@ class FlakyTestPipelineTask(DynamicTestPipelineTask):
             return None
         return exc_name if exc_name == DIE_AFTER_OUTPUTS else doImportType(exc_name)
 
+    def _env_sleep(self) -> float:
+        fail_dir = os.environ.get(FAIL_DIR_ENV)
+        try:
+            return float((Path(fail_dir) / f"{self.getName()}.sleep").read_text()) if fail_dir else 0.0
+        except (OSError, ValueError):
+            return 0.0
+
     def runQuantum(self, butlerQC: Any, inputRefs: Any, outputRefs: Any) -> None:
+        if (seconds := self._env_sleep()) > 0:
+            time.sleep(seconds)
         data_id = butlerQC.quantum.dataId
         exc = self._env_failure(data_id)
         if isinstance(exc, str):  # DIE_AFTER_OUTPUTS, the one name that is not an exception
@@ -88,6 +101,14 @@ class FlakyTestPipelineTask(DynamicTestPipelineTask):
             finally:
                 self.data_id_match = saved
         return super().runQuantum(butlerQC, inputRefs, outputRefs)
+
+
+def slow_down(fail_dir: str | os.PathLike[str], label: str, seconds: float) -> Path:
+    """Make every quantum of ``label`` sleep ``seconds`` first; delete the file to stop."""
+    path = Path(fail_dir) / f"{label}.sleep"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{seconds}\n")
+    return path
 
 
 def set_failure(fail_dir: str | os.PathLike[str], label: str, condition: str = "",
