@@ -96,7 +96,8 @@ def _grandchild(req: Mapping, close: Sequence[socket.socket]) -> int:
     argv = [str(a) for a in req["argv"]]
     sys.argv = argv
     try:
-        code = importlib.import_module(ENTRY_POINTS[Path(argv[0]).name]).main()  # click's exit by SystemExit
+        # click mains exit by SystemExit (below); autoproc-step's main returns its status
+        code = importlib.import_module(ENTRY_POINTS[Path(argv[0]).name]).main()
         rc = code if isinstance(code, int) else 0
     except SystemExit as exc:
         code = exc.code
