@@ -220,7 +220,8 @@ def load_pipeline_graph(pipeline: str | Path, step: str | None = None,
     return pipe.to_graph()
 
 
-def _split(pipeline: str | Path, step: str | None) -> tuple[str, str | None]:
+def split_pipeline(pipeline: str | Path, step: str | None) -> tuple[str, str | None]:
+    """(pipeline file, step): a `#fragment` in `pipeline` wins over `step`; the step's name checked."""
     path, _, frag = str(pipeline).partition("#")
     step = frag or step
     if step:
@@ -236,7 +237,7 @@ def make_builder(butler, pipeline: str | Path, step: str | None, chain: str, *, 
 
     _ensure_mocks()
     check_collection(chain)
-    path, step = _split(pipeline, step)
+    path, step = split_pipeline(pipeline, step)
     graph = load_pipeline_graph(path, step, config_files)
     cls = _builder_class()
     try:
@@ -290,7 +291,7 @@ def check_step(butler, pipeline: str | Path, step: str | None, chain: str, where
     """Anything left to do for `pipeline#step` in `chain`? (qgraph.py --skip-existing-in
     chain [--skip-failures], in-process.) `StepStatus.empty` means the step is done."""
     t0 = time.perf_counter()
-    path, step = _split(pipeline, step)
+    path, step = split_pipeline(pipeline, step)
     dummy = f"{chain}/_autoproc_check"
     builder = make_builder(butler, path, step, chain, output_run=dummy, where=where, inputs=inputs,
                            skip_failures=skip_failures, config_files=config_files)
@@ -306,7 +307,7 @@ def build_graph_file(butler, pipeline: str | Path, step: str | None, chain: str,
     `pipetask run -g` need) and write it to `path` (`.qg`). Returns the status the
     build saw; when it is empty no file is written."""
     t0 = time.perf_counter()
-    ppath, step = _split(pipeline, step)
+    ppath, step = split_pipeline(pipeline, step)
     check_collection(output_run)
     builder = make_builder(butler, ppath, step, chain, output_run=output_run, where=where, inputs=inputs,
                            skip_failures=skip_failures, config_files=config_files)

@@ -541,10 +541,7 @@ def plan_step(butler, pipeline: str | Path, step: str | None, parent: str, attem
     graph cannot be built (`kind` "missing_input": the daemon waits)."""
     colls.check_collection(parent)
     where = check_where(where)
-    ppath, _, frag = str(pipeline).partition("#")
-    step = frag or step
-    if step:
-        colls.check_step(step)
+    ppath, step = quanta.split_pipeline(pipeline, step)
     run = _unique_run(butler, parent, colls.pipeline_name_of(ppath), step, now, Path(attempt_root))
     attempt_dir = Path(attempt_root) / run.replace("/", "_")
     qg = attempt_dir / f"{run.replace('/', '_')}.qg"
@@ -599,8 +596,7 @@ def run_step(
         plan = plan_step(butler, pipeline, step, parent, attempt_root, where=where, inputs=inputs,
                          skip_failures=skip_failures, config_files=config_files, now=now)
     except quanta.StepCheckError as err:
-        ppath, _, frag = str(pipeline).partition("#")
-        step = frag or step
+        ppath, step = quanta.split_pipeline(pipeline, step)
         outcome = StepOutcome(status="error", parent=parent, pipeline=f"{ppath}#{step}" if step else ppath,
                               step=step, mode=mode, error=str(err), error_kind=err.kind)
     else:
