@@ -1,6 +1,7 @@
 """Steps through the real `bps submit` + Parsl plugin (slow): an end-to-end attempt whose
-exit code is 0 although a quantum failed, and a kill of `bps submit` mid-run followed by
-recovery and a new attempt with nothing lost and nothing duplicated."""
+exit code is 0 although a quantum failed, a job that dies after writing its outputs, and a kill
+of `bps submit` mid-run followed by recovery and a new attempt with nothing lost and nothing
+duplicated."""
 
 from __future__ import annotations
 
@@ -61,6 +62,30 @@ def test_bps_end_to_end_failed_quantum_exit_0(setup, tmp_path):
     again = R.run_step(b, repo, pipe, "step1", PARENT, tmp_path / "att", env=kw["env"])  # pipetask
     assert again.status == "succeeded" and again.succeeded == {"cpBiasIsr": 2}
     assert Q.check_step(b, pipe, "step1", PARENT).empty
+
+
+def test_bps_job_dead_after_outputs_leaves_no_orphan(setup, tmp_path):
+    """A job killed between its outputs and its metadata: the final job ingests the outputs, so
+    they must be pruned by the ids bps gave them (its updated copy of the graph), or the next
+    attempt's outputs come on top of them."""
+    b, repo, pipe, kw = setup
+    if not _flaky_available(pipe):
+        pytest.skip("needs deep-sim's Flaky pipelines")
+    from autoproc.sim.deep.flaky import DIE_AFTER_OUTPUTS, FAIL_DIR_ENV, set_failure
+
+    switch = set_failure(tmp_path / "fail", "cpBiasIsr", "detector = 3", DIE_AFTER_OUTPUTS)
+    kw["env"][FAIL_DIR_ENV] = str(tmp_path / "fail")
+    out = R.run_step(b, repo, pipe, "step1", PARENT, tmp_path / "att", **kw)
+    assert out.final_job_ok is True and out.status == "incomplete"
+    assert out.succeeded == {"cpBiasIsr": 2} and out.blocked == {"cpBiasIsr": 2}
+    assert out.evidence["pruned_unfinished_outputs"] >= 2  # each dead quantum's cpBiasIsrExp at least
+    exps = b.query_datasets("cpBiasIsrExp", collections=PARENT, find_first=False, explain=False)
+    assert sorted(r.dataId["detector"] for r in exps) == [1, 1]
+    switch.unlink()
+    again = R.run_step(b, repo, pipe, "step1", PARENT, tmp_path / "att", env=kw["env"])
+    assert again.status == "succeeded" and again.succeeded == {"cpBiasIsr": 2}
+    exps = b.query_datasets("cpBiasIsrExp", collections=PARENT, find_first=False, explain=False)
+    assert sorted(r.dataId["detector"] for r in exps) == [1, 1, 3, 3]  # none twice
 
 
 def test_kill_bps_then_recover_and_new_attempt(setup, tmp_path):

@@ -711,9 +711,17 @@ def _final_job_ok(submit_path: Path) -> bool | None:
     return "All aggregation tasks complete" in process.log_tail(f, 5)
 
 
-def _find_qg_in_submit(submit_path: Path, fallback: str) -> str:
-    cands = sorted(p for p in submit_path.glob("*.qg") if p.name != "provenance.qg")
-    return str(cands[0]) if cands else fallback
+def jobs_graph(record: Mapping) -> str:
+    """The graph whose dataset ids the attempt's quanta wrote. bps copies the saved graph into
+    its submit directory and, as a final job is configured, gives the outputs new ids there
+    (`pipetask update-graph-run`, keeping the original as `*_orig.qg`); aggregation and pruning
+    must use that copy. Other modes run the saved graph itself."""
+    saved = record["qgraph"]
+    if record.get("mode") == "bps":
+        copy = Path(record["submit_path"]) / Path(saved).name
+        if copy.exists():
+            return str(copy)
+    return saved
 
 
 def aggregate(repo: str, qgraph: str, attempt_dir: Path, *, mock_storage_classes: bool, run_child: RunChild,
@@ -760,7 +768,7 @@ def _finish(butler, outcome: StepOutcome, record: Mapping, *, run_child: RunChil
         if prov.exists():
             outcome.evidence["provenance_qg"] = str(prov)
         if not outcome.final_job_ok and recover and submit_path.exists():
-            qg = _find_qg_in_submit(submit_path, record["qgraph"])
+            qg = jobs_graph(record)
             prov_out = None if prov.exists() else str(attempt_dir / "provenance.qg")
             argv, rc = aggregate(record["repo"], qg, attempt_dir, mock_storage_classes=record.get(
                 "mock_storage_classes", True), run_child=run_child, env=env, provenance=prov_out)
@@ -806,7 +814,7 @@ def _finish(butler, outcome: StepOutcome, record: Mapping, *, run_child: RunChil
     if retryable and rename_retryable:
         outcome.renamed_logs = rename_retry_logs(butler, retryable)
     if run_exists and n_ok < n_exp:
-        outcome.evidence["pruned_unfinished_outputs"] = prune_unfinished_outputs(butler, record["qgraph"], run)
+        outcome.evidence["pruned_unfinished_outputs"] = prune_unfinished_outputs(butler, jobs_graph(record), run)
     if n_ok >= n_exp:
         outcome.status = "succeeded"
     elif n_fail:
