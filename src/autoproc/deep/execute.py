@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lsst.daf.butler import DatasetRef, LimitedButler, Quantum, QuantumBackedButler
+from lsst.daf.butler import ButlerConfig, DatasetRef, LimitedButler, Quantum, QuantumBackedButler
 from lsst.daf.butler.datastore.record_data import DatastoreRecordData
 
 _LOG = logging.getLogger("autoproc.step")
@@ -53,7 +53,7 @@ class _StepButler(QuantumBackedButler):
         super().close()
 
 
-def _step_butler(repo: str, graph: Any, quanta: Sequence[Quantum]) -> _StepButler:
+def _step_butler(repo: ButlerConfig, graph: Any, quanta: Sequence[Quantum]) -> _StepButler:
     """The Butler for the whole graph: every quantum's inputs and outputs predicted, the
     datastore records of every input (as the graph's `make_init_qbb` does for init-outputs)."""
     inputs: set[uuid.UUID] = set()
@@ -91,7 +91,8 @@ def run(repo: str, graph_file: str, summary: str | None = None) -> None:
 
     graph, quanta = _read(graph_file)
     _LOG.info("Running %d quanta of %s in RUN %s.", len(quanta), graph_file, graph.header.output_run)
-    butler = _step_butler(repo, graph, quanta)
+    config = ButlerConfig(repo)  # read once, for the quanta's Butler and the registration's
+    butler = _step_butler(config, graph, quanta)
     # Every attempt writes a new RUN (runner.py), so no output can exist before it: no
     # per-quantum existence probes.
     executor = MPGraphExecutor(num_proc=1, timeout=sys.maxsize, quantum_executor=SingleQuantumExecutor(
@@ -104,14 +105,14 @@ def run(repo: str, graph_file: str, summary: str | None = None) -> None:
         if summary and (report := executor.getReport()) is not None:
             Path(summary).write_text(report.model_dump_json(exclude_none=True, indent=2))
         try:
-            register(repo, graph, quanta, butler)
+            register(config, graph, quanta, butler)
         except Exception as err:
             raise NotRegistered(f"{type(err).__name__}: {err}") from err
         finally:
             butler.dispose()
 
 
-def register(repo: str, graph: Any, quanta: Sequence[Quantum], butler: LimitedButler) -> int:
+def register(repo: ButlerConfig, graph: Any, quanta: Sequence[Quantum], butler: LimitedButler) -> int:
     """Register, in one transaction, every output of the graph's quanta (and init-output)
     that `butler` holds and the repository does not (dataset types and the RUN with them);
     the number registered."""
@@ -129,9 +130,10 @@ def register(repo: str, graph: Any, quanta: Sequence[Quantum], butler: LimitedBu
 def register_graph(repo: str, graph_file: str) -> int:
     """`register` for a graph whose run was killed: what its quanta wrote, found in the datastore."""
     graph, quanta = _read(graph_file)
-    butler = _step_butler(repo, graph, quanta)
+    config = ButlerConfig(repo)
+    butler = _step_butler(config, graph, quanta)
     try:
-        return register(repo, graph, quanta, butler)
+        return register(config, graph, quanta, butler)
     finally:
         butler.dispose()
 

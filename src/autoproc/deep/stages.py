@@ -53,7 +53,7 @@ from autoproc.actions import (
     forgotten_on_reset,
 )
 from autoproc.config import Config
-from autoproc.deep import calibs, ingest, quanta, registry, rerun, runner, warm
+from autoproc.deep import butlers, calibs, ingest, quanta, registry, rerun, runner, warm
 from autoproc.deep import collections as colls
 from autoproc.deep import rebuild as _rebuild  # noqa: F401 - registers the rebuild hooks
 from autoproc.deep.config import DeepConfig
@@ -135,23 +135,24 @@ def registry_wait(config: Config, why: str) -> Wait:
 
 @contextmanager
 def open_butler(config: Config) -> Iterator[Any]:
-    """A fresh Butler on the night's repo. A registry that does not answer (here or in the
-    middle of the action) makes the action wait, not fail."""
-    from lsst.daf.butler import Butler
-
+    """A Butler of the action's own on the night's repo (`butlers.action_butler`). A
+    registry that does not answer (here or in the middle of the action) makes the action
+    wait, not fail."""
     repo = repo_path(config)
     if not (repo / "butler.yaml").exists():
         raise Hold(f"no Butler repository at {repo}: run `autoproc deep init` first")
     try:
-        butler = Butler.from_config(str(repo), writeable=True)
+        butler = butlers.action_butler(repo)
     except Exception as err:
         if (why := registry.unreachable(err)) is not None:
+            butlers.forget(repo)
             raise registry_wait(config, why) from err
         raise
     try:
         yield butler
     except Exception as err:
         if not isinstance(err, ActionError) and (why := registry.unreachable(err)) is not None:
+            butlers.forget(repo)
             raise registry_wait(config, why) from err
         raise
     finally:
