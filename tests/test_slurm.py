@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from autoproc import slurm as autoproc_slurm
 from autoproc.executor import stale_interchanges
@@ -399,6 +400,47 @@ def test_a_drained_node_makes_the_step_wait_with_the_reason(write_config, tmp_pa
     slurm.resume_node()
     wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=480, interval=0.5, what="done")
     assert not any(a.result.get("slurm_wait") for a in attempts_of(config))
+    assert not our_jobs(config)
+
+
+def test_a_reload_that_moves_steps_to_slurm_watches_their_jobs(write_config, tmp_path, daemon_factory, slurm):
+    """Started with bps on the local site, the daemon is reloaded with `deep.bps_site: slurm`:
+    from then on its steps' jobs are watched as at a start (the node is drained, so the step
+    says why it waits). The same reload's executor change is kept for the next start, and
+    the reload says so."""
+    from test_daemon_night import deep_config, deep_init, settled, stream
+
+    night = "20240620"
+    config, path, raws = deep_config(write_config, tmp_path, mode="bps")
+    deep_init(path)
+    daemon = daemon_factory(path).start()
+    wait_for(lambda: Store(config.db).daemon_info(), what="daemon up")
+    data = yaml.safe_load(path.read_text())
+    data["deep"].update(bps_site="slurm", slurm={"partition": slurm.partition, "walltime": "00:20:00"})
+    data["executor"] = {"max_workers": 3}
+    path.write_text(yaml.safe_dump(data))
+    slurm.run("scontrol", "update", f"nodename={slurm.node}", "state=drain", "reason=reload test")
+    daemon.signal(signal.SIGHUP)
+
+    def reloaded() -> str | None:
+        store = Store(config.db)
+        try:
+            return next((p["message"] for p in store.problems() if p["message"].startswith("reloaded")), None)
+        finally:
+            store.close()
+
+    message = wait_for(reloaded, what="the reload")
+    assert "executor changed and take effect at the next start" in message, message
+    assert stream(raws, night, "--science", "VR:0", "--flats", "0", "--n-bias", "4").wait(60) == 0
+
+    def waiting() -> str | None:
+        return next((a.result["slurm_wait"] for a in attempts_of(config)
+                     if a.status == "running" and a.result.get("slurm_wait")), None)
+
+    reason = wait_for(waiting, timeout=240, interval=0.5, what="the step's attempt waiting on Slurm")
+    assert f"{slurm.node} drained" in reason and "reload test" in reason, reason
+    slurm.resume_node()
+    wait_for(lambda: settled(config, {night: "done"}, daemon=daemon), timeout=480, interval=0.5, what="done")
     assert not our_jobs(config)
 
 

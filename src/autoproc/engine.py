@@ -49,6 +49,9 @@ log = logging.getLogger("autoproc.engine")
 OPERATOR_POLL_SECONDS = 0.25
 REAPER_SECONDS = 5.0
 SLURM_POLL_SECONDS = 5.0
+# What a reload cannot change in a running daemon: the store and its lock, the executor's
+# workers, the log handlers and the control socket are set up once, at the start.
+RESTART_ONLY = ("root", "db", "work_dir", "executor", "logging", "control")
 HEARTBEAT_SECONDS = 5.0
 PERIOD_CHECK_SECONDS = 1.0
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class Engine:
         self.executor: Executor | None = None
         self.watcher: Watcher | None = None
         self._watch = watch
+        self._slurm_watch: threading.Thread | None = None
         self.started = self.clock()
         # Each chain's time hook (`Chain.period`): the period the clock is in, by chain.
         self.periods = {c.name: c.period(self.started) for c in chains() if c.period is not None}
@@ -191,8 +195,7 @@ class Engine:
                 self.evaluate(s.id)
         if self._watch and self.config.watch:
             self.start_watcher()
-        if self.config.uses_slurm:
-            threading.Thread(target=self._watch_slurm, name="slurm-watch", daemon=True).start()
+        self._follow_slurm()
         for fn in self.on_started:
             fn(self)
 
@@ -655,11 +658,19 @@ class Engine:
                                               result={"reason": "the subject was moved by an operator"})
             self.evaluate(subject_id)
 
+    def _follow_slurm(self) -> None:
+        """Watch this store's Slurm jobs while the configuration uses Slurm (at the start,
+        and from a reload that turned it on)."""
+        if self.config.uses_slurm and (self._slurm_watch is None or not self._slurm_watch.is_alive()):
+            self._slurm_watch = threading.Thread(target=self._watch_slurm, name="slurm-watch", daemon=True)
+            self._slurm_watch.start()
+
     def _watch_slurm(self) -> None:
         """Beside the loop (squeue can take seconds when the controller is down): what keeps
-        this store's Slurm jobs from starting, handed to the loop as an event."""
+        this store's Slurm jobs from starting, handed to the loop as an event. Ends when a
+        reload turned Slurm off."""
         tag = slurm.tag_of(self.config.db)
-        while not self.stopping.wait(SLURM_POLL_SECONDS):
+        while not self.stopping.wait(SLURM_POLL_SECONDS) and self.config.uses_slurm:
             try:
                 jobs = slurm.jobs(tag)
                 error = None
@@ -750,7 +761,11 @@ class Engine:
             log.error("%s", message)
             self.store.add_problem("config", message)
             return
-        old_watch = self.config.watch
+        old = self.config
+        old_watch = old.watch
+        kept = [name for name in RESTART_ONLY if getattr(new, name) != getattr(old, name)]
+        if kept:
+            new = new.model_copy(update={name: getattr(old, name) for name in kept})
         self.config = new
         self.machines = self._load_machines(new)
         if new.watch != old_watch and self._watch:
@@ -759,8 +774,12 @@ class Engine:
             self.watcher = None
             if new.watch:
                 self.start_watcher()
-        self.store.add_problem("config", f"reloaded {self.config_path}")
-        log.info("configuration reloaded from %s", self.config_path)
+        self._follow_slurm()
+        message = f"reloaded {self.config_path}"
+        if kept:
+            message += f"; {', '.join(kept)} changed and take effect at the next start (systemctl restart autoproc)"
+        self.store.add_problem("config", message)
+        log.info("%s", message)
         self._check_watch_kinds()
         self.recheck_files(intake.to_recheck(self.store, self.config))
 

@@ -210,10 +210,7 @@ def load_pipeline_graph(pipeline: str | Path, step: str | None = None,
     per-task config override files (`pipetask -C label:file`) applied."""
     from lsst.pipe.base import Pipeline
 
-    uri = str(pipeline)
-    if "#" not in uri and step:
-        uri = f"{uri}#{_check_step_name(step)}"
-    pipe = Pipeline.from_uri(uri)
+    pipe = Pipeline.from_uri(join_pipeline(*split_pipeline(pipeline, step)))
     for label, files in (config_files or {}).items():
         for f in [files] if isinstance(files, str | Path) else files:
             pipe.addConfigFile(label, str(f))
@@ -227,6 +224,11 @@ def split_pipeline(pipeline: str | Path, step: str | None) -> tuple[str, str | N
     if step:
         _check_step_name(step)
     return path, step
+
+
+def join_pipeline(path: str, step: str | None) -> str:
+    """`path#step` (the pipeline URI pipetask and bps take), or `path` for the whole pipeline."""
+    return f"{path}#{step}" if step else path
 
 
 def make_builder(butler, pipeline: str | Path, step: str | None, chain: str, *, output_run: str,

@@ -527,7 +527,7 @@ class StepPlan:
 
     @property
     def pipeline_uri(self) -> str:
-        return f"{self.pipeline}#{self.step}" if self.step else self.pipeline
+        return quanta.join_pipeline(self.pipeline, self.step)
 
 
 def plan_step(butler, pipeline: str | Path, step: str | None, parent: str, attempt_root: Path | str, *,
@@ -597,7 +597,7 @@ def run_step(
                          skip_failures=skip_failures, config_files=config_files, now=now)
     except quanta.StepCheckError as err:
         ppath, step = quanta.split_pipeline(pipeline, step)
-        outcome = StepOutcome(status="error", parent=parent, pipeline=f"{ppath}#{step}" if step else ppath,
+        outcome = StepOutcome(status="error", parent=parent, pipeline=quanta.join_pipeline(ppath, step),
                               step=step, mode=mode, error=str(err), error_kind=err.kind)
     else:
         outcome = execute_plan(butler, repo, plan, rename_retryable=rename_retryable, run_child=run_child,
@@ -640,10 +640,9 @@ def execute_plan(
     `request_memory` (MB) goes to bps `requestMemory`; raise it for a retry after a
     memory failure.
     """
-    t0 = time.perf_counter()
     _check_mode(mode)
     st, run, attempt_dir, qg, parent = plan.status, plan.run, plan.attempt_dir, plan.qgraph, plan.parent
-    t0 -= st.seconds
+    t0 = time.perf_counter() - st.seconds  # the attempt's seconds start with its graph build
     outcome = StepOutcome(status="error", parent=parent, pipeline=plan.pipeline_uri, step=plan.step, mode=mode)
     outcome.evidence["graph"] = st.to_json()
     outcome.expected = dict(st.to_run)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoproc.deep.quanta import join_pipeline
+
 from .raws import DEFAULT_FIELD, SimExposure, plan_night, write_exposures_ecsv, write_night
 
 __all__ = ["PIPELINES", "PIPELINES_DIR", "SimNight", "build_night_repo", "certify", "deep_settings", "pipeline_path",
@@ -29,8 +31,7 @@ PIPELINES = {"bias": "DEEP-bias", "flat": "DEEP-flat", "drp": "DEEP-DRP", "coadd
 def pipeline_path(name: str, step: str | None = None) -> str:
     """Absolute URI of a shipped pipeline: ``pipeline_path("DEEP-DRP", "step1")``."""
     base = name if name.endswith(".yaml") else f"{name}.yaml"
-    uri = str(PIPELINES_DIR / base)
-    return f"{uri}#{step}" if step else uri
+    return join_pipeline(str(PIPELINES_DIR / base), step)
 
 
 def deep_settings() -> dict[str, Any]:
