@@ -2,7 +2,7 @@
 one this process keeps per repository.
 
 Opening a Butler reads the repository's configuration and builds the schema objects of
-every registry table (40–90 ms, more than many steps' graph builds). A clone shares the
+every registry table (40–100 ms, more than many steps' graph builds). A clone shares the
 kept Butler's configuration and database connection pool but has its own registry
 session and caches, so an action still sees the repository as it is now (what a step's
 child registered, what another action wrote) and may run beside other actions in its
