@@ -1,7 +1,7 @@
 # Two commands, each doing its own set-up: `make demo` and `make test`.
 #
 # The default environment is Python 3.12 with the newest Rubin middleware (constraints.txt).
-# `make test` also runs the middleware-facing tests in the oldest supported environment,
+# `make test` also type-checks and runs the middleware-facing tests in the oldest supported environment,
 # Python 3.11 with constraints-oldest.txt. Set PYTHON / OLDEST_PYTHON to use other interpreters.
 
 # The first interpreter of version $(1) among the usual places (pyenv's shims only answer for
@@ -59,12 +59,14 @@ test-tools:
 test: $(BIN)/.installed $(OLDEST_BIN)/.installed test-tools
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
+	$(OLDEST_BIN)/mypy
 	$(BIN)/pytest
 	$(OLDEST_BIN)/pytest -m "middleware and not postgres" -p no:cacheprovider
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.installed $(OLDEST_BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
+	$(OLDEST_BIN)/mypy
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) demo-data .pytest_cache

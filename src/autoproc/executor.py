@@ -128,7 +128,7 @@ def no_memoization() -> dict[str, Any]:
     from parsl.config import Config
 
     if "memoizer" in inspect.signature(Config).parameters:
-        from parsl.dataflow.memoization import BasicMemoizer
+        from parsl.dataflow.memoization import BasicMemoizer  # type: ignore[attr-defined, unused-ignore]
 
         return {"memoizer": BasicMemoizer(memoize=False)}
     return {"app_cache": False}
