@@ -58,15 +58,20 @@ class FlakyTestPipelineTask(DynamicTestPipelineTask):
     config: FlakyTestPipelineTaskConfig
     _DefaultName = "flakyTest"
 
-    def _env_failure(self, data_id: Any) -> type[BaseException] | str | None:
+    def _env_switch(self, kind: str) -> str | None:
+        """The text of ``$AUTOPROC_SIM_FAIL_DIR/<label>.<kind>``, None while it is not there."""
         fail_dir = os.environ.get(FAIL_DIR_ENV)
         if not fail_dir:
             return None
-        path = Path(fail_dir) / f"{self.getName()}.fail"
         try:
-            lines = path.read_text().splitlines()
+            return (Path(fail_dir) / f"{self.getName()}.{kind}").read_text()
         except OSError:
             return None
+
+    def _env_failure(self, data_id: Any) -> type[BaseException] | str | None:
+        if (text := self._env_switch("fail")) is None:
+            return None
+        lines = text.splitlines()
         expr = lines[0].strip() if lines else ""
         exc_name = lines[1].strip() if len(lines) > 1 and lines[1].strip() else "builtins.RuntimeError"
         if expr and not DataIdMatch(expr).match(data_id):
@@ -74,10 +79,9 @@ class FlakyTestPipelineTask(DynamicTestPipelineTask):
         return exc_name if exc_name == DIE_AFTER_OUTPUTS else doImportType(exc_name)
 
     def _env_sleep(self) -> float:
-        fail_dir = os.environ.get(FAIL_DIR_ENV)
         try:
-            return float((Path(fail_dir) / f"{self.getName()}.sleep").read_text()) if fail_dir else 0.0
-        except (OSError, ValueError):
+            return float(self._env_switch("sleep") or 0.0)
+        except ValueError:
             return 0.0
 
     def runQuantum(self, butlerQC: Any, inputRefs: Any, outputRefs: Any) -> None:
@@ -103,18 +107,19 @@ class FlakyTestPipelineTask(DynamicTestPipelineTask):
         return super().runQuantum(butlerQC, inputRefs, outputRefs)
 
 
+def _set_switch(fail_dir: str | os.PathLike[str], label: str, kind: str, text: str) -> Path:
+    path = Path(fail_dir) / f"{label}.{kind}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
 def slow_down(fail_dir: str | os.PathLike[str], label: str, seconds: float) -> Path:
     """Make every quantum of ``label`` sleep ``seconds`` first; delete the file to stop."""
-    path = Path(fail_dir) / f"{label}.sleep"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{seconds}\n")
-    return path
+    return _set_switch(fail_dir, label, "sleep", f"{seconds}\n")
 
 
 def set_failure(fail_dir: str | os.PathLike[str], label: str, condition: str = "",
                 exception: str = "builtins.RuntimeError") -> Path:
     """Switch on failures of ``label`` (for quanta matching ``condition``); delete the file to stop."""
-    path = Path(fail_dir) / f"{label}.fail"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{condition}\n{exception}\n")
-    return path
+    return _set_switch(fail_dir, label, "fail", f"{condition}\n{exception}\n")
