@@ -762,13 +762,12 @@ class Engine:
             self.store.add_problem("config", message)
             return
         old = self.config
-        old_watch = old.watch
         kept = [name for name in RESTART_ONLY if getattr(new, name) != getattr(old, name)]
         if kept:
             new = new.model_copy(update={name: getattr(old, name) for name in kept})
         self.config = new
         self.machines = self._load_machines(new)
-        if new.watch != old_watch and self._watch:
+        if new.watch != old.watch and self._watch:
             if self.watcher is not None:
                 self.watcher.stop()
             self.watcher = None
